@@ -1,0 +1,174 @@
+//! The [`Handler`] trait the host implements, and the ids and values its
+//! callbacks receive.
+
+use std::fmt;
+use std::io;
+
+use crate::addr::PeerAddr;
+use crate::error::Error;
+use crate::reactor::Ctx;
+use crate::timer::TimerKey;
+
+/// Names one socket of a [`Reactor`](crate::Reactor).
+///
+/// An id carries a generation: once its socket is closed the id stays dead
+/// even when a new socket reuses the slot, so a late event or command for
+/// the old socket is ignored (events) or rejected with [`Error::StaleId`]
+/// (commands) — never applied to the new one.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SocketId {
+    pub(crate) index: u32,
+    pub(crate) gen: u32,
+}
+
+impl SocketId {
+    /// The slot index (unique among open sockets; reused after close).
+    pub fn index(self) -> usize {
+        self.index as usize
+    }
+}
+
+impl fmt::Debug for SocketId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SocketId({}#{})", self.index, self.gen)
+    }
+}
+
+impl fmt::Display for SocketId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "socket {}#{}", self.index, self.gen)
+    }
+}
+
+/// Names one timer set with [`Ctx::set_timer`]. Like [`SocketId`] it has a
+/// generation: cancelling a timer that already fired is a no-op, even if
+/// its slot was reused.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TimerId(pub(crate) TimerKey);
+
+impl fmt::Debug for TimerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TimerId({}#{})", self.0.index, self.0.gen)
+    }
+}
+
+/// The kinds of socket a reactor holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum SocketKind {
+    /// A UDP socket (IPv4 or IPv6).
+    Udp,
+    /// A Unix-domain datagram socket.
+    UnixDatagram,
+}
+
+/// Why a socket was closed; passed to [`Handler::on_close`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// The handler closed it ([`Ctx::close`]).
+    Local,
+    /// An I/O error the socket cannot recover from.
+    Error(io::Error),
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CloseReason::Local => f.write_str("closed locally"),
+            CloseReason::Error(e) => write!(f, "I/O error: {e}"),
+        }
+    }
+}
+
+/// One received datagram: its bytes and its sender.
+///
+/// The bytes are borrowed from the reactor's receive buffer for the
+/// duration of the callback: receiving allocates nothing. Copy them out
+/// (`to_vec`) to keep them.
+#[derive(Clone, Copy)]
+pub struct Datagram<'a> {
+    pub(crate) data: &'a [u8],
+    pub(crate) from: &'a PeerAddr,
+}
+
+impl<'a> Datagram<'a> {
+    /// The payload (possibly empty: a zero-length datagram is a message).
+    pub fn data(&self) -> &'a [u8] {
+        self.data
+    }
+
+    /// The sender. Reply with `cx.send_to(sock, bytes, msg.from())`.
+    pub fn from(&self) -> &'a PeerAddr {
+        self.from
+    }
+
+    /// The payload's length.
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    /// `true` for a zero-length datagram.
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+}
+
+impl fmt::Debug for Datagram<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Datagram")
+            .field("len", &self.data.len())
+            .field("from", self.from)
+            .finish()
+    }
+}
+
+/// The host's callbacks. Every method has a default that does nothing
+/// (errors are logged at `debug!`), so a UDP-only program writes one
+/// method.
+///
+/// The host owns the value and passes it to each
+/// [`run_once`](crate::Reactor::run_once) — no `Rc<RefCell<_>>` needed.
+/// Callbacks get a [`Ctx`] to act on the reactor: send, close, add sockets,
+/// set timers. Structural changes a callback makes (closing a socket) are
+/// applied when it returns, and reported through [`on_close`](Handler::on_close)
+/// after it — never re-entrantly.
+///
+/// ```
+/// use msgloop::{Ctx, Datagram, Handler, SocketId};
+///
+/// struct Echo;
+/// impl Handler for Echo {
+///     fn on_datagram(&mut self, cx: &mut Ctx, sock: SocketId, msg: Datagram<'_>) {
+///         let _ = cx.send_to(sock, msg.data(), msg.from());
+///     }
+/// }
+/// ```
+#[allow(unused_variables)]
+pub trait Handler {
+    /// A datagram arrived on a UDP or Unix datagram socket.
+    fn on_datagram(&mut self, cx: &mut Ctx, sock: SocketId, msg: Datagram<'_>) {}
+
+    /// Something went wrong on `sock` that does not close it: a datagram
+    /// over the socket's quota (consumed, counted, not delivered), or an
+    /// ICMP error reported on a UDP socket (`ConnectionRefused`, ...).
+    fn on_error(&mut self, cx: &mut Ctx, sock: SocketId, error: Error) {
+        log::debug!("{sock}: {error}");
+    }
+
+    /// `sock` can send again after a send returned [`Error::WouldBlock`].
+    /// Called once per `WouldBlock`, not on every writable edge.
+    fn on_writable(&mut self, cx: &mut Ctx, sock: SocketId) {}
+
+    /// `sock` is gone; its id is dead from now on. Called exactly once for
+    /// every socket closed while `run_once` runs (by [`Ctx::close`], or on
+    /// an error the socket cannot recover from).
+    fn on_close(&mut self, cx: &mut Ctx, sock: SocketId, reason: CloseReason) {}
+
+    /// A timer set with [`Ctx::set_timer`] is due.
+    fn on_timer(&mut self, cx: &mut Ctx, timer: TimerId) {}
+
+    /// A [`Waker`](crate::Waker) was woken (wake-ups that arrive before
+    /// `run_once` gets to them are coalesced into one call).
+    fn on_wake(&mut self, cx: &mut Ctx) {}
+}

@@ -1,0 +1,1255 @@
+//! The [`Reactor`]: sockets in a slab, driven by the host's `run_once` calls.
+
+use std::fmt;
+use std::io;
+use std::net::ToSocketAddrs;
+use std::ops::{Deref, DerefMut};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+use socket2::{Domain, SockRef, Socket, Type};
+
+use crate::addr::{Destination, PeerAddr, UnixAddr};
+use crate::error::Error;
+use crate::handler::{CloseReason, Datagram, Handler, SocketId, SocketKind, TimerId};
+use crate::recv::{MsgBuf, RecvMsg, RecvResult, MAX_UDP_PAYLOAD};
+use crate::sys;
+use crate::timer::Timers;
+
+/// The token of the reactor's [`Waker`].
+const WAKER_TOKEN: Token = Token(usize::MAX);
+
+/// Reactor-wide settings. Construct with `Config::default()` and change
+/// the fields you care about.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Config {
+    /// How many readiness events one `poll` may return (default 1,024).
+    pub events_capacity: usize,
+    /// The most messages read from one socket per `run_once` (default 64).
+    /// A socket cut off by its budget is served again on the next call
+    /// without waiting for a new readiness edge, so one flooded socket
+    /// cannot starve the others.
+    pub read_budget: usize,
+    /// Default quota for Unix datagram sockets: the largest message
+    /// delivered (default 1 MiB). Larger ones are consumed and reported
+    /// through [`Handler::on_error`]. Per-socket: [`DgramOptions`].
+    pub unix_max_message_len: usize,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            events_capacity: 1024,
+            read_budget: 64,
+            unix_max_message_len: 1 << 20,
+        }
+    }
+}
+
+/// Options for one datagram socket.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct DgramOptions {
+    /// The largest datagram delivered; larger ones are consumed, counted
+    /// and reported to [`Handler::on_error`]. `None`: 65,535 for UDP,
+    /// [`Config::unix_max_message_len`] for Unix sockets.
+    pub max_message_len: Option<usize>,
+    /// Unix sockets: if the path exists and is a socket file (a leftover
+    /// of a process that exited without removing it), remove it before
+    /// binding. Off by default: binding over an existing path fails with
+    /// `AddrInUse`, never silently.
+    pub unlink_stale: bool,
+    /// Unix sockets: remove the socket file when the socket is closed or
+    /// the reactor dropped (default `false` here; the `bind_unix_datagram`
+    /// shorthand turns it on). Only a file that is still the one this
+    /// socket created is removed.
+    pub unlink_on_close: bool,
+    /// `SO_RCVBUF`, if set. On Linux, a size past `net.core.rmem_max` is
+    /// forced with `SO_RCVBUFFORCE` when the process may (`CAP_NET_ADMIN`);
+    /// otherwise the kernel's cap stands.
+    pub recv_buffer_size: Option<usize>,
+    /// `SO_SNDBUF`, if set (forced past `wmem_max` like the receive side).
+    pub send_buffer_size: Option<usize>,
+}
+
+/// Counters of one socket, or (in [`ReactorStats`]) of all sockets ever
+/// held by a reactor.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SocketStats {
+    /// Messages delivered to the handler.
+    pub messages_in: u64,
+    /// Payload bytes delivered to the handler.
+    pub bytes_in: u64,
+    /// Messages sent.
+    pub messages_out: u64,
+    /// Payload bytes sent.
+    pub bytes_out: u64,
+    /// Messages over the quota: consumed, not delivered.
+    pub dropped_over_quota: u64,
+    /// Receive errors reported to the handler (ICMP errors on UDP, ...).
+    pub recv_errors: u64,
+    /// Sends that failed (other than `WouldBlock`).
+    pub send_errors: u64,
+    /// Sends refused with `WouldBlock`.
+    pub send_would_block: u64,
+}
+
+impl SocketStats {
+    fn add(&mut self, o: &SocketStats) {
+        self.messages_in += o.messages_in;
+        self.bytes_in += o.bytes_in;
+        self.messages_out += o.messages_out;
+        self.bytes_out += o.bytes_out;
+        self.dropped_over_quota += o.dropped_over_quota;
+        self.recv_errors += o.recv_errors;
+        self.send_errors += o.send_errors;
+        self.send_would_block += o.send_would_block;
+    }
+}
+
+impl fmt::Display for SocketStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "in={} msgs/{} B out={} msgs/{} B over_quota={} recv_err={} send_err={} would_block={}",
+            self.messages_in,
+            self.bytes_in,
+            self.messages_out,
+            self.bytes_out,
+            self.dropped_over_quota,
+            self.recv_errors,
+            self.send_errors,
+            self.send_would_block
+        )
+    }
+}
+
+/// A snapshot of a reactor's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReactorStats {
+    /// Sockets open now.
+    pub open_sockets: usize,
+    /// Sockets closed so far.
+    pub closed_sockets: u64,
+    /// Timers pending.
+    pub pending_timers: usize,
+    /// Calls to `run_once`.
+    pub run_once_calls: u64,
+    /// Handler callbacks made.
+    pub callbacks: u64,
+    /// Counters summed over every socket, open or closed.
+    pub totals: SocketStats,
+}
+
+/// Wakes a reactor's `run_once` from any thread; the handler's
+/// [`on_wake`](Handler::on_wake) runs on the reactor's thread.
+///
+/// Cheap to clone; all clones wake the same reactor.
+#[derive(Clone, Debug)]
+pub struct Waker(Arc<mio::Waker>);
+
+impl Waker {
+    /// Wakes the reactor. Wake-ups before it runs are coalesced.
+    pub fn wake(&self) -> io::Result<()> {
+        self.0.wake()
+    }
+}
+
+pub(crate) enum Sock {
+    Udp(mio::net::UdpSocket),
+    UnixDgram(mio::net::UnixDatagram),
+}
+
+impl Sock {
+    fn kind(&self) -> SocketKind {
+        match self {
+            Sock::Udp(_) => SocketKind::Udp,
+            Sock::UnixDgram(_) => SocketKind::UnixDatagram,
+        }
+    }
+
+    fn source(&mut self) -> &mut dyn mio::event::Source {
+        match self {
+            Sock::Udp(s) => s,
+            Sock::UnixDgram(s) => s,
+        }
+    }
+
+    fn sock_ref(&self) -> SockRef<'_> {
+        match self {
+            Sock::Udp(s) => SockRef::from(s),
+            Sock::UnixDgram(s) => SockRef::from(s),
+        }
+    }
+}
+
+/// The socket file a reactor created, removed on close if unchanged.
+struct BoundPath {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl BoundPath {
+    fn capture(path: &Path) -> Option<BoundPath> {
+        let md = std::fs::symlink_metadata(path).ok()?;
+        Some(BoundPath {
+            path: path.to_path_buf(),
+            dev: md.dev(),
+            ino: md.ino(),
+        })
+    }
+
+    fn remove(&self) {
+        if let Ok(md) = std::fs::symlink_metadata(&self.path) {
+            if md.dev() == self.dev && md.ino() == self.ino {
+                if let Err(e) = std::fs::remove_file(&self.path) {
+                    log::warn!("removing {}: {e}", self.path.display());
+                }
+            }
+        }
+    }
+}
+
+struct Entry {
+    gen: u32,
+    /// `None` once closed; the slot is freed at the end of `run_once`.
+    sock: Option<Sock>,
+    kind: SocketKind,
+    max_msg: usize,
+    /// WRITABLE interest is armed because a send returned `WouldBlock`.
+    want_write: bool,
+    /// In the carry-over list (cut off by its read budget).
+    carried: bool,
+    /// The `run_once` tick in which this socket was last drained.
+    served_tick: u64,
+    stats: SocketStats,
+    bound: Option<BoundPath>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum TimerTarget {
+    User,
+}
+
+/// What a handler callback may do — send, close, add sockets, set timers,
+/// read counters — and the reactor's state behind it.
+///
+/// Callbacks receive `&mut Ctx`; the host reaches the same methods on its
+/// [`Reactor`] (which dereferences to `Ctx`) between `run_once` calls.
+pub struct Ctx {
+    poll: Poll,
+    sockets: Slab<Entry>,
+    timers: Timers<TimerTarget>,
+    config: Config,
+    now: Instant,
+    next_gen: u32,
+    tick: u64,
+    /// Inside `run_once`: closes are deferred, `on_close` is queued.
+    dispatching: bool,
+    /// Sockets cut off by their budget, to serve next call.
+    carry: Vec<SocketId>,
+    /// Closed during this call; `on_close` still to be delivered.
+    closed: Vec<(SocketId, CloseReason)>,
+    /// Slots to free at the end of this call.
+    to_free: Vec<usize>,
+    /// Sockets that hit `WouldBlock`... and were writable, to notify.
+    waker: Option<Arc<mio::Waker>>,
+    closed_totals: SocketStats,
+    closed_count: u64,
+    run_once_calls: u64,
+    callbacks: u64,
+    /// The largest receive buffer any socket needs.
+    rbuf_needed: usize,
+}
+
+impl fmt::Debug for Ctx {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ctx")
+            .field("sockets", &self.sockets.len())
+            .field("timers", &self.timers.len())
+            .field("tick", &self.tick)
+            .finish_non_exhaustive()
+    }
+}
+
+fn token_of(id: SocketId) -> Token {
+    Token(((u64::from(id.gen) << 32) | u64::from(id.index)) as usize)
+}
+
+fn id_of(token: Token) -> SocketId {
+    let t = token.0 as u64;
+    SocketId {
+        index: (t & 0xffff_ffff) as u32,
+        gen: (t >> 32) as u32,
+    }
+}
+
+impl Ctx {
+    /// The time of the current `run_once` pass (taken once after each
+    /// poll, so every callback of a pass sees the same instant).
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    // ---- sockets -------------------------------------------------------
+
+    /// Binds a UDP socket (IPv4 or IPv6) and adds it; the first address
+    /// that binds wins. Port 0 picks a free port ([`local_addr`](Ctx::local_addr) tells which).
+    pub fn bind_udp<A: ToSocketAddrs>(&mut self, addr: A) -> Result<SocketId, Error> {
+        self.bind_udp_with(addr, &DgramOptions::default())
+    }
+
+    /// [`bind_udp`](Ctx::bind_udp) with options.
+    pub fn bind_udp_with<A: ToSocketAddrs>(
+        &mut self,
+        addr: A,
+        opts: &DgramOptions,
+    ) -> Result<SocketId, Error> {
+        let mut last = None;
+        for a in addr.to_socket_addrs()? {
+            let sock = match Socket::new(
+                Domain::for_address(a),
+                Type::DGRAM.nonblocking().cloexec(),
+                None,
+            ) {
+                Ok(s) => s,
+                Err(e) => {
+                    last = Some(e);
+                    continue;
+                }
+            };
+            if a.is_ipv6() {
+                // Dual-stack if the system allows it; harmless otherwise.
+                let _ = sock.set_only_v6(false);
+            }
+            apply_buffers(&sock, opts)?;
+            match sock.bind(&a.into()) {
+                Ok(()) => return self.add_udp_with(sock, opts),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(Error::Io(last.unwrap_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "no address to bind")
+        })))
+    }
+
+    /// Adopts a UDP socket you created and configured (with socket2, or a
+    /// std `UdpSocket` via `.into()`). It is made non-blocking.
+    pub fn add_udp(&mut self, socket: Socket) -> Result<SocketId, Error> {
+        self.add_udp_with(socket, &DgramOptions::default())
+    }
+
+    /// [`add_udp`](Ctx::add_udp) with options (buffer sizes are applied).
+    pub fn add_udp_with(&mut self, socket: Socket, opts: &DgramOptions) -> Result<SocketId, Error> {
+        check_type(&socket, Type::DGRAM, "add_udp")?;
+        match socket.local_addr()?.as_socket() {
+            Some(_) => {}
+            None => {
+                return Err(Error::Io(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "add_udp: not an IPv4/IPv6 socket",
+                )))
+            }
+        }
+        socket.set_nonblocking(true)?;
+        apply_buffers(&socket, opts)?;
+        let std_sock: std::net::UdpSocket = socket.into();
+        let max = opts
+            .max_message_len
+            .unwrap_or(MAX_UDP_PAYLOAD)
+            .min(MAX_UDP_PAYLOAD);
+        self.insert(
+            Sock::Udp(mio::net::UdpSocket::from_std(std_sock)),
+            max,
+            None,
+        )
+    }
+
+    /// Binds a Unix datagram socket at a filesystem path and adds it. The
+    /// file is removed when the socket closes. Binding over an existing
+    /// path fails with `AddrInUse`; see [`DgramOptions::unlink_stale`].
+    pub fn bind_unix_datagram<P: AsRef<Path>>(&mut self, path: P) -> Result<SocketId, Error> {
+        let opts = DgramOptions {
+            unlink_on_close: true,
+            ..DgramOptions::default()
+        };
+        self.bind_unix_datagram_with(&UnixAddr::from_pathname(path)?, &opts)
+    }
+
+    /// Binds a Unix datagram socket at `addr` — a path, or on Linux an
+    /// abstract name ([`UnixAddr::from_abstract_name`]) — with options.
+    pub fn bind_unix_datagram_with(
+        &mut self,
+        addr: &UnixAddr,
+        opts: &DgramOptions,
+    ) -> Result<SocketId, Error> {
+        let sock = Socket::new(Domain::UNIX, Type::DGRAM.nonblocking().cloexec(), None)?;
+        apply_buffers(&sock, opts)?;
+        let path = addr.as_pathname();
+        if let (Some(p), true) = (path, opts.unlink_stale) {
+            remove_stale_socket_file(p)?;
+        }
+        sock.bind(addr.as_sock_addr())?;
+        let bound = match (path, opts.unlink_on_close) {
+            (Some(p), true) => BoundPath::capture(p),
+            _ => None,
+        };
+        let max = opts
+            .max_message_len
+            .unwrap_or(self.config.unix_max_message_len);
+        let std_sock: std::os::unix::net::UnixDatagram = sock.into();
+        self.insert(
+            Sock::UnixDgram(mio::net::UnixDatagram::from_std(std_sock)),
+            max,
+            bound,
+        )
+    }
+
+    /// An unbound Unix datagram socket (it can send, and connect; peers
+    /// see it as unnamed and cannot reply unless it is connected to them).
+    pub fn unix_datagram_unbound(&mut self) -> Result<SocketId, Error> {
+        let sock = Socket::new(Domain::UNIX, Type::DGRAM.nonblocking().cloexec(), None)?;
+        self.add_unix_datagram(sock)
+    }
+
+    /// Adopts a Unix datagram socket you created (e.g. one end of
+    /// `UnixDatagram::pair()`, via `Socket::from(OwnedFd::from(..))`).
+    pub fn add_unix_datagram(&mut self, socket: Socket) -> Result<SocketId, Error> {
+        self.add_unix_datagram_with(socket, &DgramOptions::default())
+    }
+
+    /// [`add_unix_datagram`](Ctx::add_unix_datagram) with options.
+    pub fn add_unix_datagram_with(
+        &mut self,
+        socket: Socket,
+        opts: &DgramOptions,
+    ) -> Result<SocketId, Error> {
+        check_type(&socket, Type::DGRAM, "add_unix_datagram")?;
+        if socket.local_addr()?.family() != libc::AF_UNIX as libc::sa_family_t {
+            return Err(Error::Io(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "add_unix_datagram: not a Unix-domain socket",
+            )));
+        }
+        socket.set_nonblocking(true)?;
+        apply_buffers(&socket, opts)?;
+        let max = opts
+            .max_message_len
+            .unwrap_or(self.config.unix_max_message_len);
+        let std_sock: std::os::unix::net::UnixDatagram = socket.into();
+        self.insert(
+            Sock::UnixDgram(mio::net::UnixDatagram::from_std(std_sock)),
+            max,
+            None,
+        )
+    }
+
+    /// Connects a datagram socket to `peer`: [`send`](Ctx::send) then goes
+    /// there, and only datagrams from `peer` are received.
+    pub fn connect<D: Destination>(&mut self, sock: SocketId, peer: D) -> Result<(), Error> {
+        let addr = peer.to_sock_addr()?;
+        let s = self.live(sock)?;
+        s.sock_ref().connect(&addr)?;
+        Ok(())
+    }
+
+    /// The address a socket is bound to.
+    pub fn local_addr(&self, sock: SocketId) -> Result<PeerAddr, Error> {
+        let entry = self.entry(sock)?;
+        let s = entry.sock.as_ref().ok_or(Error::StaleId)?;
+        let raw = s.sock_ref().local_addr()?;
+        Ok(match s {
+            Sock::Udp(_) => PeerAddr::Inet(crate::addr::inet_from(&raw)?),
+            Sock::UnixDgram(_) => PeerAddr::Unix(UnixAddr::from_received(raw)),
+        })
+    }
+
+    /// The kind of a socket.
+    pub fn kind(&self, sock: SocketId) -> Result<SocketKind, Error> {
+        Ok(self.entry(sock)?.kind)
+    }
+
+    /// `true` while `sock` names an open socket.
+    pub fn contains(&self, sock: SocketId) -> bool {
+        self.entry(sock).is_ok_and(|e| e.sock.is_some())
+    }
+
+    /// Sends one datagram to `to`. Returns the bytes sent (always the whole
+    /// message: datagrams are never cut).
+    ///
+    /// A full queue gives [`Error::WouldBlock`] and arms
+    /// [`Handler::on_writable`]; nothing is queued — datagram sockets have
+    /// no send queue in msgloop.
+    pub fn send_to<D: Destination>(
+        &mut self,
+        sock: SocketId,
+        data: &[u8],
+        to: D,
+    ) -> Result<usize, Error> {
+        let addr = to.to_sock_addr()?;
+        let entry = self.live_entry(sock)?;
+        let s = entry.sock.as_ref().ok_or(Error::StaleId)?;
+        let res = s
+            .sock_ref()
+            .send_to_with_flags(data, &addr, sys::SEND_FLAGS);
+        self.after_send(sock, res, data.len())
+    }
+
+    /// Sends one datagram on a connected socket.
+    pub fn send(&mut self, sock: SocketId, data: &[u8]) -> Result<usize, Error> {
+        let entry = self.live_entry(sock)?;
+        let s = entry.sock.as_ref().ok_or(Error::StaleId)?;
+        let res = s.sock_ref().send_with_flags(data, sys::SEND_FLAGS);
+        self.after_send(sock, res, data.len())
+    }
+
+    fn after_send(
+        &mut self,
+        sock: SocketId,
+        res: io::Result<usize>,
+        len: usize,
+    ) -> Result<usize, Error> {
+        let entry = &mut self.sockets[sock.index as usize];
+        match res {
+            Ok(n) => {
+                entry.stats.messages_out += 1;
+                entry.stats.bytes_out += n as u64;
+                Ok(n)
+            }
+            Err(e) => {
+                let err = Error::from_send(e, len);
+                if let Error::WouldBlock = err {
+                    entry.stats.send_would_block += 1;
+                    if !entry.want_write {
+                        entry.want_write = true;
+                        self.set_interest(sock, Interest::READABLE | Interest::WRITABLE);
+                    }
+                } else {
+                    entry.stats.send_errors += 1;
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// Closes a socket.
+    ///
+    /// Inside a callback the socket is closed when the callback returns and
+    /// [`Handler::on_close`] follows with [`CloseReason::Local`]; the id is
+    /// dead at once (a send to it is [`Error::StaleId`]). Between
+    /// `run_once` calls the socket is closed at once and no callback runs.
+    pub fn close(&mut self, sock: SocketId) -> Result<(), Error> {
+        self.live_entry(sock)?;
+        self.close_now(sock, CloseReason::Local);
+        Ok(())
+    }
+
+    fn close_now(&mut self, id: SocketId, reason: CloseReason) {
+        let entry = &mut self.sockets[id.index as usize];
+        if let Some(mut s) = entry.sock.take() {
+            if let Err(e) = self.poll.registry().deregister(s.source()) {
+                log::debug!("{id}: deregister: {e}");
+            }
+            drop(s);
+            if let Some(b) = entry.bound.take() {
+                b.remove();
+            }
+            self.closed_totals.add(&entry.stats);
+            self.closed_count += 1;
+        } else {
+            return;
+        }
+        if self.dispatching {
+            self.closed.push((id, reason));
+            self.to_free.push(id.index as usize);
+        } else {
+            self.sockets.remove(id.index as usize);
+        }
+    }
+
+    /// Counters of one socket.
+    pub fn stats(&self, sock: SocketId) -> Result<SocketStats, Error> {
+        Ok(self.entry(sock)?.stats)
+    }
+
+    /// Counters of the whole reactor.
+    pub fn reactor_stats(&self) -> ReactorStats {
+        let mut totals = self.closed_totals;
+        for (_, e) in self.sockets.iter() {
+            if e.sock.is_some() {
+                totals.add(&e.stats);
+            }
+        }
+        ReactorStats {
+            open_sockets: self
+                .sockets
+                .iter()
+                .filter(|(_, e)| e.sock.is_some())
+                .count(),
+            closed_sockets: self.closed_count,
+            pending_timers: self.timers.len(),
+            run_once_calls: self.run_once_calls,
+            callbacks: self.callbacks,
+            totals,
+        }
+    }
+
+    /// Open sockets.
+    pub fn socket_count(&self) -> usize {
+        self.sockets.len() - self.to_free.len()
+    }
+
+    /// The ids of every open socket.
+    pub fn socket_ids(&self) -> impl Iterator<Item = SocketId> + '_ {
+        self.sockets
+            .iter()
+            .filter(|(_, e)| e.sock.is_some())
+            .map(|(i, e)| SocketId {
+                index: i as u32,
+                gen: e.gen,
+            })
+    }
+
+    // ---- timers --------------------------------------------------------
+
+    /// Calls [`Handler::on_timer`] once, `delay` from [`now`](Ctx::now).
+    pub fn set_timer(&mut self, delay: Duration) -> TimerId {
+        let at = self.now_for_timers() + delay;
+        self.set_timer_at(at)
+    }
+
+    /// Calls [`Handler::on_timer`] once at `deadline` (at once if it has
+    /// passed).
+    pub fn set_timer_at(&mut self, deadline: Instant) -> TimerId {
+        TimerId(self.timers.insert(deadline, TimerTarget::User))
+    }
+
+    /// Cancels a timer; `false` if it already fired or was cancelled.
+    /// A cancelled timer never fires, and its memory is reclaimed.
+    pub fn cancel_timer(&mut self, timer: TimerId) -> bool {
+        self.timers.cancel(timer.0).is_some()
+    }
+
+    /// When a pending timer is due, if it is.
+    pub fn timer_deadline(&self, timer: TimerId) -> Option<Instant> {
+        self.timers.deadline(timer.0)
+    }
+
+    /// The earliest moment `run_once` has work to do by itself (a timer),
+    /// or `Instant` now if sockets cut off by their read budget wait to be
+    /// served. A host with its own poll loop sleeps until then at most.
+    pub fn next_deadline(&mut self) -> Option<Instant> {
+        if !self.carry.is_empty() {
+            return Some(Instant::now());
+        }
+        self.timers.next_deadline()
+    }
+
+    /// A [`Waker`] for this reactor (the same one each call).
+    pub fn waker(&mut self) -> io::Result<Waker> {
+        if self.waker.is_none() {
+            self.waker = Some(Arc::new(mio::Waker::new(
+                self.poll.registry(),
+                WAKER_TOKEN,
+            )?));
+        }
+        Ok(Waker(Arc::clone(self.waker.as_ref().expect("set above"))))
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    // ---- internals -----------------------------------------------------
+
+    fn now_for_timers(&self) -> Instant {
+        if self.dispatching {
+            self.now
+        } else {
+            Instant::now()
+        }
+    }
+
+    fn insert(
+        &mut self,
+        mut sock: Sock,
+        max_msg: usize,
+        bound: Option<BoundPath>,
+    ) -> Result<SocketId, Error> {
+        self.next_gen = self.next_gen.wrapping_add(1);
+        if self.next_gen == u32::MAX {
+            self.next_gen = 0;
+        }
+        let gen = self.next_gen;
+        let slot = self.sockets.vacant_entry();
+        let index = slot.key();
+        if index >= u32::MAX as usize {
+            return Err(Error::Io(io::Error::other("too many sockets")));
+        }
+        let id = SocketId {
+            index: index as u32,
+            gen,
+        };
+        if let Err(e) =
+            self.poll
+                .registry()
+                .register(sock.source(), token_of(id), Interest::READABLE)
+        {
+            if let Some(b) = bound {
+                b.remove();
+            }
+            return Err(Error::Io(e));
+        }
+        let kind = sock.kind();
+        self.rbuf_needed = self.rbuf_needed.max(max_msg);
+        slot.insert(Entry {
+            gen,
+            sock: Some(sock),
+            kind,
+            max_msg,
+            want_write: false,
+            carried: false,
+            served_tick: 0,
+            stats: SocketStats::default(),
+            bound,
+        });
+        Ok(id)
+    }
+
+    fn entry(&self, id: SocketId) -> Result<&Entry, Error> {
+        match self.sockets.get(id.index as usize) {
+            Some(e) if e.gen == id.gen => Ok(e),
+            _ => Err(Error::StaleId),
+        }
+    }
+
+    fn live_entry(&self, id: SocketId) -> Result<&Entry, Error> {
+        let e = self.entry(id)?;
+        if e.sock.is_none() {
+            return Err(Error::StaleId);
+        }
+        Ok(e)
+    }
+
+    fn live(&self, id: SocketId) -> Result<&Sock, Error> {
+        self.live_entry(id)?.sock.as_ref().ok_or(Error::StaleId)
+    }
+
+    /// Re-registers `id` with `interest` (edge-triggered: the kernel
+    /// reports the current state at once if it matches).
+    fn set_interest(&mut self, id: SocketId, interest: Interest) {
+        let Ctx { sockets, poll, .. } = self;
+        if let Some(s) = sockets
+            .get_mut(id.index as usize)
+            .and_then(|e| e.sock.as_mut())
+        {
+            if let Err(e) = poll
+                .registry()
+                .reregister(s.source(), token_of(id), interest)
+            {
+                log::warn!("{id}: reregister: {e}");
+            }
+        }
+    }
+
+    /// Drops WRITABLE interest if a `WouldBlock` armed it; `true` if so
+    /// (then the handler is owed an `on_writable`).
+    fn disarm_writable(&mut self, id: SocketId) -> bool {
+        match self.live_entry_mut(id) {
+            Some(e) if e.want_write => e.want_write = false,
+            _ => return false,
+        }
+        self.set_interest(id, Interest::READABLE);
+        true
+    }
+
+    fn live_entry_mut(&mut self, id: SocketId) -> Option<&mut Entry> {
+        match self.sockets.get_mut(id.index as usize) {
+            Some(e) if e.gen == id.gen && e.sock.is_some() => Some(e),
+            _ => None,
+        }
+    }
+}
+
+fn check_type(socket: &Socket, want: Type, op: &'static str) -> Result<(), Error> {
+    if socket.r#type()? != want {
+        return Err(Error::Io(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{op}: wrong socket type"),
+        )));
+    }
+    Ok(())
+}
+
+fn apply_buffers(sock: &Socket, opts: &DgramOptions) -> io::Result<()> {
+    if let Some(n) = opts.recv_buffer_size {
+        sock.set_recv_buffer_size(n)?;
+        #[cfg(target_os = "linux")]
+        if sock.recv_buffer_size()? < n {
+            // Past net.core.rmem_max: allowed with CAP_NET_ADMIN.
+            if let Err(e) = sys::set_buffer_force(sock.as_raw_fd(), true, n) {
+                log::debug!(
+                    "SO_RCVBUFFORCE {n}: {e}; keeping {}",
+                    sock.recv_buffer_size()?
+                );
+            }
+        }
+    }
+    if let Some(n) = opts.send_buffer_size {
+        sock.set_send_buffer_size(n)?;
+        #[cfg(target_os = "linux")]
+        if sock.send_buffer_size()? < n {
+            if let Err(e) = sys::set_buffer_force(sock.as_raw_fd(), false, n) {
+                log::debug!(
+                    "SO_SNDBUFFORCE {n}: {e}; keeping {}",
+                    sock.send_buffer_size()?
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Removes `path` if it is a socket file nobody listens on any more.
+fn remove_stale_socket_file(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(md) if md.file_type().is_socket() => std::fs::remove_file(path),
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!(
+                "{} exists and is not a socket: not removing it",
+                path.display()
+            ),
+        )),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// A single-threaded event loop over message-oriented sockets, driven by
+/// the host's calls to [`run_once`](Reactor::run_once).
+///
+/// The reactor owns its sockets (in a slab, named by [`SocketId`]s), one
+/// receive buffer shared by all of them, and one deadline structure for
+/// every timer. It dereferences to [`Ctx`], so the host calls the same
+/// methods — `bind_udp`, `send_to`, `set_timer`, `close` — between
+/// `run_once` calls that callbacks call inside them.
+///
+/// ```
+/// use msgloop::{Ctx, Datagram, Handler, Reactor, SocketId};
+/// use std::time::Duration;
+///
+/// struct Echo { seen: usize }
+/// impl Handler for Echo {
+///     fn on_datagram(&mut self, cx: &mut Ctx, sock: SocketId, msg: Datagram<'_>) {
+///         self.seen += 1;
+///         cx.send_to(sock, msg.data(), msg.from()).ok();
+///     }
+/// }
+///
+/// let mut reactor = Reactor::new()?;
+/// let server = reactor.bind_udp("127.0.0.1:0")?;
+/// let addr = reactor.local_addr(server)?.as_inet().unwrap();
+///
+/// let client = std::net::UdpSocket::bind("127.0.0.1:0")?;
+/// client.send_to(b"ping", addr)?;
+///
+/// let mut app = Echo { seen: 0 };
+/// while app.seen == 0 {
+///     reactor.run_once(&mut app, Some(Duration::from_secs(5)))?;
+/// }
+/// let mut buf = [0u8; 16];
+/// let (n, _) = client.recv_from(&mut buf)?;
+/// assert_eq!(&buf[..n], b"ping");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// # The `run_once` contract
+///
+/// 1. It computes the wait: the caller's timeout, shortened to the next
+///    timer, or zero if a socket still has unread data from a budget
+///    cut-off. Waits are rounded *up* to whole milliseconds (epoll's unit),
+///    so a timer 300 µs away costs one 1 ms sleep, never a busy loop.
+/// 2. It polls, then drains every ready socket until `WouldBlock` or until
+///    the socket's read budget ([`Config::read_budget`]) is spent.
+/// 3. It fires due timers.
+/// 4. It frees the slots of sockets closed during the call, and returns
+///    the number of handler callbacks made.
+///
+/// An idle reactor sleeps in `epoll_wait`: no periodic wake-ups, no
+/// spinning, no hidden threads. `run_once` returns `Err` only if polling
+/// itself fails; every error that concerns one socket goes to the handler.
+///
+/// # Spurious events
+///
+/// A readiness event with nothing to read makes no callback: the socket is
+/// read, `WouldBlock` comes back, and that is all.
+///
+/// # Draining
+///
+/// mio is edge-triggered: a socket is read until `WouldBlock`. A socket cut
+/// off by its budget is remembered and served on the next call without
+/// waiting for a new edge (that call polls with a zero timeout), so no
+/// message waits for traffic that may never come, and a flooded socket
+/// cannot starve the others: every ready socket is served on every call.
+///
+/// # Backpressure
+///
+/// Datagram sends are immediate and never queued by msgloop: a full kernel
+/// queue (or a full Unix peer) gives [`Error::WouldBlock`] at once, and
+/// [`Handler::on_writable`] is called once the socket can send again. For
+/// an *unconnected* Unix datagram socket Linux gives no readiness signal
+/// when a particular peer drains; `on_writable` then reflects the socket's
+/// own send buffer.
+///
+/// # Panics in handlers
+///
+/// A panic in a callback unwinds out of `run_once`. The reactor stays
+/// consistent — it holds no borrowed state across callbacks — and dropping
+/// it closes every socket it holds. Events that poll returned but were not
+/// yet dispatched are re-reported by the kernel only for sockets that stay
+/// ready; to keep serving after a panic, call `run_once` again.
+///
+/// # Embedding
+///
+/// The reactor's epoll fd is exposed through [`AsRawFd`]: a host with its
+/// own poll loop can watch it for readability and call `run_once(Some(0))`
+/// when it fires, sleeping at most until [`next_deadline`](Ctx::next_deadline).
+pub struct Reactor {
+    cx: Ctx,
+    events: Events,
+    /// The one receive buffer; payloads are borrowed from it.
+    rbuf: Vec<u8>,
+    /// The carry list being served this call (swapped with `cx.carry`).
+    carry_now: Vec<SocketId>,
+}
+
+impl fmt::Debug for Reactor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reactor")
+            .field("cx", &self.cx)
+            .field("rbuf", &self.rbuf.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Deref for Reactor {
+    type Target = Ctx;
+    fn deref(&self) -> &Ctx {
+        &self.cx
+    }
+}
+
+impl DerefMut for Reactor {
+    fn deref_mut(&mut self) -> &mut Ctx {
+        &mut self.cx
+    }
+}
+
+impl AsRawFd for Reactor {
+    fn as_raw_fd(&self) -> RawFd {
+        self.cx.poll.as_raw_fd()
+    }
+}
+
+impl Reactor {
+    /// A reactor with the default [`Config`].
+    pub fn new() -> io::Result<Reactor> {
+        Reactor::with_config(Config::default())
+    }
+
+    /// A reactor with `config`.
+    pub fn with_config(mut config: Config) -> io::Result<Reactor> {
+        config.events_capacity = config.events_capacity.max(1);
+        config.read_budget = config.read_budget.max(1);
+        let events = Events::with_capacity(config.events_capacity);
+        Ok(Reactor {
+            cx: Ctx {
+                poll: Poll::new()?,
+                sockets: Slab::new(),
+                timers: Timers::new(),
+                config,
+                now: Instant::now(),
+                next_gen: 0,
+                tick: 0,
+                dispatching: false,
+                carry: Vec::new(),
+                closed: Vec::new(),
+                to_free: Vec::new(),
+                waker: None,
+                closed_totals: SocketStats::default(),
+                closed_count: 0,
+                run_once_calls: 0,
+                callbacks: 0,
+                rbuf_needed: MAX_UDP_PAYLOAD,
+            },
+            events,
+            rbuf: Vec::new(),
+            carry_now: Vec::new(),
+        })
+    }
+
+    /// Waits for readiness (at most `timeout`; `None` waits for ever),
+    /// dispatches every ready socket and due timer to `handler`, and
+    /// returns the number of callbacks made. See the [contract](Reactor#the-run_once-contract).
+    pub fn run_once<H: Handler + ?Sized>(
+        &mut self,
+        handler: &mut H,
+        timeout: Option<Duration>,
+    ) -> io::Result<usize> {
+        let Reactor {
+            cx,
+            events,
+            rbuf,
+            carry_now,
+        } = self;
+        cx.run_once_calls += 1;
+        let wait = compute_wait(cx, timeout);
+        if let Err(e) = cx.poll.poll(events, wait) {
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+            // A signal: treat as a wake-up with no events.
+            events.clear();
+        }
+        cx.now = Instant::now();
+        cx.tick += 1;
+        cx.dispatching = true;
+        if rbuf.len() < cx.rbuf_needed {
+            // Zeroed memory straight from the allocator: pages are only
+            // touched (made resident) as messages are written into them.
+            *rbuf = vec![0; cx.rbuf_needed];
+        }
+        let before = cx.callbacks;
+
+        // Sockets cut off by their budget last call come first.
+        std::mem::swap(carry_now, &mut cx.carry);
+        for &id in carry_now.iter() {
+            if let Some(e) = cx.live_entry_mut(id) {
+                e.carried = false;
+            }
+            drain(cx, rbuf, handler, id);
+        }
+        carry_now.clear();
+
+        for ev in events.iter() {
+            if ev.token() == WAKER_TOKEN {
+                cx.callbacks += 1;
+                handler.on_wake(cx);
+                finish_callback(cx, handler);
+                continue;
+            }
+            let id = id_of(ev.token());
+            if ev.is_writable() && cx.disarm_writable(id) {
+                cx.callbacks += 1;
+                handler.on_writable(cx, id);
+                finish_callback(cx, handler);
+            }
+            if ev.is_readable() || ev.is_error() || ev.is_read_closed() {
+                drain(cx, rbuf, handler, id);
+            }
+        }
+
+        // Due timers, in deadline order. Timers set by these callbacks for
+        // `now` or earlier fire in this pass too.
+        while let Some((key, target)) = cx.timers.pop_due(cx.now) {
+            match target {
+                TimerTarget::User => {
+                    cx.callbacks += 1;
+                    handler.on_timer(cx, TimerId(key));
+                    finish_callback(cx, handler);
+                }
+            }
+        }
+
+        cx.dispatching = false;
+        for index in cx.to_free.drain(..) {
+            cx.sockets.remove(index);
+        }
+        Ok((cx.callbacks - before) as usize)
+    }
+}
+
+impl Drop for Reactor {
+    fn drop(&mut self) {
+        let ids: Vec<SocketId> = self.cx.socket_ids().collect();
+        self.cx.dispatching = false;
+        for id in ids {
+            self.cx.close_now(id, CloseReason::Local);
+        }
+    }
+}
+
+fn compute_wait(cx: &mut Ctx, timeout: Option<Duration>) -> Option<Duration> {
+    if !cx.carry.is_empty() {
+        return Some(Duration::ZERO);
+    }
+    let mut wait = timeout;
+    if let Some(deadline) = cx.timers.next_deadline() {
+        let until = deadline.saturating_duration_since(Instant::now());
+        wait = Some(wait.map_or(until, |w| w.min(until)));
+    }
+    // Round up to whole milliseconds: a sub-millisecond wait must sleep,
+    // not spin (mio rounds up too; doing it here makes it explicit).
+    wait.map(|w| {
+        let ms = w.as_nanos().div_ceil(1_000_000);
+        Duration::from_millis(ms.min(u64::MAX as u128) as u64)
+    })
+}
+
+/// Delivers `on_close` for sockets closed by the callback that just ran
+/// (and by those callbacks, until none are left).
+fn finish_callback<H: Handler + ?Sized>(cx: &mut Ctx, handler: &mut H) {
+    while let Some((id, reason)) = cx.closed.pop() {
+        cx.callbacks += 1;
+        handler.on_close(cx, id, reason);
+    }
+}
+
+/// Errors a datagram socket reports on receive that concern one earlier
+/// datagram (ICMP), not the socket: reported, and reading goes on.
+fn is_transient_recv_error(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::ECONNREFUSED
+                | libc::ECONNRESET
+                | libc::EHOSTUNREACH
+                | libc::ENETUNREACH
+                | libc::EHOSTDOWN
+                | libc::ENETDOWN
+                | libc::EPERM
+                | libc::EMSGSIZE
+                | libc::ENOBUFS
+                | libc::ENOMEM
+                | libc::EPROTO
+                | libc::ETIMEDOUT
+        )
+    )
+}
+
+/// Reads `id` until `WouldBlock` or its budget is spent.
+fn drain<H: Handler + ?Sized>(cx: &mut Ctx, rbuf: &mut [u8], handler: &mut H, id: SocketId) {
+    let tick = cx.tick;
+    match cx.live_entry_mut(id) {
+        Some(e) if e.served_tick != tick => e.served_tick = tick,
+        _ => return,
+    }
+    let budget = cx.config.read_budget;
+    for _ in 0..budget {
+        let Some(entry) = cx.live_entry_mut(id) else {
+            return;
+        };
+        let max = entry.max_msg;
+        let mut buf = MsgBuf::borrowed(rbuf).with_quota(Some(max));
+        let res = match entry.sock.as_ref() {
+            Some(Sock::Udp(s)) => s.recv_msg(&mut buf).map(|r| map_addr(r, PeerAddr::Inet)),
+            Some(Sock::UnixDgram(s)) => s.recv_msg(&mut buf).map(|r| map_addr(r, PeerAddr::Unix)),
+            None => return,
+        };
+        match res {
+            Ok(RecvResult::Fit(from)) | Ok(RecvResult::Spilled(from)) => {
+                entry.stats.messages_in += 1;
+                entry.stats.bytes_in += buf.len() as u64;
+                cx.callbacks += 1;
+                let msg = Datagram {
+                    data: buf.filled(),
+                    from: &from,
+                };
+                handler.on_datagram(cx, id, msg);
+                finish_callback(cx, handler);
+            }
+            Ok(RecvResult::QuotaExceeded(q, from)) => {
+                entry.stats.dropped_over_quota += 1;
+                log::debug!(
+                    "{id}: dropped a {} B datagram from {from} (quota {})",
+                    q.size,
+                    q.quota
+                );
+                cx.callbacks += 1;
+                handler.on_error(cx, id, Error::QuotaExceeded(q));
+                finish_callback(cx, handler);
+            }
+            Ok(RecvResult::EndOfStream) => return,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) if is_transient_recv_error(&e) => {
+                entry.stats.recv_errors += 1;
+                cx.callbacks += 1;
+                handler.on_error(cx, id, Error::from_send(e, 0));
+                finish_callback(cx, handler);
+            }
+            Err(e) => {
+                log::warn!("{id}: receive failed, closing: {e}");
+                cx.close_now(id, CloseReason::Error(e));
+                finish_callback(cx, handler);
+                return;
+            }
+        }
+    }
+    // Budget spent with data possibly left: serve it next call.
+    if let Some(e) = cx.live_entry_mut(id) {
+        if !e.carried {
+            e.carried = true;
+            cx.carry.push(id);
+        }
+    }
+}
+
+fn map_addr<A>(r: RecvResult<A>, f: impl FnOnce(A) -> PeerAddr) -> RecvResult<PeerAddr> {
+    match r {
+        RecvResult::Fit(a) => RecvResult::Fit(f(a)),
+        RecvResult::Spilled(a) => RecvResult::Spilled(f(a)),
+        RecvResult::QuotaExceeded(q, a) => RecvResult::QuotaExceeded(q, f(a)),
+        RecvResult::EndOfStream => RecvResult::EndOfStream,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip() {
+        let id = SocketId {
+            index: 12345,
+            gen: 0xdead_beef,
+        };
+        assert_eq!(id_of(token_of(id)), id);
+        assert_ne!(token_of(id), WAKER_TOKEN);
+    }
+
+    #[test]
+    fn waits_round_up_to_whole_milliseconds() {
+        let mut r = Reactor::new().unwrap();
+        assert_eq!(
+            compute_wait(&mut r.cx, Some(Duration::from_micros(300))),
+            Some(Duration::from_millis(1))
+        );
+        assert_eq!(
+            compute_wait(&mut r.cx, Some(Duration::from_micros(1500))),
+            Some(Duration::from_millis(2))
+        );
+        assert_eq!(
+            compute_wait(&mut r.cx, Some(Duration::ZERO)),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(compute_wait(&mut r.cx, None), None);
+        r.set_timer(Duration::from_secs(10));
+        let w = compute_wait(&mut r.cx, None).unwrap();
+        assert!(
+            w > Duration::from_secs(9) && w <= Duration::from_secs(10),
+            "{w:?}"
+        );
+    }
+}
