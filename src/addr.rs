@@ -187,58 +187,90 @@ impl From<UnixAddr> for PeerAddr {
 }
 
 /// Anything a datagram can be sent to: [`SocketAddr`], [`PeerAddr`],
-/// [`UnixAddr`], or a filesystem [`Path`] of a Unix socket — and references
-/// to each. Conversions happen on the stack; sending allocates nothing.
+/// [`UnixAddr`], a socket2 [`SockAddr`], or a filesystem [`Path`] of a Unix
+/// socket — and references to each. Conversions happen on the stack;
+/// sending allocates nothing.
 pub trait Destination {
-    /// The raw socket address.
-    fn to_sock_addr(&self) -> io::Result<Cow<'_, SockAddr>>;
+    /// The address in the form the send path takes (an implementation
+    /// detail, not part of the stable API).
+    #[doc(hidden)]
+    fn dest(&self) -> io::Result<private::Dest<'_>>;
 }
 
+pub(crate) mod private {
+    use std::borrow::Cow;
+
+    /// A destination: an IP address (converted to `sockaddr_in{,6}` on the
+    /// stack when sending) or a raw address.
+    #[derive(Debug)]
+    pub enum Dest<'a> {
+        /// IPv4 / IPv6.
+        Inet(std::net::SocketAddr),
+        /// Anything else (Unix).
+        Sock(Cow<'a, socket2::SockAddr>),
+    }
+
+    impl Dest<'_> {
+        /// As a socket2 address (for `connect`).
+        pub(crate) fn to_sock_addr(&self) -> socket2::SockAddr {
+            match self {
+                Dest::Inet(a) => socket2::SockAddr::from(*a),
+                Dest::Sock(s) => s.as_ref().clone(),
+            }
+        }
+    }
+}
+
+use private::Dest;
+
 impl<T: Destination + ?Sized> Destination for &T {
-    fn to_sock_addr(&self) -> io::Result<Cow<'_, SockAddr>> {
-        (**self).to_sock_addr()
+    fn dest(&self) -> io::Result<Dest<'_>> {
+        (**self).dest()
     }
 }
 
 impl Destination for SocketAddr {
-    fn to_sock_addr(&self) -> io::Result<Cow<'_, SockAddr>> {
-        Ok(Cow::Owned(SockAddr::from(*self)))
+    fn dest(&self) -> io::Result<Dest<'_>> {
+        Ok(Dest::Inet(*self))
     }
 }
 
 impl Destination for UnixAddr {
-    fn to_sock_addr(&self) -> io::Result<Cow<'_, SockAddr>> {
+    fn dest(&self) -> io::Result<Dest<'_>> {
         if self.is_unnamed() {
             return Err(unnamed_dest());
         }
-        Ok(Cow::Borrowed(&self.0))
+        Ok(Dest::Sock(Cow::Borrowed(&self.0)))
     }
 }
 
 impl Destination for PeerAddr {
-    fn to_sock_addr(&self) -> io::Result<Cow<'_, SockAddr>> {
+    fn dest(&self) -> io::Result<Dest<'_>> {
         match self {
-            PeerAddr::Inet(a) => a.to_sock_addr(),
-            PeerAddr::Unix(a) => a.to_sock_addr(),
+            PeerAddr::Inet(a) => Ok(Dest::Inet(*a)),
+            PeerAddr::Unix(a) => a.dest(),
         }
     }
 }
 
 impl Destination for Path {
-    fn to_sock_addr(&self) -> io::Result<Cow<'_, SockAddr>> {
-        UnixAddr::from_pathname(self).map(|a| Cow::Owned(a.0))
+    fn dest(&self) -> io::Result<Dest<'_>> {
+        UnixAddr::from_pathname(self).map(|a| Dest::Sock(Cow::Owned(a.0)))
     }
 }
 
 impl Destination for PathBuf {
-    fn to_sock_addr(&self) -> io::Result<Cow<'_, SockAddr>> {
-        self.as_path().to_sock_addr()
+    fn dest(&self) -> io::Result<Dest<'_>> {
+        self.as_path().dest()
     }
 }
 
 impl Destination for SockAddr {
-    fn to_sock_addr(&self) -> io::Result<Cow<'_, SockAddr>> {
-        Ok(Cow::Borrowed(self))
+    fn dest(&self) -> io::Result<Dest<'_>> {
+        match self.as_socket() {
+            Some(a) => Ok(Dest::Inet(a)),
+            None => Ok(Dest::Sock(Cow::Borrowed(self))),
+        }
     }
 }
 
@@ -249,14 +281,12 @@ fn unnamed_dest() -> io::Error {
     )
 }
 
-/// Converts an address `recvmsg` reported on an IP socket.
-pub(crate) fn inet_from(addr: &SockAddr) -> io::Result<SocketAddr> {
-    addr.as_socket().ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            "the kernel reported a non-IP sender address on an IP socket",
-        )
-    })
+/// The error for a non-IP sender address on an IP socket.
+pub(crate) fn not_inet() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        "the kernel reported a non-IP sender address on an IP socket",
+    )
 }
 
 #[cfg(test)]
@@ -286,9 +316,9 @@ mod tests {
 
     #[test]
     fn unnamed_is_not_a_destination() {
-        let a = UnixAddr::from_received(crate::sys::empty_sockaddr());
+        let a = UnixAddr::from_received(crate::sys::RawAddr::new().to_sock_addr());
         assert!(a.is_unnamed());
-        assert!(a.to_sock_addr().is_err());
+        assert!(a.dest().is_err());
         assert_eq!(a.to_string(), "(unnamed)");
     }
 }

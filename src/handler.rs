@@ -60,6 +60,8 @@ pub enum SocketKind {
     Udp,
     /// A Unix-domain datagram socket.
     UnixDatagram,
+    /// Signals watched with [`Ctx::watch_signals`] (Linux `signalfd`).
+    Signals,
 }
 
 /// Why a socket was closed; passed to [`Handler::on_close`].
@@ -167,6 +169,13 @@ pub trait Handler {
 
     /// A timer set with [`Ctx::set_timer`] is due.
     fn on_timer(&mut self, cx: &mut Ctx, timer: TimerId) {}
+
+    /// A signal watched with [`Ctx::watch_signals`] arrived (`signal` is
+    /// its number, e.g. `libc::SIGTERM`). It runs on the reactor's thread
+    /// like any callback: no async-signal-safety rules apply.
+    fn on_signal(&mut self, cx: &mut Ctx, watcher: SocketId, signal: i32) {
+        log::info!("signal {signal} ignored (no on_signal handler)");
+    }
 
     /// A [`Waker`](crate::Waker) was woken (wake-ups that arrive before
     /// `run_once` gets to them are coalesced into one call).

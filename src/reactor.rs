@@ -10,24 +10,24 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 use socket2::{Domain, SockRef, Socket, Type};
 
+use crate::addr::private::Dest;
 use crate::addr::{Destination, PeerAddr, UnixAddr};
 use crate::error::Error;
 use crate::handler::{CloseReason, Datagram, Handler, SocketId, SocketKind, TimerId};
-use crate::recv::{MsgBuf, RecvMsg, RecvResult, MAX_UDP_PAYLOAD};
+use crate::recv::{recv_msg_fd, MsgBuf, RecvResult, MAX_UDP_PAYLOAD};
 use crate::sys;
 use crate::timer::Timers;
 
 /// The token of the reactor's [`Waker`].
 const WAKER_TOKEN: Token = Token(usize::MAX);
 
-/// Reactor-wide settings. Construct with `Config::default()` and change
-/// the fields you care about.
+/// Reactor-wide settings: `Config { read_budget: 16, ..Config::default() }`.
 #[derive(Debug, Clone)]
-#[non_exhaustive]
 pub struct Config {
     /// How many readiness events one `poll` may return (default 1,024).
     pub events_capacity: usize,
@@ -52,9 +52,9 @@ impl Default for Config {
     }
 }
 
-/// Options for one datagram socket.
+/// Options for one datagram socket:
+/// `DgramOptions { max_message_len: Some(4096), ..DgramOptions::default() }`.
 #[derive(Debug, Clone, Default)]
-#[non_exhaustive]
 pub struct DgramOptions {
     /// The largest datagram delivered; larger ones are consumed, counted
     /// and reported to [`Handler::on_error`]. `None`: 65,535 for UDP,
@@ -166,6 +166,18 @@ impl Waker {
 pub(crate) enum Sock {
     Udp(mio::net::UdpSocket),
     UnixDgram(mio::net::UnixDatagram),
+    /// A signalfd and the signals it blocked (unblocked again on close).
+    #[cfg(target_os = "linux")]
+    Signals(std::os::fd::OwnedFd, Vec<libc::c_int>),
+}
+
+impl Drop for Sock {
+    fn drop(&mut self) {
+        #[cfg(target_os = "linux")]
+        if let Sock::Signals(_, signals) = self {
+            sys::unblock_signals(signals);
+        }
+    }
 }
 
 impl Sock {
@@ -173,21 +185,63 @@ impl Sock {
         match self {
             Sock::Udp(_) => SocketKind::Udp,
             Sock::UnixDgram(_) => SocketKind::UnixDatagram,
+            #[cfg(target_os = "linux")]
+            Sock::Signals(..) => SocketKind::Signals,
         }
     }
 
-    fn source(&mut self) -> &mut dyn mio::event::Source {
+    fn register(
+        &mut self,
+        registry: &mio::Registry,
+        token: Token,
+        interest: Interest,
+        re: bool,
+    ) -> io::Result<()> {
         match self {
-            Sock::Udp(s) => s,
-            Sock::UnixDgram(s) => s,
+            Sock::Udp(s) => reg(s, registry, token, interest, re),
+            Sock::UnixDgram(s) => reg(s, registry, token, interest, re),
+            #[cfg(target_os = "linux")]
+            Sock::Signals(fd, _) => reg(
+                &mut SourceFd(&fd.as_raw_fd()),
+                registry,
+                token,
+                interest,
+                re,
+            ),
         }
     }
 
-    fn sock_ref(&self) -> SockRef<'_> {
+    fn deregister(&mut self, registry: &mio::Registry) -> io::Result<()> {
         match self {
-            Sock::Udp(s) => SockRef::from(s),
-            Sock::UnixDgram(s) => SockRef::from(s),
+            Sock::Udp(s) => registry.deregister(s),
+            Sock::UnixDgram(s) => registry.deregister(s),
+            #[cfg(target_os = "linux")]
+            Sock::Signals(fd, _) => registry.deregister(&mut SourceFd(&fd.as_raw_fd())),
         }
+    }
+
+    /// A socket2 view for socket calls; `None` for non-sockets.
+    fn sock_ref(&self) -> Option<SockRef<'_>> {
+        match self {
+            Sock::Udp(s) => Some(SockRef::from(s)),
+            Sock::UnixDgram(s) => Some(SockRef::from(s)),
+            #[cfg(target_os = "linux")]
+            Sock::Signals(..) => None,
+        }
+    }
+}
+
+fn reg<S: mio::event::Source + ?Sized>(
+    s: &mut S,
+    registry: &mio::Registry,
+    token: Token,
+    interest: Interest,
+    re: bool,
+) -> io::Result<()> {
+    if re {
+        registry.reregister(s, token, interest)
+    } else {
+        registry.register(s, token, interest)
     }
 }
 
@@ -250,7 +304,9 @@ pub struct Ctx {
     sockets: Slab<Entry>,
     timers: Timers<TimerTarget>,
     config: Config,
-    now: Instant,
+    /// The time of this pass, read lazily (one `clock_gettime` per pass at
+    /// most, none when nothing asks).
+    now: std::cell::Cell<Option<Instant>>,
     next_gen: u32,
     tick: u64,
     /// Inside `run_once`: closes are deferred, `on_close` is queued.
@@ -297,7 +353,16 @@ impl Ctx {
     /// The time of the current `run_once` pass (taken once after each
     /// poll, so every callback of a pass sees the same instant).
     pub fn now(&self) -> Instant {
-        self.now
+        match self.now.get() {
+            Some(t) => t,
+            None => {
+                let t = Instant::now();
+                if self.dispatching {
+                    self.now.set(Some(t));
+                }
+                t
+            }
+        }
     }
 
     // ---- sockets -------------------------------------------------------
@@ -453,23 +518,34 @@ impl Ctx {
         )
     }
 
+    /// Delivers `signals` (e.g. `[libc::SIGINT, libc::SIGTERM]`) to
+    /// [`Handler::on_signal`] through a `signalfd`, on the reactor's thread.
+    ///
+    /// The signals are blocked for the calling thread — call this before
+    /// spawning threads, which inherit the mask, or block them there too,
+    /// else the kernel may deliver a signal to a thread that does not block
+    /// it. Closing the returned id unblocks them again.
+    #[cfg(target_os = "linux")]
+    pub fn watch_signals(&mut self, signals: &[i32]) -> Result<SocketId, Error> {
+        let fd = sys::signalfd(signals)?;
+        self.insert(Sock::Signals(fd, signals.to_vec()), 0, None)
+    }
+
     /// Connects a datagram socket to `peer`: [`send`](Ctx::send) then goes
     /// there, and only datagrams from `peer` are received.
     pub fn connect<D: Destination>(&mut self, sock: SocketId, peer: D) -> Result<(), Error> {
-        let addr = peer.to_sock_addr()?;
-        let s = self.live(sock)?;
-        s.sock_ref().connect(&addr)?;
+        let addr = peer.dest()?.to_sock_addr();
+        self.dgram(sock, "connect")?.connect(&addr)?;
         Ok(())
     }
 
     /// The address a socket is bound to.
     pub fn local_addr(&self, sock: SocketId) -> Result<PeerAddr, Error> {
-        let entry = self.entry(sock)?;
-        let s = entry.sock.as_ref().ok_or(Error::StaleId)?;
-        let raw = s.sock_ref().local_addr()?;
-        Ok(match s {
-            Sock::Udp(_) => PeerAddr::Inet(crate::addr::inet_from(&raw)?),
-            Sock::UnixDgram(_) => PeerAddr::Unix(UnixAddr::from_received(raw)),
+        let raw = self.dgram(sock, "local_addr")?.local_addr()?;
+        Ok(if raw.is_unix() || raw.len() == 0 {
+            PeerAddr::Unix(UnixAddr::from_received(raw))
+        } else {
+            PeerAddr::Inet(raw.as_socket().ok_or_else(crate::addr::not_inet)?)
         })
     }
 
@@ -495,20 +571,18 @@ impl Ctx {
         data: &[u8],
         to: D,
     ) -> Result<usize, Error> {
-        let addr = to.to_sock_addr()?;
-        let entry = self.live_entry(sock)?;
-        let s = entry.sock.as_ref().ok_or(Error::StaleId)?;
-        let res = s
-            .sock_ref()
-            .send_to_with_flags(data, &addr, sys::SEND_FLAGS);
+        let dest = to.dest()?;
+        let raw = match &dest {
+            Dest::Inet(a) => sys::RawDest::inet(a),
+            Dest::Sock(a) => sys::RawDest::Sock(a),
+        };
+        let res = sys::send_to(self.dgram_fd(sock, "send_to")?, data, &raw);
         self.after_send(sock, res, data.len())
     }
 
     /// Sends one datagram on a connected socket.
     pub fn send(&mut self, sock: SocketId, data: &[u8]) -> Result<usize, Error> {
-        let entry = self.live_entry(sock)?;
-        let s = entry.sock.as_ref().ok_or(Error::StaleId)?;
-        let res = s.sock_ref().send_with_flags(data, sys::SEND_FLAGS);
+        let res = sys::send(self.dgram_fd(sock, "send")?, data);
         self.after_send(sock, res, data.len())
     }
 
@@ -556,7 +630,7 @@ impl Ctx {
     fn close_now(&mut self, id: SocketId, reason: CloseReason) {
         let entry = &mut self.sockets[id.index as usize];
         if let Some(mut s) = entry.sock.take() {
-            if let Err(e) = self.poll.registry().deregister(s.source()) {
+            if let Err(e) = s.deregister(self.poll.registry()) {
                 log::debug!("{id}: deregister: {e}");
             }
             drop(s);
@@ -623,7 +697,7 @@ impl Ctx {
 
     /// Calls [`Handler::on_timer`] once, `delay` from [`now`](Ctx::now).
     pub fn set_timer(&mut self, delay: Duration) -> TimerId {
-        let at = self.now_for_timers() + delay;
+        let at = self.now() + delay;
         self.set_timer_at(at)
     }
 
@@ -672,14 +746,6 @@ impl Ctx {
 
     // ---- internals -----------------------------------------------------
 
-    fn now_for_timers(&self) -> Instant {
-        if self.dispatching {
-            self.now
-        } else {
-            Instant::now()
-        }
-    }
-
     fn insert(
         &mut self,
         mut sock: Sock,
@@ -700,11 +766,12 @@ impl Ctx {
             index: index as u32,
             gen,
         };
-        if let Err(e) =
-            self.poll
-                .registry()
-                .register(sock.source(), token_of(id), Interest::READABLE)
-        {
+        if let Err(e) = sock.register(
+            self.poll.registry(),
+            token_of(id),
+            Interest::READABLE,
+            false,
+        ) {
             if let Some(b) = bound {
                 b.remove();
             }
@@ -741,8 +808,23 @@ impl Ctx {
         Ok(e)
     }
 
-    fn live(&self, id: SocketId) -> Result<&Sock, Error> {
-        self.live_entry(id)?.sock.as_ref().ok_or(Error::StaleId)
+    /// The fd of a datagram socket, for `op`.
+    fn dgram_fd(&self, id: SocketId, op: &'static str) -> Result<RawFd, Error> {
+        let e = self.live_entry(id)?;
+        match &e.sock {
+            Some(Sock::Udp(s)) => Ok(s.as_raw_fd()),
+            Some(Sock::UnixDgram(s)) => Ok(s.as_raw_fd()),
+            _ => Err(Error::WrongKind { op, kind: e.kind }),
+        }
+    }
+
+    /// A socket2 view of a datagram socket, for `op`.
+    fn dgram(&self, id: SocketId, op: &'static str) -> Result<SockRef<'_>, Error> {
+        let e = self.live_entry(id)?;
+        e.sock
+            .as_ref()
+            .and_then(Sock::sock_ref)
+            .ok_or(Error::WrongKind { op, kind: e.kind })
     }
 
     /// Re-registers `id` with `interest` (edge-triggered: the kernel
@@ -753,10 +835,7 @@ impl Ctx {
             .get_mut(id.index as usize)
             .and_then(|e| e.sock.as_mut())
         {
-            if let Err(e) = poll
-                .registry()
-                .reregister(s.source(), token_of(id), interest)
-            {
+            if let Err(e) = s.register(poll.registry(), token_of(id), interest, true) {
                 log::warn!("{id}: reregister: {e}");
             }
         }
@@ -980,7 +1059,7 @@ impl Reactor {
                 sockets: Slab::new(),
                 timers: Timers::new(),
                 config,
-                now: Instant::now(),
+                now: std::cell::Cell::new(None),
                 next_gen: 0,
                 tick: 0,
                 dispatching: false,
@@ -1023,7 +1102,7 @@ impl Reactor {
             // A signal: treat as a wake-up with no events.
             events.clear();
         }
-        cx.now = Instant::now();
+        cx.now.set(None);
         cx.tick += 1;
         cx.dispatching = true;
         if rbuf.len() < cx.rbuf_needed {
@@ -1063,7 +1142,12 @@ impl Reactor {
 
         // Due timers, in deadline order. Timers set by these callbacks for
         // `now` or earlier fire in this pass too.
-        while let Some((key, target)) = cx.timers.pop_due(cx.now) {
+        let now = if cx.timers.len() > 0 {
+            cx.now()
+        } else {
+            Instant::now() // not read: no timers
+        };
+        while let Some((key, target)) = cx.timers.pop_due(now) {
             match target {
                 TimerTarget::User => {
                     cx.callbacks += 1;
@@ -1074,6 +1158,7 @@ impl Reactor {
         }
 
         cx.dispatching = false;
+        cx.now.set(None);
         for index in cx.to_free.drain(..) {
             cx.sockets.remove(index);
         }
@@ -1100,11 +1185,11 @@ fn compute_wait(cx: &mut Ctx, timeout: Option<Duration>) -> Option<Duration> {
         let until = deadline.saturating_duration_since(Instant::now());
         wait = Some(wait.map_or(until, |w| w.min(until)));
     }
-    // Round up to whole milliseconds: a sub-millisecond wait must sleep,
-    // not spin (mio rounds up too; doing it here makes it explicit).
+    // Round up to whole milliseconds (epoll's unit): a timer 300 µs away
+    // costs one 1 ms sleep, never a busy loop of zero-timeout polls.
     wait.map(|w| {
-        let ms = w.as_nanos().div_ceil(1_000_000);
-        Duration::from_millis(ms.min(u64::MAX as u128) as u64)
+        let ms = w.subsec_nanos().div_ceil(1_000_000);
+        Duration::from_secs(w.as_secs()) + Duration::from_millis(u64::from(ms))
     })
 }
 
@@ -1151,17 +1236,46 @@ fn drain<H: Handler + ?Sized>(cx: &mut Ctx, rbuf: &mut [u8], handler: &mut H, id
         let Some(entry) = cx.live_entry_mut(id) else {
             return;
         };
+        #[cfg(target_os = "linux")]
+        if let Some(Sock::Signals(fd, _)) = entry.sock.as_ref() {
+            match sys::read_signal(fd.as_raw_fd()) {
+                Ok(Some(signal)) => {
+                    cx.callbacks += 1;
+                    handler.on_signal(cx, id, signal);
+                    finish_callback(cx, handler);
+                    continue;
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    cx.close_now(id, CloseReason::Error(e));
+                    finish_callback(cx, handler);
+                    return;
+                }
+            }
+        }
         let max = entry.max_msg;
         let mut buf = MsgBuf::borrowed(rbuf).with_quota(Some(max));
-        let res = match entry.sock.as_ref() {
-            Some(Sock::Udp(s)) => s.recv_msg(&mut buf).map(|r| map_addr(r, PeerAddr::Inet)),
-            Some(Sock::UnixDgram(s)) => s.recv_msg(&mut buf).map(|r| map_addr(r, PeerAddr::Unix)),
-            None => return,
+        let mut raw = sys::RawAddr::new();
+        let (fd, kind_max) = match entry.sock.as_ref() {
+            Some(Sock::Udp(s)) => (s.as_raw_fd(), Some(MAX_UDP_PAYLOAD)),
+            Some(Sock::UnixDgram(s)) => (s.as_raw_fd(), None),
+            _ => return,
         };
+        let res = recv_msg_fd(fd, kind_max, &mut buf, &mut raw);
         match res {
-            Ok(RecvResult::Fit(from)) | Ok(RecvResult::Spilled(from)) => {
+            Ok(RecvResult::Fit(())) | Ok(RecvResult::Spilled(())) => {
                 entry.stats.messages_in += 1;
                 entry.stats.bytes_in += buf.len() as u64;
+                let from = match peer_addr(entry.kind, &raw) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        entry.stats.recv_errors += 1;
+                        cx.callbacks += 1;
+                        handler.on_error(cx, id, Error::Io(e));
+                        finish_callback(cx, handler);
+                        continue;
+                    }
+                };
                 cx.callbacks += 1;
                 let msg = Datagram {
                     data: buf.filled(),
@@ -1170,13 +1284,9 @@ fn drain<H: Handler + ?Sized>(cx: &mut Ctx, rbuf: &mut [u8], handler: &mut H, id
                 handler.on_datagram(cx, id, msg);
                 finish_callback(cx, handler);
             }
-            Ok(RecvResult::QuotaExceeded(q, from)) => {
+            Ok(RecvResult::QuotaExceeded(q, ())) => {
                 entry.stats.dropped_over_quota += 1;
-                log::debug!(
-                    "{id}: dropped a {} B datagram from {from} (quota {})",
-                    q.size,
-                    q.quota
-                );
+                log::debug!("{id}: dropped a {} B datagram (quota {})", q.size, q.quota);
                 cx.callbacks += 1;
                 handler.on_error(cx, id, Error::QuotaExceeded(q));
                 finish_callback(cx, handler);
@@ -1206,12 +1316,14 @@ fn drain<H: Handler + ?Sized>(cx: &mut Ctx, rbuf: &mut [u8], handler: &mut H, id
     }
 }
 
-fn map_addr<A>(r: RecvResult<A>, f: impl FnOnce(A) -> PeerAddr) -> RecvResult<PeerAddr> {
-    match r {
-        RecvResult::Fit(a) => RecvResult::Fit(f(a)),
-        RecvResult::Spilled(a) => RecvResult::Spilled(f(a)),
-        RecvResult::QuotaExceeded(q, a) => RecvResult::QuotaExceeded(q, f(a)),
-        RecvResult::EndOfStream => RecvResult::EndOfStream,
+/// The sender of a datagram just read from a socket of `kind`.
+fn peer_addr(kind: SocketKind, raw: &sys::RawAddr) -> io::Result<PeerAddr> {
+    match kind {
+        SocketKind::Udp => raw
+            .to_inet()
+            .map(PeerAddr::Inet)
+            .ok_or_else(crate::addr::not_inet),
+        _ => Ok(PeerAddr::Unix(UnixAddr::from_received(raw.to_sock_addr()))),
     }
 }
 

@@ -19,7 +19,9 @@
 //! # Cost
 //!
 //! With a buffer at least as large as the limit — the quota, or 65,535 bytes
-//! for UDP — `recv_msg` is one `recvmsg`. Otherwise it first asks the size of
+//! for UDP — `recv_msg` is one receive system call (`recvfrom` on Linux, which
+//! reports the full length with `MSG_TRUNC` like `recvmsg` at a lower kernel
+//! cost; `recvmsg` elsewhere). Otherwise it first asks the size of
 //! the next message with a zero-length `MSG_PEEK|MSG_TRUNC` (nothing is
 //! copied), then reads the message into a buffer grown to fit, or discards it
 //! when it is over quota: two system calls, never more.
@@ -52,9 +54,7 @@ use std::fmt;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 
-use socket2::SockAddr;
-
-use crate::addr::{inet_from, UnixAddr};
+use crate::addr::UnixAddr;
 use crate::sys;
 
 /// The largest UDP payload (the IPv4/IPv6 length field's limit less the
@@ -344,7 +344,7 @@ pub trait TruncatingRecvMsg {
     type Addr;
 
     /// Receives one message — or with `peek`, copies it leaving it queued —
-    /// into `buf` without growing it. One `recvmsg`. `buf.filled()` is the
+    /// into `buf` without growing it. One system call. `buf.filled()` is the
     /// (possibly cut) message afterwards.
     fn recv_trunc(&self, peek: bool, buf: &mut MsgBuf<'_>) -> io::Result<TruncResult<Self::Addr>>;
 }
@@ -380,7 +380,7 @@ pub(crate) fn recv_trunc_fd(
     fd: RawFd,
     peek: bool,
     buf: &mut MsgBuf<'_>,
-    addr: &mut SockAddr,
+    addr: &mut sys::RawAddr,
 ) -> io::Result<(usize, usize, bool)> {
     let flags = sys::MSG_TRUNC | if peek { sys::MSG_PEEK } else { 0 };
     let cap = buf.capacity();
@@ -397,7 +397,7 @@ pub(crate) fn recv_msg_fd(
     fd: RawFd,
     kind_max: Option<usize>,
     buf: &mut MsgBuf<'_>,
-    addr: &mut SockAddr,
+    addr: &mut sys::RawAddr,
 ) -> io::Result<RecvResult<()>> {
     let cap = buf.capacity();
     let limit = match (buf.quota, kind_max) {
@@ -431,7 +431,7 @@ pub(crate) fn recv_msg_fd(
 fn recv_msg_sized(
     fd: RawFd,
     buf: &mut MsgBuf<'_>,
-    addr: &mut SockAddr,
+    addr: &mut sys::RawAddr,
 ) -> io::Result<RecvResult<()>> {
     let size = sys::recv_from(fd, &mut [], sys::MSG_PEEK | sys::MSG_TRUNC, addr)?.ret;
     let spilled = size > buf.capacity();
@@ -463,7 +463,7 @@ fn recv_msg_sized(
 fn recv_msg_doubling(
     fd: RawFd,
     buf: &mut MsgBuf<'_>,
-    addr: &mut SockAddr,
+    addr: &mut sys::RawAddr,
 ) -> io::Result<RecvResult<()>> {
     let start_cap = buf.capacity();
     loop {
@@ -515,9 +515,9 @@ macro_rules! impl_recv_traits {
                 peek: bool,
                 buf: &mut MsgBuf<'_>,
             ) -> io::Result<TruncResult<$addr>> {
-                let mut raw = sys::empty_sockaddr();
+                let mut raw = sys::RawAddr::new();
                 let (_, _, truncated) = recv_trunc_fd(self.as_raw_fd(), peek, buf, &mut raw)?;
-                let addr = $conv(raw)?;
+                let addr = $conv(&raw)?;
                 Ok(if truncated {
                     TruncResult::Truncated(addr)
                 } else {
@@ -533,9 +533,9 @@ macro_rules! impl_recv_traits {
                 peek: bool,
                 buf: &mut MsgBuf<'_>,
             ) -> io::Result<FullSizeResult<$addr>> {
-                let mut raw = sys::empty_sockaddr();
+                let mut raw = sys::RawAddr::new();
                 let (_, full, truncated) = recv_trunc_fd(self.as_raw_fd(), peek, buf, &mut raw)?;
-                let addr = $conv(raw)?;
+                let addr = $conv(&raw)?;
                 Ok(if truncated {
                     FullSizeResult::Truncated {
                         addr,
@@ -550,20 +550,20 @@ macro_rules! impl_recv_traits {
         impl RecvMsg for $ty {
             type Addr = $addr;
             fn recv_msg(&self, buf: &mut MsgBuf<'_>) -> io::Result<RecvResult<$addr>> {
-                let mut raw = sys::empty_sockaddr();
+                let mut raw = sys::RawAddr::new();
                 let r = recv_msg_fd(self.as_raw_fd(), $kind_max, buf, &mut raw)?;
-                Ok(map_result(r, $conv(raw)?))
+                Ok(map_result(r, $conv(&raw)?))
             }
         }
     };
 }
 
-fn conv_inet(raw: SockAddr) -> io::Result<std::net::SocketAddr> {
-    inet_from(&raw)
+fn conv_inet(raw: &sys::RawAddr) -> io::Result<std::net::SocketAddr> {
+    raw.to_inet().ok_or_else(crate::addr::not_inet)
 }
 
-fn conv_unix(raw: SockAddr) -> io::Result<UnixAddr> {
-    Ok(UnixAddr::from_received(raw))
+fn conv_unix(raw: &sys::RawAddr) -> io::Result<UnixAddr> {
+    Ok(UnixAddr::from_received(raw.to_sock_addr()))
 }
 
 impl_recv_traits!(

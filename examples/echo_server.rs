@@ -1,0 +1,240 @@
+//! echo_server — msgloop's main job: echo every message on every transport.
+//!
+//! ```text
+//! cargo run --release --example echo_server                 # every transport, defaults
+//! cargo run --release --example echo_server -- --udp 127.0.0.1:9000
+//! cargo run --release --example echo_server -- --unix-dgram /tmp/echo.sock
+//! ```
+//!
+//! With no transport flag it serves every transport on its default:
+//!
+//! | transport      | flag                | default                                   |
+//! |----------------|---------------------|-------------------------------------------|
+//! | UDP            | `--udp ADDR`        | `127.0.0.1:7000`                          |
+//! | Unix datagram  | `--unix-dgram PATH` | `msgloop-echo.dgram` in the temp directory |
+//!
+//! When any transport flag is given, only the transports named are served.
+//! Each message goes back to its sender byte for byte (a Unix datagram
+//! client must bind its own socket to get replies). Every 10 s, and on
+//! SIGINT/SIGTERM, a one-line summary of the counters is printed; on a
+//! signal the server also removes its socket files and exits 0.
+//!
+//! Try it with a client that is not ours:
+//!
+//! ```text
+//! python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); \
+//!     s.sendto(b"hello", ("127.0.0.1", 7000)); print(s.recvfrom(65535))'
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use msgloop::{Ctx, Datagram, DgramOptions, Error, Handler, Reactor, SocketId, TimerId, UnixAddr};
+
+const SUMMARY_EVERY: Duration = Duration::from_secs(10);
+
+struct Args {
+    udp: Option<SocketAddr>,
+    unix_dgram: Option<PathBuf>,
+    max_message: usize,
+}
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: echo_server [--udp ADDR] [--unix-dgram PATH] [--max-message BYTES]\n\
+         \n\
+         With no transport flag, serves UDP on 127.0.0.1:7000 and a Unix datagram\n\
+         socket at $TMPDIR/msgloop-echo.dgram. --max-message caps Unix datagrams\n\
+         (default 1 MiB; larger ones are dropped and counted)."
+    );
+    std::process::exit(2)
+}
+
+fn parse_args() -> Args {
+    let mut udp = None;
+    let mut unix_dgram = None;
+    let mut max_message = 1 << 20;
+    let mut any = false;
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().unwrap_or_else(|| usage());
+        match flag.as_str() {
+            "--udp" => {
+                any = true;
+                udp = Some(value().parse().unwrap_or_else(|e| {
+                    eprintln!("--udp: {e}");
+                    usage()
+                }));
+            }
+            "--unix-dgram" => {
+                any = true;
+                unix_dgram = Some(PathBuf::from(value()));
+            }
+            "--max-message" => {
+                max_message = value().parse().unwrap_or_else(|e| {
+                    eprintln!("--max-message: {e}");
+                    usage()
+                })
+            }
+            "-h" | "--help" => usage(),
+            other => {
+                eprintln!("unknown argument {other:?}");
+                usage()
+            }
+        }
+    }
+    if !any {
+        udp = Some("127.0.0.1:7000".parse().expect("valid default"));
+        unix_dgram = Some(std::env::temp_dir().join("msgloop-echo.dgram"));
+    }
+    Args {
+        udp,
+        unix_dgram,
+        max_message,
+    }
+}
+
+/// Per-transport counters the summary prints next to the reactor's own.
+#[derive(Default)]
+struct Counts {
+    echoed: u64,
+    echo_failed: u64,
+    unreplyable: u64,
+    errors: u64,
+}
+
+struct Echo {
+    udp: Option<SocketId>,
+    unix: Option<SocketId>,
+    counts: Counts,
+    started: Instant,
+    stop: bool,
+}
+
+impl Echo {
+    fn summary(&self, cx: &Ctx) -> String {
+        let mut line = format!("echo_server: up {}s", self.started.elapsed().as_secs());
+        for (name, id) in [("udp", self.udp), ("unix_dgram", self.unix)] {
+            if let Some(id) = id {
+                if let Ok(s) = cx.stats(id) {
+                    line += &format!(
+                        " | {name} in={} ({} B) out={} ({} B) over_quota={}",
+                        s.messages_in,
+                        s.bytes_in,
+                        s.messages_out,
+                        s.bytes_out,
+                        s.dropped_over_quota
+                    );
+                }
+            }
+        }
+        let c = &self.counts;
+        line += &format!(
+            " | echoed={} echo_failed={} unreplyable={} errors={}",
+            c.echoed, c.echo_failed, c.unreplyable, c.errors
+        );
+        line
+    }
+}
+
+impl Handler for Echo {
+    fn on_datagram(&mut self, cx: &mut Ctx, sock: SocketId, msg: Datagram<'_>) {
+        if msg.from().as_unix().is_some_and(UnixAddr::is_unnamed) {
+            // An unbound Unix client: there is no address to answer.
+            self.counts.unreplyable += 1;
+            return;
+        }
+        match cx.send_to(sock, msg.data(), msg.from()) {
+            Ok(_) => self.counts.echoed += 1,
+            Err(e) => {
+                self.counts.echo_failed += 1;
+                log_rate_limited(
+                    &format!("echo to {} failed: {e}", msg.from()),
+                    self.counts.echo_failed,
+                );
+            }
+        }
+    }
+
+    fn on_error(&mut self, _cx: &mut Ctx, sock: SocketId, error: Error) {
+        self.counts.errors += 1;
+        log_rate_limited(&format!("{sock}: {error}"), self.counts.errors);
+    }
+
+    fn on_timer(&mut self, cx: &mut Ctx, _timer: TimerId) {
+        eprintln!("{}", self.summary(cx));
+        cx.set_timer(SUMMARY_EVERY);
+    }
+
+    fn on_signal(&mut self, cx: &mut Ctx, _watcher: SocketId, signal: i32) {
+        eprintln!("echo_server: signal {signal}, shutting down");
+        eprintln!("{}", self.summary(cx));
+        self.stop = true;
+    }
+}
+
+/// Prints the first few occurrences of an error, then one in a thousand.
+fn log_rate_limited(msg: &str, count: u64) {
+    if count <= 5 || count % 1000 == 0 {
+        eprintln!("echo_server: {msg} (#{count})");
+    }
+}
+
+fn main() -> ExitCode {
+    let args = parse_args();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("echo_server: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<(), Error> {
+    let mut reactor = Reactor::new()?;
+    // Before anything else: SIGINT/SIGTERM become on_signal callbacks.
+    reactor.watch_signals(&[libc::SIGINT, libc::SIGTERM])?;
+
+    let mut app = Echo {
+        udp: None,
+        unix: None,
+        counts: Counts::default(),
+        started: Instant::now(),
+        stop: false,
+    };
+    if let Some(addr) = args.udp {
+        let opts = DgramOptions {
+            recv_buffer_size: Some(4 << 20),
+            ..DgramOptions::default()
+        };
+        let id = reactor.bind_udp_with(addr, &opts)?;
+        eprintln!("echo_server: udp on {}", reactor.local_addr(id)?);
+        app.udp = Some(id);
+    }
+    if let Some(path) = &args.unix_dgram {
+        let opts = DgramOptions {
+            max_message_len: Some(args.max_message),
+            // The file is ours: a leftover from a killed run is replaced,
+            // and the file is removed again when we exit.
+            unlink_stale: true,
+            unlink_on_close: true,
+            // Room to echo the largest message we accept.
+            send_buffer_size: Some(2 * args.max_message + 4096),
+            recv_buffer_size: Some(2 * args.max_message + 4096),
+        };
+        let id = reactor.bind_unix_datagram_with(&UnixAddr::from_pathname(path)?, &opts)?;
+        eprintln!("echo_server: unix datagram on {}", path.display());
+        app.unix = Some(id);
+    }
+    reactor.set_timer(SUMMARY_EVERY);
+
+    while !app.stop {
+        reactor.run_once(&mut app, None)?;
+    }
+    // Dropping the reactor closes every socket and removes their files.
+    drop(reactor);
+    Ok(())
+}
