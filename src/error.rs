@@ -3,6 +3,7 @@
 use std::fmt;
 use std::io;
 
+use crate::framing::FrameError;
 use crate::handler::SocketKind;
 use crate::recv::QuotaExceeded;
 
@@ -44,6 +45,18 @@ pub enum Error {
     /// A received message was over the socket's quota; it was consumed and
     /// not delivered.
     QuotaExceeded(QuotaExceeded),
+    /// The connection's send queue would pass its bound: nothing was
+    /// queued. [`Handler::on_writable`](crate::Handler::on_writable) is
+    /// called once the queue drains.
+    QueueFull {
+        /// Bytes already waiting.
+        queued: usize,
+        /// The bound (`max_send_queue`).
+        limit: usize,
+    },
+    /// The frame cannot be sent in this connection's frame format (too
+    /// large for `max_frame_len` or the length field). Nothing was sent.
+    Frame(FrameError),
     /// Any other I/O error.
     Io(io::Error),
 }
@@ -74,6 +87,8 @@ impl Error {
             Error::ConnectionRefused => io::ErrorKind::ConnectionRefused,
             Error::NotConnected => io::ErrorKind::NotConnected,
             Error::QuotaExceeded(_) => io::ErrorKind::InvalidData,
+            Error::QueueFull { .. } => io::ErrorKind::WouldBlock,
+            Error::Frame(_) => io::ErrorKind::InvalidInput,
             Error::Io(e) => e.kind(),
         }
     }
@@ -91,6 +106,11 @@ impl fmt::Display for Error {
             Error::ConnectionRefused => f.write_str("connection refused by the peer"),
             Error::NotConnected => f.write_str("socket not connected and no destination given"),
             Error::QuotaExceeded(e) => write!(f, "{e}"),
+            Error::QueueFull { queued, limit } => write!(
+                f,
+                "send queue full ({queued} B queued, limit {limit} B); on_writable follows"
+            ),
+            Error::Frame(e) => write!(f, "{e}"),
             Error::Io(e) => write!(f, "{e}"),
         }
     }
@@ -100,6 +120,7 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::QuotaExceeded(e) => Some(e),
+            Error::Frame(e) => Some(e),
             Error::Io(e) => Some(e),
             _ => None,
         }

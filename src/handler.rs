@@ -6,6 +6,7 @@ use std::io;
 
 use crate::addr::PeerAddr;
 use crate::error::Error;
+use crate::framing::FrameError;
 use crate::reactor::Ctx;
 use crate::timer::TimerKey;
 
@@ -62,6 +63,10 @@ pub enum SocketKind {
     UnixDatagram,
     /// Signals watched with [`Ctx::watch_signals`] (Linux `signalfd`).
     Signals,
+    /// A TCP listener ([`Ctx::listen_tcp`]).
+    TcpListener,
+    /// A framed TCP connection.
+    Tcp,
 }
 
 /// Why a socket was closed; passed to [`Handler::on_close`].
@@ -70,7 +75,20 @@ pub enum SocketKind {
 pub enum CloseReason {
     /// The handler closed it ([`Ctx::close`]).
     Local,
-    /// An I/O error the socket cannot recover from.
+    /// The peer closed the connection (end of stream). Any partial frame
+    /// it left is discarded.
+    EndOfStream,
+    /// The peer reset the connection (`ECONNRESET`, `EPIPE`).
+    Reset,
+    /// The peer sent a frame the connection's format rejects — a length
+    /// over `max_frame_len`, decided from the header alone — or an invalid
+    /// length. Nothing of its body was buffered.
+    Frame(FrameError),
+    /// A frame that started arriving did not complete within
+    /// `frame_idle_timeout` (slow-loris protection).
+    IdleTimeout,
+    /// An I/O error the socket cannot recover from (including a failed
+    /// TCP connect).
     Error(io::Error),
 }
 
@@ -78,6 +96,10 @@ impl fmt::Display for CloseReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             CloseReason::Local => f.write_str("closed locally"),
+            CloseReason::EndOfStream => f.write_str("closed by the peer"),
+            CloseReason::Reset => f.write_str("reset by the peer"),
+            CloseReason::Frame(e) => write!(f, "bad frame from the peer: {e}"),
+            CloseReason::IdleTimeout => f.write_str("frame idle timeout"),
             CloseReason::Error(e) => write!(f, "I/O error: {e}"),
         }
     }
@@ -151,6 +173,18 @@ pub trait Handler {
     /// A datagram arrived on a UDP or Unix datagram socket.
     fn on_datagram(&mut self, cx: &mut Ctx, sock: SocketId, msg: Datagram<'_>) {}
 
+    /// A framed TCP connection delivered a frame (possibly empty). The bytes
+    /// are borrowed from the reactor's receive buffer, or from the
+    /// connection's partial-frame buffer, for the duration of the call.
+    fn on_frame(&mut self, cx: &mut Ctx, conn: SocketId, frame: &[u8]) {}
+
+    /// `listener` accepted `conn` from `peer`.
+    fn on_accept(&mut self, cx: &mut Ctx, listener: SocketId, conn: SocketId, peer: &PeerAddr) {}
+
+    /// An outgoing connection ([`Ctx::connect_tcp`]) completed. (A failed
+    /// one gets [`on_close`](Handler::on_close) with the error instead.)
+    fn on_connect(&mut self, cx: &mut Ctx, conn: SocketId) {}
+
     /// Something went wrong on `sock` that does not close it: a datagram
     /// over the socket's quota (consumed, counted, not delivered), or an
     /// ICMP error reported on a UDP socket (`ConnectionRefused`, ...).
@@ -158,13 +192,15 @@ pub trait Handler {
         log::debug!("{sock}: {error}");
     }
 
-    /// `sock` can send again after a send returned [`Error::WouldBlock`].
-    /// Called once per `WouldBlock`, not on every writable edge.
+    /// `sock` can send again after a send returned [`Error::WouldBlock`]
+    /// (datagram sockets) or [`Error::QueueFull`] (TCP: the queue drained).
+    /// Called once per refusal, not on every writable edge.
     fn on_writable(&mut self, cx: &mut Ctx, sock: SocketId) {}
 
     /// `sock` is gone; its id is dead from now on. Called exactly once for
-    /// every socket closed while `run_once` runs (by [`Ctx::close`], or on
-    /// an error the socket cannot recover from).
+    /// every socket that closes other than by the host's own
+    /// [`Ctx::close`] between passes: by the peer, on an error, on a
+    /// timeout, or by [`Ctx::close`] inside a callback.
     fn on_close(&mut self, cx: &mut Ctx, sock: SocketId, reason: CloseReason) {}
 
     /// A timer set with [`Ctx::set_timer`] is due.

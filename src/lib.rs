@@ -65,11 +65,14 @@ mod timer;
 #[cfg(target_os = "linux")]
 pub mod batch;
 pub mod framing;
+pub mod rudp;
 
 pub use addr::{Destination, PeerAddr, UnixAddr};
 pub use error::Error;
 pub use handler::{CloseReason, Datagram, Handler, SocketId, SocketKind, TimerId};
-pub use reactor::{Config, Ctx, DgramOptions, Reactor, ReactorStats, SocketStats, Waker};
+pub use reactor::{
+    Config, Ctx, DgramOptions, Reactor, ReactorStats, SocketStats, TcpOptions, Waker,
+};
 #[cfg(target_os = "linux")]
 pub use recv::TruncatingRecvMsgWithFullSize;
 pub use recv::{

@@ -405,20 +405,22 @@ pub(crate) fn recv_msg_fd(
         (q, k) => q.or(k),
     };
     if limit.is_some_and(|l| cap >= l) {
-        // Nothing that may be delivered can be cut: one system call.
+        // Nothing that may be delivered can be cut: one system call. What
+        // is over the quota (cut or not) is consumed and reported.
         let (stored, full, truncated) = recv_trunc_fd(fd, false, buf, addr)?;
-        if !truncated {
-            return Ok(RecvResult::Fit(()));
+        let size = if truncated {
+            full.max(stored + 1)
+        } else {
+            stored
+        };
+        match buf.quota {
+            Some(quota) if size > quota => {}
+            _ if !truncated => return Ok(RecvResult::Fit(())),
+            _ => {}
         }
         buf.set_len(0);
         let quota = buf.quota.unwrap_or(cap);
-        return Ok(RecvResult::QuotaExceeded(
-            QuotaExceeded {
-                size: full.max(stored + 1),
-                quota,
-            },
-            (),
-        ));
+        return Ok(RecvResult::QuotaExceeded(QuotaExceeded { size, quota }, ()));
     }
     if cfg!(target_os = "linux") {
         recv_msg_sized(fd, buf, addr)

@@ -6,6 +6,7 @@ use std::net::ToSocketAddrs;
 use std::ops::{Deref, DerefMut};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::MetadataExt;
+use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,6 +23,10 @@ use crate::handler::{CloseReason, Datagram, Handler, SocketId, SocketKind, Timer
 use crate::recv::{recv_msg_fd, MsgBuf, RecvResult, MAX_UDP_PAYLOAD};
 use crate::sys;
 use crate::timer::Timers;
+
+mod tcp;
+pub use tcp::TcpOptions;
+use tcp::{TcpConn, TcpListenerState};
 
 /// The token of the reactor's [`Waker`].
 const WAKER_TOKEN: Token = Token(usize::MAX);
@@ -163,12 +168,14 @@ impl Waker {
     }
 }
 
-pub(crate) enum Sock {
+enum Sock {
     Udp(mio::net::UdpSocket),
     UnixDgram(mio::net::UnixDatagram),
     /// A signalfd and the signals it blocked (unblocked again on close).
     #[cfg(target_os = "linux")]
     Signals(std::os::fd::OwnedFd, Vec<libc::c_int>),
+    TcpListener(Box<TcpListenerState>),
+    Tcp(Box<TcpConn>),
 }
 
 impl Drop for Sock {
@@ -187,6 +194,8 @@ impl Sock {
             Sock::UnixDgram(_) => SocketKind::UnixDatagram,
             #[cfg(target_os = "linux")]
             Sock::Signals(..) => SocketKind::Signals,
+            Sock::TcpListener(_) => SocketKind::TcpListener,
+            Sock::Tcp(_) => SocketKind::Tcp,
         }
     }
 
@@ -200,6 +209,8 @@ impl Sock {
         match self {
             Sock::Udp(s) => reg(s, registry, token, interest, re),
             Sock::UnixDgram(s) => reg(s, registry, token, interest, re),
+            Sock::TcpListener(l) => reg(&mut l.listener, registry, token, interest, re),
+            Sock::Tcp(c) => reg(&mut c.stream, registry, token, interest, re),
             #[cfg(target_os = "linux")]
             Sock::Signals(fd, _) => reg(
                 &mut SourceFd(&fd.as_raw_fd()),
@@ -215,6 +226,9 @@ impl Sock {
         match self {
             Sock::Udp(s) => registry.deregister(s),
             Sock::UnixDgram(s) => registry.deregister(s),
+            Sock::TcpListener(l) if l.paused => Ok(()),
+            Sock::TcpListener(l) => registry.deregister(&mut l.listener),
+            Sock::Tcp(c) => registry.deregister(&mut c.stream),
             #[cfg(target_os = "linux")]
             Sock::Signals(fd, _) => registry.deregister(&mut SourceFd(&fd.as_raw_fd())),
         }
@@ -225,6 +239,8 @@ impl Sock {
         match self {
             Sock::Udp(s) => Some(SockRef::from(s)),
             Sock::UnixDgram(s) => Some(SockRef::from(s)),
+            Sock::TcpListener(l) => Some(SockRef::from(&l.listener)),
+            Sock::Tcp(c) => Some(SockRef::from(&c.stream)),
             #[cfg(target_os = "linux")]
             Sock::Signals(..) => None,
         }
@@ -292,6 +308,10 @@ struct Entry {
 #[derive(Debug, Clone, Copy)]
 enum TimerTarget {
     User,
+    /// A TCP connection's partial frame may have stalled.
+    FrameIdle(SocketId),
+    /// A listener paused by `EMFILE` tries again.
+    ResumeAccept(SocketId),
 }
 
 /// What a handler callback may do — send, close, add sockets, set timers,
@@ -325,6 +345,11 @@ pub struct Ctx {
     callbacks: u64,
     /// The largest receive buffer any socket needs.
     rbuf_needed: usize,
+    /// TCP frames sent during this pass, flushed per connection at its end.
+    out: Vec<u8>,
+    out_segs: Vec<tcp::Seg>,
+    /// Listeners paused because the process ran out of fds.
+    paused_listeners: Vec<SocketId>,
 }
 
 impl fmt::Debug for Ctx {
@@ -461,7 +486,7 @@ impl Ctx {
         apply_buffers(&sock, opts)?;
         let path = addr.as_pathname();
         if let (Some(p), true) = (path, opts.unlink_stale) {
-            remove_stale_socket_file(p)?;
+            remove_stale_socket_file(p, Type::DGRAM)?;
         }
         sock.bind(addr.as_sock_addr())?;
         let bound = match (path, opts.unlink_on_close) {
@@ -551,12 +576,12 @@ impl Ctx {
 
     /// The kind of a socket.
     pub fn kind(&self, sock: SocketId) -> Result<SocketKind, Error> {
-        Ok(self.entry(sock)?.kind)
+        Ok(self.live_entry(sock)?.kind)
     }
 
     /// `true` while `sock` names an open socket.
     pub fn contains(&self, sock: SocketId) -> bool {
-        self.entry(sock).is_ok_and(|e| e.sock.is_some())
+        self.live_entry(sock).is_ok()
     }
 
     /// Sends one datagram to `to`. Returns the bytes sent (always the whole
@@ -628,31 +653,64 @@ impl Ctx {
     }
 
     fn close_now(&mut self, id: SocketId, reason: CloseReason) {
-        let entry = &mut self.sockets[id.index as usize];
-        if let Some(mut s) = entry.sock.take() {
-            if let Err(e) = s.deregister(self.poll.registry()) {
-                log::debug!("{id}: deregister: {e}");
-            }
-            drop(s);
-            if let Some(b) = entry.bound.take() {
-                b.remove();
-            }
-            self.closed_totals.add(&entry.stats);
-            self.closed_count += 1;
-        } else {
+        let Some(entry) = self.sockets.get_mut(id.index as usize) else {
+            return;
+        };
+        if entry.gen != id.gen {
             return;
         }
+        let Some(mut s) = entry.sock.take() else {
+            return;
+        };
+        if let Err(e) = s.deregister(self.poll.registry()) {
+            log::debug!("{id}: deregister: {e}");
+        }
+        if let Some(b) = entry.bound.take() {
+            b.remove();
+        }
+        self.closed_totals.add(&entry.stats);
+        self.closed_count += 1;
+        let listener = match &s {
+            Sock::Tcp(c) => {
+                if let Some(key) = c.idle_timer_key() {
+                    self.timers.cancel(key);
+                }
+                c.listener
+            }
+            _ => None,
+        };
+        drop(s); // closes the fd
         if self.dispatching {
-            self.closed.push((id, reason));
             self.to_free.push(id.index as usize);
         } else {
             self.sockets.remove(id.index as usize);
         }
+        // The handler hears of every close it did not ask for between
+        // passes too: on the next pass.
+        if self.dispatching || !matches!(reason, CloseReason::Local) {
+            self.closed.push((id, reason));
+        }
+        if let Some(lid) = listener {
+            tcp::conn_closed(self, lid);
+        }
+        // An fd was freed: listeners that ran out of fds may accept again.
+        while let Some(lid) = self.paused_listeners.pop() {
+            tcp::resume_listener(self, lid);
+        }
+    }
+
+    /// Heap bytes a socket holds beyond its fixed bookkeeping: a TCP
+    /// connection's send queue and partial frame (0 when idle).
+    pub fn buffered_bytes(&self, sock: SocketId) -> Result<usize, Error> {
+        Ok(match &self.live_entry(sock)?.sock {
+            Some(Sock::Tcp(c)) => c.buffered_capacity(),
+            _ => 0,
+        })
     }
 
     /// Counters of one socket.
     pub fn stats(&self, sock: SocketId) -> Result<SocketStats, Error> {
-        Ok(self.entry(sock)?.stats)
+        Ok(self.live_entry(sock)?.stats)
     }
 
     /// Counters of the whole reactor.
@@ -899,11 +957,32 @@ fn apply_buffers(sock: &Socket, opts: &DgramOptions) -> io::Result<()> {
     Ok(())
 }
 
-/// Removes `path` if it is a socket file nobody listens on any more.
-fn remove_stale_socket_file(path: &Path) -> io::Result<()> {
+/// Removes `path` if it is a socket file nobody listens on any more: a
+/// leftover of a process that exited without removing it. A live socket
+/// there (one a connect of type `ty` reaches) is never taken over: that is
+/// `AddrInUse`. Anything that is not a socket file is never removed.
+pub(crate) fn remove_stale_socket_file(path: &Path, ty: Type) -> io::Result<()> {
     use std::os::unix::fs::FileTypeExt;
     match std::fs::symlink_metadata(path) {
-        Ok(md) if md.file_type().is_socket() => std::fs::remove_file(path),
+        Ok(md) if md.file_type().is_socket() => {
+            let probe = Socket::new(Domain::UNIX, ty.nonblocking().cloexec(), None)?;
+            match probe.connect(&socket2::SockAddr::unix(path)?) {
+                Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
+                    std::fs::remove_file(path)
+                }
+                Ok(()) => Err(in_use(path)),
+                // Another socket type, or a full backlog: someone is there.
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EPROTOTYPE) | Some(libc::EAGAIN)
+                    ) =>
+                {
+                    Err(in_use(path))
+                }
+                Err(e) => Err(e),
+            }
+        }
         Ok(_) => Err(io::Error::new(
             io::ErrorKind::AlreadyExists,
             format!(
@@ -914,6 +993,16 @@ fn remove_stale_socket_file(path: &Path) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
     }
+}
+
+fn in_use(path: &Path) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::AddrInUse,
+        format!(
+            "{} is in use by a live socket: not removing it",
+            path.display()
+        ),
+    )
 }
 
 /// A single-threaded event loop over message-oriented sockets, driven by
@@ -1072,6 +1161,9 @@ impl Reactor {
                 run_once_calls: 0,
                 callbacks: 0,
                 rbuf_needed: MAX_UDP_PAYLOAD,
+                out: Vec::new(),
+                out_segs: Vec::new(),
+                paused_listeners: Vec::new(),
             },
             events,
             rbuf: Vec::new(),
@@ -1083,6 +1175,50 @@ impl Reactor {
     /// dispatches every ready socket and due timer to `handler`, and
     /// returns the number of callbacks made. See the [contract](Reactor#the-run_once-contract).
     pub fn run_once<H: Handler + ?Sized>(
+        &mut self,
+        handler: &mut H,
+        timeout: Option<Duration>,
+    ) -> io::Result<usize> {
+        // Unwinding costs nothing until a handler panics; then the reactor
+        // puts itself back in order before the panic goes on.
+        match panic::catch_unwind(AssertUnwindSafe(|| self.pass(handler, timeout))) {
+            Ok(result) => result,
+            Err(payload) => {
+                self.recover_after_panic();
+                panic::resume_unwind(payload)
+            }
+        }
+    }
+
+    /// Leaves a consistent, idle reactor after a handler panicked mid-pass:
+    /// closed sockets' slots are freed, and every socket that had an event
+    /// in the interrupted pass is served on the next call without waiting
+    /// for a new edge (their events would otherwise be lost: mio is
+    /// edge-triggered).
+    fn recover_after_panic(&mut self) {
+        let cx = &mut self.cx;
+        cx.dispatching = false;
+        cx.now.set(None);
+        for index in cx.to_free.drain(..) {
+            cx.sockets.remove(index);
+        }
+        let pending = self
+            .carry_now
+            .drain(..)
+            .chain(self.events.iter().map(|ev| id_of(ev.token())));
+        for id in pending {
+            if let Some(e) = cx.live_entry_mut(id) {
+                if !e.carried {
+                    e.carried = true;
+                    e.served_tick = 0;
+                    cx.carry.push(id);
+                }
+            }
+        }
+        self.events.clear();
+    }
+
+    fn pass<H: Handler + ?Sized>(
         &mut self,
         handler: &mut H,
         timeout: Option<Duration>,
@@ -1111,6 +1247,9 @@ impl Reactor {
             *rbuf = vec![0; cx.rbuf_needed];
         }
         let before = cx.callbacks;
+        // Closes that happened between passes (a failed send, a panic)
+        // are reported first.
+        finish_callback(cx, handler);
 
         // Sockets cut off by their budget last call come first.
         std::mem::swap(carry_now, &mut cx.carry);
@@ -1118,7 +1257,7 @@ impl Reactor {
             if let Some(e) = cx.live_entry_mut(id) {
                 e.carried = false;
             }
-            drain(cx, rbuf, handler, id);
+            serve_readable(cx, rbuf, handler, id);
         }
         carry_now.clear();
 
@@ -1130,13 +1269,20 @@ impl Reactor {
                 continue;
             }
             let id = id_of(ev.token());
-            if ev.is_writable() && cx.disarm_writable(id) {
+            let Some(kind) = cx.live_entry_mut(id).map(|e| e.kind) else {
+                continue; // a socket closed earlier in this pass
+            };
+            if kind == SocketKind::Tcp {
+                if ev.is_writable() || ev.is_error() || ev.is_write_closed() {
+                    tcp::conn_writable(cx, handler, id);
+                }
+            } else if ev.is_writable() && cx.disarm_writable(id) {
                 cx.callbacks += 1;
                 handler.on_writable(cx, id);
                 finish_callback(cx, handler);
             }
             if ev.is_readable() || ev.is_error() || ev.is_read_closed() {
-                drain(cx, rbuf, handler, id);
+                serve_readable(cx, rbuf, handler, id);
             }
         }
 
@@ -1154,8 +1300,16 @@ impl Reactor {
                     handler.on_timer(cx, TimerId(key));
                     finish_callback(cx, handler);
                 }
+                TimerTarget::FrameIdle(id) => tcp::frame_idle_due(cx, handler, id, now),
+                TimerTarget::ResumeAccept(lid) => {
+                    cx.paused_listeners.retain(|&l| l != lid);
+                    tcp::resume_listener(cx, lid);
+                }
             }
         }
+
+        // TCP frames sent during the pass go out now, coalesced.
+        tcp::flush_output(cx, handler);
 
         cx.dispatching = false;
         cx.now.set(None);
@@ -1177,7 +1331,7 @@ impl Drop for Reactor {
 }
 
 fn compute_wait(cx: &mut Ctx, timeout: Option<Duration>) -> Option<Duration> {
-    if !cx.carry.is_empty() {
+    if !cx.carry.is_empty() || !cx.closed.is_empty() || !cx.out_segs.is_empty() {
         return Some(Duration::ZERO);
     }
     let mut wait = timeout;
@@ -1224,17 +1378,50 @@ fn is_transient_recv_error(e: &io::Error) -> bool {
     )
 }
 
-/// Reads `id` until `WouldBlock` or its budget is spent.
-fn drain<H: Handler + ?Sized>(cx: &mut Ctx, rbuf: &mut [u8], handler: &mut H, id: SocketId) {
+/// Serves a readable socket once per pass: reads (or accepts) until
+/// `WouldBlock` or the budget; a socket cut off by its budget is carried to
+/// the next pass.
+fn serve_readable<H: Handler + ?Sized>(
+    cx: &mut Ctx,
+    rbuf: &mut [u8],
+    handler: &mut H,
+    id: SocketId,
+) {
     let tick = cx.tick;
-    match cx.live_entry_mut(id) {
-        Some(e) if e.served_tick != tick => e.served_tick = tick,
+    let kind = match cx.live_entry_mut(id) {
+        Some(e) if e.served_tick != tick => {
+            e.served_tick = tick;
+            e.kind
+        }
         _ => return,
+    };
+    let more = match kind {
+        SocketKind::TcpListener => tcp::drain_listener(cx, handler, id),
+        SocketKind::Tcp => tcp::drain_conn(cx, rbuf, handler, id),
+        _ => drain_dgram(cx, rbuf, handler, id),
+    };
+    if more {
+        if let Some(e) = cx.live_entry_mut(id) {
+            if !e.carried {
+                e.carried = true;
+                cx.carry.push(id);
+            }
+        }
     }
+}
+
+/// Reads a datagram socket (or signalfd) until `WouldBlock` or its budget
+/// is spent; `true` if the budget ran out.
+fn drain_dgram<H: Handler + ?Sized>(
+    cx: &mut Ctx,
+    rbuf: &mut [u8],
+    handler: &mut H,
+    id: SocketId,
+) -> bool {
     let budget = cx.config.read_budget;
     for _ in 0..budget {
         let Some(entry) = cx.live_entry_mut(id) else {
-            return;
+            return false;
         };
         #[cfg(target_os = "linux")]
         if let Some(Sock::Signals(fd, _)) = entry.sock.as_ref() {
@@ -1245,11 +1432,11 @@ fn drain<H: Handler + ?Sized>(cx: &mut Ctx, rbuf: &mut [u8], handler: &mut H, id
                     finish_callback(cx, handler);
                     continue;
                 }
-                Ok(None) => return,
+                Ok(None) => return false,
                 Err(e) => {
                     cx.close_now(id, CloseReason::Error(e));
                     finish_callback(cx, handler);
-                    return;
+                    return false;
                 }
             }
         }
@@ -1259,7 +1446,7 @@ fn drain<H: Handler + ?Sized>(cx: &mut Ctx, rbuf: &mut [u8], handler: &mut H, id
         let (fd, kind_max) = match entry.sock.as_ref() {
             Some(Sock::Udp(s)) => (s.as_raw_fd(), Some(MAX_UDP_PAYLOAD)),
             Some(Sock::UnixDgram(s)) => (s.as_raw_fd(), None),
-            _ => return,
+            _ => return false,
         };
         let res = recv_msg_fd(fd, kind_max, &mut buf, &mut raw);
         match res {
@@ -1291,8 +1478,8 @@ fn drain<H: Handler + ?Sized>(cx: &mut Ctx, rbuf: &mut [u8], handler: &mut H, id
                 handler.on_error(cx, id, Error::QuotaExceeded(q));
                 finish_callback(cx, handler);
             }
-            Ok(RecvResult::EndOfStream) => return,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Ok(RecvResult::EndOfStream) => return false,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
             Err(e) if is_transient_recv_error(&e) => {
                 entry.stats.recv_errors += 1;
                 cx.callbacks += 1;
@@ -1303,17 +1490,12 @@ fn drain<H: Handler + ?Sized>(cx: &mut Ctx, rbuf: &mut [u8], handler: &mut H, id
                 log::warn!("{id}: receive failed, closing: {e}");
                 cx.close_now(id, CloseReason::Error(e));
                 finish_callback(cx, handler);
-                return;
+                return false;
             }
         }
     }
     // Budget spent with data possibly left: serve it next call.
-    if let Some(e) = cx.live_entry_mut(id) {
-        if !e.carried {
-            e.carried = true;
-            cx.carry.push(id);
-        }
-    }
+    true
 }
 
 /// The sender of a datagram just read from a socket of `kind`.

@@ -1,0 +1,208 @@
+//! Configuration: every timer and limit of the protocol, with defaults.
+
+use std::time::Duration;
+
+use super::wire::{MAX_ACK_DELAY_MS, MAX_MTU, MAX_RECV_WINDOW, MIN_MTU};
+
+/// Bytes of a DATA datagram that are not fragment payload in the worst case:
+/// header + packet number + ack block + largest chunk header.
+pub(crate) const FRAG_OVERHEAD: usize =
+    super::wire::MAX_DATA_OVERHEAD + super::wire::MAX_CHUNK_HEADER;
+
+/// Tunables of an rudp endpoint and its connections.
+///
+/// Every field has a documented default ([`RudpConfig::default`]). Values out
+/// of range are clamped when an [`Endpoint`](super::Endpoint) or
+/// [`Connection`](super::Connection) is created (see [`RudpConfig::sanitized`]),
+/// never rejected with a panic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RudpConfig {
+    /// Largest UDP payload sent and accepted. Default 1,200 bytes; clamped to
+    /// 128..=65,507. Both ends use the smaller of their two values.
+    pub mtu: usize,
+    /// Largest message accepted for sending and for receiving. Default 1 MiB.
+    /// Clamped to at most what 65,535 fragments can carry.
+    pub max_message_len: usize,
+    /// Bound on queued-but-unacknowledged bytes per connection (reliable
+    /// messages until acked, unreliable ones until sent). Default 4 MiB; at
+    /// least `max_message_len`.
+    pub max_send_queue_bytes: usize,
+    /// Bound on queued-but-unacknowledged messages per connection. Default 16,384.
+    pub max_send_queue_messages: usize,
+    /// Receive window announced to the peer, in Delivery messages past the
+    /// cumulative ack. Default 8,192; clamped to 16..=1,048,576.
+    pub recv_window: u32,
+    /// Bound on received bytes held per connection: out-of-order messages,
+    /// partial reassemblies and delivered-but-not-yet-polled messages.
+    /// Default 8 MiB; at least `2 * max_message_len`. Data past it is dropped
+    /// unacknowledged (the peer retransmits later).
+    pub max_recv_buffer_bytes: usize,
+    /// Congestion window at the start, in packets. Default 10.
+    pub initial_cwnd: u32,
+    /// Smallest congestion window, in packets. Default 2.
+    pub min_cwnd: u32,
+    /// Largest congestion window: packets in flight. Default 1,024.
+    pub max_in_flight: u32,
+    /// RTT assumed before the first sample. Default 100 ms.
+    pub initial_rtt: Duration,
+    /// Smallest retransmission timeout. Default 50 ms.
+    pub min_rto: Duration,
+    /// Largest retransmission timeout, also the cap of exponential backoff.
+    /// Default 2 s.
+    pub max_rto: Duration,
+    /// Longest an ack is delayed. Default 10 ms; at most 16,384 ms.
+    pub max_ack_delay: Duration,
+    /// Ack at once after this many unacknowledged ack-eliciting packets. Default 2.
+    pub ack_eliciting_threshold: u32,
+    /// A packet is lost once a packet this many numbers later was acked. Default 3.
+    pub packet_threshold: u32,
+    /// Consecutive retransmission timeouts before the peer is declared gone
+    /// (`CloseReason::Timeout`). Default 8.
+    pub max_retransmits: u32,
+    /// A PING is sent when nothing ack-eliciting was sent for this long.
+    /// Default 1 s (clamped to at most half the idle timeout).
+    pub heartbeat_interval: Duration,
+    /// The connection closes with `Timeout` when nothing was received for this
+    /// long. Default 10 s.
+    pub idle_timeout: Duration,
+    /// A handshake (client) or an unconfirmed server connection must complete
+    /// within this. Default 10 s.
+    pub handshake_timeout: Duration,
+    /// Endpoint: most live connections (both directions). Default 4,096.
+    pub max_connections: usize,
+    /// Endpoint: most server connections accepted but not yet confirmed by a
+    /// packet from the client. Default 256.
+    pub max_half_open: usize,
+    /// Endpoint: answer INITIAL packets (act as a server). Default `true`.
+    pub accept_incoming: bool,
+    /// Endpoint: length of a cookie time bucket; a cookie is valid in its
+    /// bucket and the next one (so for 1–2× this). Default 10 s.
+    pub cookie_lifetime: Duration,
+    /// Partially reassembled unreliable (None/Order) messages kept per
+    /// connection; the oldest is dropped beyond it. Default 8.
+    pub max_unreliable_partials: usize,
+    /// Protocol violations tolerated (each discards its datagram) before the
+    /// connection is closed with `CloseReason::ProtocolViolation`. Default 16.
+    pub max_protocol_violations: u32,
+    /// Test support: force the initial packet number and sequence numbers
+    /// (instead of random ones), e.g. near `u32::MAX` to test wrapping.
+    #[doc(hidden)]
+    pub initial_sequence: Option<u32>,
+}
+
+impl Default for RudpConfig {
+    fn default() -> Self {
+        RudpConfig {
+            mtu: 1200,
+            max_message_len: 1 << 20,
+            max_send_queue_bytes: 4 << 20,
+            max_send_queue_messages: 16_384,
+            recv_window: 8192,
+            max_recv_buffer_bytes: 8 << 20,
+            initial_cwnd: 10,
+            min_cwnd: 2,
+            max_in_flight: 1024,
+            initial_rtt: Duration::from_millis(100),
+            min_rto: Duration::from_millis(50),
+            max_rto: Duration::from_secs(2),
+            max_ack_delay: Duration::from_millis(10),
+            ack_eliciting_threshold: 2,
+            packet_threshold: 3,
+            max_retransmits: 8,
+            heartbeat_interval: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+            max_connections: 4096,
+            max_half_open: 256,
+            accept_incoming: true,
+            cookie_lifetime: Duration::from_secs(10),
+            max_unreliable_partials: 8,
+            max_protocol_violations: 16,
+            initial_sequence: None,
+        }
+    }
+}
+
+impl RudpConfig {
+    /// A copy with every value clamped into its valid range.
+    pub fn sanitized(&self) -> RudpConfig {
+        let mut c = self.clone();
+        let hour = Duration::from_secs(3600);
+        c.mtu = c.mtu.clamp(MIN_MTU, MAX_MTU);
+        let frag = c.mtu - FRAG_OVERHEAD;
+        c.max_message_len = c
+            .max_message_len
+            .clamp(1, frag * usize::from(u16::MAX))
+            .min(u32::MAX as usize);
+        c.max_send_queue_bytes = c.max_send_queue_bytes.max(c.max_message_len);
+        c.max_send_queue_messages = c.max_send_queue_messages.clamp(16, 1 << 24);
+        c.recv_window = c.recv_window.clamp(16, MAX_RECV_WINDOW);
+        c.max_recv_buffer_bytes = c.max_recv_buffer_bytes.max(2 * c.max_message_len);
+        c.min_cwnd = c.min_cwnd.clamp(1, 1 << 16);
+        c.max_in_flight = c.max_in_flight.clamp(c.min_cwnd, 1 << 16);
+        c.initial_cwnd = c.initial_cwnd.clamp(c.min_cwnd, c.max_in_flight);
+        c.min_rto = c.min_rto.clamp(Duration::from_millis(1), hour);
+        c.max_rto = c.max_rto.clamp(c.min_rto, hour);
+        c.initial_rtt = c.initial_rtt.clamp(Duration::from_micros(100), hour);
+        c.max_ack_delay = c
+            .max_ack_delay
+            .min(Duration::from_millis(u64::from(MAX_ACK_DELAY_MS)));
+        c.ack_eliciting_threshold = c.ack_eliciting_threshold.clamp(1, 1024);
+        c.packet_threshold = c.packet_threshold.clamp(1, 64);
+        c.max_retransmits = c.max_retransmits.clamp(1, 64);
+        c.idle_timeout = c.idle_timeout.clamp(Duration::from_millis(10), 24 * hour);
+        c.heartbeat_interval = c
+            .heartbeat_interval
+            .clamp(Duration::from_millis(1), c.idle_timeout / 2);
+        c.handshake_timeout = c
+            .handshake_timeout
+            .clamp(Duration::from_millis(10), 24 * hour);
+        c.max_connections = c.max_connections.max(1);
+        c.max_half_open = c.max_half_open.clamp(1, c.max_connections);
+        c.cookie_lifetime = c
+            .cookie_lifetime
+            .clamp(Duration::from_millis(100), 24 * hour);
+        c.max_unreliable_partials = c.max_unreliable_partials.clamp(1, 1024);
+        c.max_protocol_violations = c.max_protocol_violations.max(1);
+        c
+    }
+
+    /// Fragment payload size for an effective datagram size `mtu`.
+    pub(crate) fn frag_payload(mtu: usize) -> usize {
+        mtu.saturating_sub(FRAG_OVERHEAD).max(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_survive_sanitizing() {
+        let d = RudpConfig::default();
+        assert_eq!(d.sanitized(), d);
+    }
+
+    #[test]
+    fn absurd_values_are_clamped() {
+        let c = RudpConfig {
+            mtu: 1,
+            max_message_len: usize::MAX,
+            recv_window: 0,
+            min_rto: Duration::ZERO,
+            max_rto: Duration::ZERO,
+            idle_timeout: Duration::ZERO,
+            heartbeat_interval: Duration::MAX,
+            max_in_flight: 0,
+            ..RudpConfig::default()
+        }
+        .sanitized();
+        assert_eq!(c.mtu, MIN_MTU);
+        assert!(c.max_message_len <= (MIN_MTU - FRAG_OVERHEAD) * 65_535);
+        assert!(c.recv_window >= 16);
+        assert!(c.max_rto >= c.min_rto && c.min_rto > Duration::ZERO);
+        assert!(c.heartbeat_interval <= c.idle_timeout / 2);
+        assert!(c.max_in_flight >= c.min_cwnd);
+        assert!(c.max_recv_buffer_bytes >= 2 * c.max_message_len);
+    }
+}

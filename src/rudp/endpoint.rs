@@ -1,0 +1,642 @@
+//! Many connections on one UDP socket.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+use log::{debug, trace};
+
+use super::connection::Connection;
+use super::rng::{siphash24, Rng};
+use super::wire::{field, PacketRepr};
+use super::{ConnectionStats, Event, EventRef, Guarantee, RudpConfig, RudpError, SendError};
+
+/// Stateless responses (CHALLENGE) queued at most; more are dropped.
+const MAX_STATELESS_QUEUE: usize = 256;
+
+/// Identifies a connection of an [`Endpoint`]. Carries a generation: once the
+/// connection is gone, its id is rejected even if the slot is reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerId {
+    index: u32,
+    generation: u32,
+}
+
+impl PeerId {
+    /// Slot index (stable while the connection lives; reused afterwards).
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+}
+
+/// A datagram to send: `buf[..len]` of the buffer passed to
+/// [`Endpoint::poll_transmit`], to `dest`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transmit {
+    /// Where to send it.
+    pub dest: SocketAddr,
+    /// How many bytes of the buffer to send.
+    pub len: usize,
+}
+
+/// Endpoint-wide counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EndpointStats {
+    /// Datagrams passed to `handle_datagram`.
+    pub datagrams_received: u64,
+    /// Datagrams that did not parse.
+    pub malformed: u64,
+    /// Datagrams for no known connection (and not a handshake start).
+    pub unknown_connection: u64,
+    /// CHALLENGEs sent.
+    pub challenges_sent: u64,
+    /// Stateless responses dropped because their queue was full.
+    pub stateless_dropped: u64,
+    /// ECHOs with a wrong or expired cookie.
+    pub invalid_cookies: u64,
+    /// ECHOs refused because of the connection or half-open limit.
+    pub refused: u64,
+    /// Server connections created.
+    pub accepted: u64,
+    /// Client connections created.
+    pub connected: u64,
+    /// Protocol violations reported by connections.
+    pub protocol_violations: u64,
+    /// Connections freed.
+    pub closed: u64,
+}
+
+#[derive(Debug)]
+struct Entry {
+    conn: Connection,
+    remote: SocketAddr,
+    half_open: bool,
+    /// Deadline of this connection's live heap entry.
+    scheduled: Option<Instant>,
+    in_transmit_queue: bool,
+    in_event_queue: bool,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    generation: u32,
+    entry: Option<Box<Entry>>,
+}
+
+/// Many rudp connections multiplexed on one socket: routes datagrams by
+/// (source address, connection id), runs the stateless cookie handshake,
+/// and keeps one timer heap for all connections.
+///
+/// # Call order
+///
+/// Like [`Connection`]: feed [`handle_datagram`](Self::handle_datagram) for
+/// every received datagram and [`handle_timeout`](Self::handle_timeout) when
+/// [`poll_timeout`](Self::poll_timeout) has passed; issue [`connect`](Self::connect),
+/// [`send`](Self::send), [`send_set`](Self::send_set), [`close`](Self::close)
+/// at any time; then drain [`poll_transmit`](Self::poll_transmit) (send each
+/// datagram) and [`poll_event`](Self::poll_event) /
+/// [`poll_event_ref`](Self::poll_event_ref) until `None`.
+///
+/// # Costs
+///
+/// `poll_timeout` is O(1) amortised and `handle_timeout` is O(due
+/// connections × log n): connections are kept in a binary heap keyed by their
+/// next deadline, with lazy invalidation (an entry is skipped when the
+/// connection's deadline has changed since it was pushed).
+///
+/// # Handshake
+///
+/// A server answers an INITIAL with a CHALLENGE carrying a cookie — SipHash-2-4
+/// keyed with a secret derived from the endpoint's seed, over the peer's
+/// address, the connection id and a time bucket — and keeps no state. Only an
+/// ECHO with a valid cookie creates a connection, so a spoofed source costs
+/// the server nothing; at most `max_half_open` accepted connections may wait
+/// for the client's first numbered packet.
+#[derive(Debug)]
+pub struct Endpoint {
+    cfg: RudpConfig,
+    k0: u64,
+    k1: u64,
+    rng: Rng,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    by_key: HashMap<(SocketAddr, u32), u32>,
+    heap: BinaryHeap<Reverse<(Instant, u32, u32)>>,
+    transmit_queue: VecDeque<u32>,
+    event_queue: VecDeque<u32>,
+    stateless: VecDeque<(SocketAddr, [u8; field::CHALLENGE_LEN])>,
+    epoch: Option<Instant>,
+    live: usize,
+    half_open: usize,
+    stats: EndpointStats,
+}
+
+impl Endpoint {
+    /// A new endpoint. `seed` keys the cookie hash and seeds connection ids
+    /// and initial sequence numbers: give each endpoint a secret random value
+    /// (e.g. from `/dev/urandom`); tests may pass constants for determinism.
+    /// Out-of-range config values are clamped ([`RudpConfig::sanitized`]).
+    pub fn new(config: RudpConfig, seed: u64) -> Self {
+        let mut rng = Rng::new(seed);
+        let k0 = rng.next_u64();
+        let k1 = rng.next_u64();
+        Endpoint {
+            cfg: config.sanitized(),
+            k0,
+            k1,
+            rng,
+            slots: Vec::new(),
+            free: Vec::new(),
+            by_key: HashMap::new(),
+            heap: BinaryHeap::new(),
+            transmit_queue: VecDeque::new(),
+            event_queue: VecDeque::new(),
+            stateless: VecDeque::new(),
+            epoch: None,
+            live: 0,
+            half_open: 0,
+            stats: EndpointStats::default(),
+        }
+    }
+
+    /// The (sanitized) configuration.
+    pub fn config(&self) -> &RudpConfig {
+        &self.cfg
+    }
+
+    /// Endpoint-wide counters.
+    pub fn stats(&self) -> &EndpointStats {
+        &self.stats
+    }
+
+    /// Live connections (including closed ones whose events were not yet polled).
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    /// No live connections.
+    pub fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    /// Server connections accepted but not yet confirmed by the client.
+    pub fn half_open(&self) -> usize {
+        self.half_open
+    }
+
+    /// The connection behind `peer`, if it is live.
+    pub fn connection(&self, peer: PeerId) -> Option<&Connection> {
+        self.entry(peer).map(|e| &e.conn)
+    }
+
+    /// Statistics of `peer`'s connection.
+    pub fn peer_stats(&self, peer: PeerId) -> Option<ConnectionStats> {
+        self.connection(peer).map(Connection::stats)
+    }
+
+    /// The remote address of `peer`.
+    pub fn remote_addr(&self, peer: PeerId) -> Option<SocketAddr> {
+        self.entry(peer).map(|e| e.remote)
+    }
+
+    /// Every live peer (unspecified order).
+    pub fn peers(&self) -> impl Iterator<Item = PeerId> + '_ {
+        self.slots.iter().enumerate().filter_map(|(i, s)| {
+            s.entry.as_ref().map(|_| PeerId {
+                index: i as u32,
+                generation: s.generation,
+            })
+        })
+    }
+
+    fn entry(&self, peer: PeerId) -> Option<&Entry> {
+        let s = self.slots.get(peer.index as usize)?;
+        if s.generation != peer.generation {
+            return None;
+        }
+        s.entry.as_deref()
+    }
+
+    fn entry_mut(&mut self, peer: PeerId) -> Option<&mut Entry> {
+        let s = self.slots.get_mut(peer.index as usize)?;
+        if s.generation != peer.generation {
+            return None;
+        }
+        s.entry.as_deref_mut()
+    }
+
+    fn peer_id(&self, idx: u32) -> PeerId {
+        PeerId {
+            index: idx,
+            generation: self.slots.get(idx as usize).map_or(0, |s| s.generation),
+        }
+    }
+
+    fn insert(&mut self, conn: Connection, remote: SocketAddr, half_open: bool) -> u32 {
+        let key = (remote, conn.conn_id());
+        let idx = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(Slot::default());
+                (self.slots.len() - 1) as u32
+            }
+        };
+        if let Some(s) = self.slots.get_mut(idx as usize) {
+            s.entry = Some(Box::new(Entry {
+                conn,
+                remote,
+                half_open,
+                scheduled: None,
+                in_transmit_queue: false,
+                in_event_queue: false,
+            }));
+        }
+        self.by_key.insert(key, idx);
+        self.live += 1;
+        if half_open {
+            self.half_open += 1;
+        }
+        self.touched(idx);
+        idx
+    }
+
+    fn remove(&mut self, idx: u32) {
+        let Some(s) = self.slots.get_mut(idx as usize) else {
+            return;
+        };
+        let Some(e) = s.entry.take() else {
+            return;
+        };
+        s.generation = s.generation.wrapping_add(1);
+        self.by_key.remove(&(e.remote, e.conn.conn_id()));
+        self.free.push(idx);
+        self.live -= 1;
+        if e.half_open {
+            self.half_open -= 1;
+        }
+        self.stats.closed += 1;
+        trace!("rudp: endpoint freed slot {idx}");
+    }
+
+    /// Re-files a connection after anything touched it: transmit queue,
+    /// event queue, timer heap, half-open accounting.
+    fn touched(&mut self, idx: u32) {
+        self.refile(idx, true);
+    }
+
+    fn refile(&mut self, idx: u32, queue_transmit: bool) {
+        let Some(slot) = self.slots.get_mut(idx as usize) else {
+            return;
+        };
+        let generation = slot.generation;
+        let Some(e) = slot.entry.as_deref_mut() else {
+            return;
+        };
+        if queue_transmit && !e.in_transmit_queue {
+            e.in_transmit_queue = true;
+            self.transmit_queue.push_back(idx);
+        }
+        if !e.in_event_queue && e.conn.has_pending_events() {
+            e.in_event_queue = true;
+            self.event_queue.push_back(idx);
+        }
+        if e.half_open && (e.conn.is_confirmed() || e.conn.is_closed()) {
+            e.half_open = false;
+            self.half_open -= 1;
+        }
+        let t = e.conn.poll_timeout();
+        if t != e.scheduled {
+            e.scheduled = t;
+            if let Some(t) = t {
+                self.heap.push(Reverse((t, idx, generation)));
+            }
+        }
+        if self.heap.len() > 2 * self.live + 64 {
+            self.rebuild_heap();
+        }
+    }
+
+    fn rebuild_heap(&mut self) {
+        let mut v = Vec::with_capacity(self.live);
+        for (i, s) in self.slots.iter().enumerate() {
+            if let Some(t) = s.entry.as_ref().and_then(|e| e.scheduled) {
+                v.push(Reverse((t, i as u32, s.generation)));
+            }
+        }
+        self.heap = BinaryHeap::from(v);
+    }
+
+    fn heap_entry_valid(&self, t: Instant, idx: u32, generation: u32) -> bool {
+        self.slots.get(idx as usize).is_some_and(|s| {
+            s.generation == generation && s.entry.as_ref().is_some_and(|e| e.scheduled == Some(t))
+        })
+    }
+
+    // -- handshake cookies -------------------------------------------------------
+
+    fn bucket(&mut self, now: Instant) -> u64 {
+        let epoch = *self.epoch.get_or_insert(now);
+        let elapsed = now.saturating_duration_since(epoch).as_nanos();
+        (elapsed / self.cfg.cookie_lifetime.as_nanos().max(1)) as u64
+    }
+
+    fn cookie(&self, addr: SocketAddr, conn_id: u32, bucket: u64) -> u64 {
+        let mut b = [0u8; 16 + 2 + 4 + 8];
+        let ip = match addr.ip() {
+            IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+            IpAddr::V6(v6) => v6,
+        };
+        b[..16].copy_from_slice(&ip.octets());
+        b[16..18].copy_from_slice(&addr.port().to_be_bytes());
+        b[18..22].copy_from_slice(&conn_id.to_be_bytes());
+        b[22..30].copy_from_slice(&bucket.to_be_bytes());
+        siphash24(self.k0, self.k1, &b)
+    }
+
+    // -- input -------------------------------------------------------------------
+
+    /// Processes one datagram received from `from`.
+    ///
+    /// Never panics. An error says why the datagram was ignored (for logging;
+    /// it is also counted in [`stats`](Self::stats)); no error is fatal to the
+    /// endpoint or to other connections.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        data: &[u8],
+    ) -> Result<(), RudpError> {
+        self.stats.datagrams_received += 1;
+        let pkt = match PacketRepr::parse(data) {
+            Ok(p) => p,
+            Err(e) => {
+                self.stats.malformed += 1;
+                return Err(e.into());
+            }
+        };
+        let conn_id = pkt.conn_id();
+        if let Some(&idx) = self.by_key.get(&(from, conn_id)) {
+            let r = match self
+                .slots
+                .get_mut(idx as usize)
+                .and_then(|s| s.entry.as_deref_mut())
+            {
+                Some(e) => e.conn.handle_packet(now, &pkt, data.len()),
+                None => Err(RudpError::UnknownConnection),
+            };
+            if let Err(RudpError::ProtocolViolation(_)) = r {
+                self.stats.protocol_violations += 1;
+            }
+            self.touched(idx);
+            return r;
+        }
+        match pkt {
+            PacketRepr::Initial { conn_id, nonce } if self.cfg.accept_incoming => {
+                if self.stateless.len() >= MAX_STATELESS_QUEUE {
+                    self.stats.stateless_dropped += 1;
+                    return Ok(());
+                }
+                let bucket = self.bucket(now);
+                let cookie = self.cookie(from, conn_id, bucket);
+                let mut out = [0u8; field::CHALLENGE_LEN];
+                if let Ok(n) = (PacketRepr::Challenge {
+                    conn_id,
+                    nonce,
+                    cookie,
+                })
+                .emit(&mut out)
+                {
+                    debug_assert_eq!(n, out.len());
+                    self.stateless.push_back((from, out));
+                    self.stats.challenges_sent += 1;
+                }
+                Ok(())
+            }
+            PacketRepr::Echo {
+                conn_id,
+                cookie,
+                params,
+            } if self.cfg.accept_incoming => {
+                let bucket = self.bucket(now);
+                let ok = cookie == self.cookie(from, conn_id, bucket)
+                    || (bucket > 0 && cookie == self.cookie(from, conn_id, bucket - 1));
+                if !ok {
+                    self.stats.invalid_cookies += 1;
+                    return Err(RudpError::InvalidCookie);
+                }
+                if self.live >= self.cfg.max_connections || self.half_open >= self.cfg.max_half_open
+                {
+                    self.stats.refused += 1;
+                    return Err(RudpError::TooManyConnections);
+                }
+                let seed = self.rng.next_u64();
+                let conn = Connection::accept(self.cfg.clone(), conn_id, now, params, seed);
+                self.stats.accepted += 1;
+                debug!("rudp: accepted connection {conn_id:08x} from {from}");
+                self.insert(conn, from, true);
+                Ok(())
+            }
+            _ => {
+                self.stats.unknown_connection += 1;
+                Err(RudpError::UnknownConnection)
+            }
+        }
+    }
+
+    /// Processes every connection whose deadline is at or before `now`.
+    /// Spurious and repeated calls are no-ops.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let mut due = Vec::new();
+        while let Some(&Reverse((t, idx, generation))) = self.heap.peek() {
+            if t > now {
+                break;
+            }
+            self.heap.pop();
+            if self.heap_entry_valid(t, idx, generation) {
+                due.push(idx);
+            }
+        }
+        for idx in due {
+            if let Some(e) = self
+                .slots
+                .get_mut(idx as usize)
+                .and_then(|s| s.entry.as_deref_mut())
+            {
+                e.scheduled = None;
+                e.conn.handle_timeout(now);
+            }
+            self.touched(idx);
+        }
+    }
+
+    /// The earliest deadline over all connections.
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        while let Some(&Reverse((t, idx, generation))) = self.heap.peek() {
+            if self.heap_entry_valid(t, idx, generation) {
+                return Some(t);
+            }
+            self.heap.pop();
+        }
+        None
+    }
+
+    // -- commands ----------------------------------------------------------------
+
+    /// Starts a connection to `remote`. The returned id is usable at once:
+    /// messages sent before [`Event::Connected`] are queued.
+    pub fn connect(&mut self, now: Instant, remote: SocketAddr) -> Result<PeerId, RudpError> {
+        if self.live >= self.cfg.max_connections {
+            return Err(RudpError::TooManyConnections);
+        }
+        let conn_id = loop {
+            let id = self.rng.next_u32();
+            if id != 0 && !self.by_key.contains_key(&(remote, id)) {
+                break id;
+            }
+        };
+        let seed = self.rng.next_u64();
+        let conn = Connection::connect(self.cfg.clone(), conn_id, now, seed);
+        self.stats.connected += 1;
+        let idx = self.insert(conn, remote, false);
+        Ok(self.peer_id(idx))
+    }
+
+    fn with_conn<T>(
+        &mut self,
+        peer: PeerId,
+        f: impl FnOnce(&mut Connection) -> Result<T, SendError>,
+    ) -> Result<T, SendError> {
+        let e = self.entry_mut(peer).ok_or(SendError::UnknownPeer)?;
+        let r = f(&mut e.conn);
+        self.touched(peer.index);
+        r
+    }
+
+    /// Queues a message for `peer`.
+    pub fn send(
+        &mut self,
+        peer: PeerId,
+        data: &[u8],
+        guarantee: Guarantee,
+    ) -> Result<(), SendError> {
+        self.with_conn(peer, |c| c.send(data, guarantee))
+    }
+
+    /// Queues a message set for `peer` (see [`Connection::send_set`]).
+    pub fn send_set(&mut self, peer: PeerId, msgs: &[&[u8]]) -> Result<(), SendError> {
+        self.with_conn(peer, |c| c.send_set(msgs))
+    }
+
+    /// Closes `peer` gracefully (see [`Connection::close`]). Unknown ids are ignored.
+    pub fn close(&mut self, peer: PeerId) {
+        let _ = self.with_conn(peer, |c| {
+            c.close();
+            Ok(())
+        });
+    }
+
+    // -- output ------------------------------------------------------------------
+
+    /// Writes the next datagram into `buf` (at least `mtu` bytes) and says
+    /// where to send it. Connections take turns, one datagram each.
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        if let Some((dest, bytes)) = self.stateless.front() {
+            if let Some(dst) = buf.get_mut(..bytes.len()) {
+                dst.copy_from_slice(bytes);
+                let t = Transmit {
+                    dest: *dest,
+                    len: bytes.len(),
+                };
+                self.stateless.pop_front();
+                return Some(t);
+            }
+        }
+        while let Some(&idx) = self.transmit_queue.front() {
+            let Some(e) = self
+                .slots
+                .get_mut(idx as usize)
+                .and_then(|s| s.entry.as_deref_mut())
+            else {
+                self.transmit_queue.pop_front();
+                continue;
+            };
+            match e.conn.poll_transmit(now, buf) {
+                Some(len) => {
+                    let dest = e.remote;
+                    // Round robin: one datagram per connection per turn.
+                    self.transmit_queue.pop_front();
+                    self.transmit_queue.push_back(idx);
+                    self.touched(idx);
+                    return Some(Transmit { dest, len });
+                }
+                None => {
+                    e.in_transmit_queue = false;
+                    self.transmit_queue.pop_front();
+                    self.refile(idx, false);
+                }
+            }
+        }
+        None
+    }
+
+    /// Index of the next connection with events, dropping drained ones (and
+    /// freeing connections that are closed and drained).
+    fn next_event_conn(&mut self) -> Option<u32> {
+        loop {
+            let idx = *self.event_queue.front()?;
+            let state = self
+                .slots
+                .get_mut(idx as usize)
+                .and_then(|s| s.entry.as_deref_mut())
+                .map(|e| (e.conn.has_pending_events(), e.conn.is_closed()));
+            match state {
+                Some((true, _)) => return Some(idx),
+                Some((false, closed)) => {
+                    self.event_queue.pop_front();
+                    if let Some(e) = self
+                        .slots
+                        .get_mut(idx as usize)
+                        .and_then(|s| s.entry.as_deref_mut())
+                    {
+                        e.in_event_queue = false;
+                    }
+                    if closed {
+                        self.remove(idx);
+                    }
+                }
+                None => {
+                    self.event_queue.pop_front();
+                }
+            }
+        }
+    }
+
+    /// The next event of any connection. After `Closed`, the id is dead.
+    pub fn poll_event(&mut self) -> Option<(PeerId, Event)> {
+        let idx = self.next_event_conn()?;
+        let peer = self.peer_id(idx);
+        let e = self
+            .slots
+            .get_mut(idx as usize)
+            .and_then(|s| s.entry.as_deref_mut())?;
+        let ev = e.conn.poll_event()?;
+        if e.conn.is_closed() && !e.conn.has_pending_events() {
+            self.event_queue.pop_front();
+            self.remove(idx);
+        }
+        Some((peer, ev))
+    }
+
+    /// Like [`poll_event`](Self::poll_event) but borrows message bytes (no
+    /// allocation per message). The borrow ends at the next call.
+    pub fn poll_event_ref(&mut self) -> Option<(PeerId, EventRef<'_>)> {
+        let idx = self.next_event_conn()?;
+        let peer = self.peer_id(idx);
+        let e = self
+            .slots
+            .get_mut(idx as usize)
+            .and_then(|s| s.entry.as_deref_mut())?;
+        Some((peer, e.conn.poll_event_ref()?))
+    }
+}

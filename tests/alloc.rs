@@ -1,0 +1,258 @@
+//! A counting global allocator: the reactor's steady state allocates
+//! nothing per message, and timer set/cancel cycles do not grow the heap.
+//!
+//! Only allocations made on the measuring thread while its flag is set are
+//! counted, so the test harness's other threads do not disturb the counts.
+
+mod util;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::net::UdpSocket;
+use std::os::unix::net::UnixDatagram;
+use std::time::Duration;
+
+use msgloop::{Ctx, Datagram, Handler, Reactor, SocketId, UnixAddr};
+
+struct Counting;
+
+thread_local! {
+    static MEASURING: Cell<bool> = const { Cell::new(false) };
+    static ALLOCS: Cell<u64> = const { Cell::new(0) };
+    static REALLOCS: Cell<u64> = const { Cell::new(0) };
+    static NET_BYTES: Cell<i64> = const { Cell::new(0) };
+}
+
+fn measuring() -> bool {
+    MEASURING.try_with(Cell::get).unwrap_or(false)
+}
+
+fn bump(c: &'static std::thread::LocalKey<Cell<u64>>) {
+    let _ = c.try_with(|c| c.set(c.get() + 1));
+}
+
+fn add_bytes(n: i64) {
+    let _ = NET_BYTES.try_with(|c| c.set(c.get() + n));
+}
+
+// SAFETY: every call is forwarded unchanged to the system allocator; the
+// bookkeeping touches only const-initialised thread-locals (no allocation).
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if measuring() {
+            bump(&ALLOCS);
+            add_bytes(layout.size() as i64);
+        }
+        System.alloc(layout)
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if measuring() {
+            bump(&ALLOCS);
+            add_bytes(layout.size() as i64);
+        }
+        System.alloc_zeroed(layout)
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if measuring() {
+            add_bytes(-(layout.size() as i64));
+        }
+        System.dealloc(ptr, layout)
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if measuring() {
+            bump(&REALLOCS);
+            add_bytes(new_size as i64 - layout.size() as i64);
+        }
+        System.realloc(ptr, layout, new_size)
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Counts {
+    allocs: u64,
+    reallocs: u64,
+    net_bytes: i64,
+}
+
+/// Runs `f` with counting on for this thread; returns the counts.
+fn measure(f: impl FnOnce()) -> Counts {
+    ALLOCS.with(|c| c.set(0));
+    REALLOCS.with(|c| c.set(0));
+    NET_BYTES.with(|c| c.set(0));
+    MEASURING.with(|m| m.set(true));
+    f();
+    MEASURING.with(|m| m.set(false));
+    Counts {
+        allocs: ALLOCS.with(Cell::get),
+        reallocs: REALLOCS.with(Cell::get),
+        net_bytes: NET_BYTES.with(Cell::get),
+    }
+}
+
+#[test]
+fn the_counter_counts() {
+    let _g = util::serial();
+    let _fds = util::FdCheck::new();
+    let c = measure(|| {
+        let v = std::hint::black_box(vec![1u8; 100]);
+        drop(v);
+    });
+    assert_eq!(c.allocs, 1);
+    assert_eq!(c.net_bytes, 0);
+}
+
+/// Replies to each datagram with its own bytes; counts without allocating.
+#[derive(Default)]
+struct Echo {
+    echoed: u64,
+    errors: u64,
+}
+
+impl Handler for Echo {
+    fn on_datagram(&mut self, cx: &mut Ctx, sock: SocketId, msg: Datagram<'_>) {
+        match cx.send_to(sock, msg.data(), msg.from()) {
+            Ok(_) => self.echoed += 1,
+            Err(_) => self.errors += 1,
+        }
+    }
+}
+
+/// One round trip: `send`, run the reactor until the echo went out, `recv`.
+fn round_trip(
+    reactor: &mut Reactor,
+    echo: &mut Echo,
+    send: &mut dyn FnMut(),
+    recv: &mut dyn FnMut() -> usize,
+    len: usize,
+) {
+    let want = echo.echoed + 1;
+    send();
+    let mut calls = 0;
+    while echo.echoed < want {
+        reactor
+            .run_once(echo, Some(Duration::from_secs(1)))
+            .expect("run_once");
+        calls += 1;
+        assert!(calls < 100 && echo.errors == 0, "echo failed");
+    }
+    assert_eq!(recv(), len);
+}
+
+fn check_zero_alloc(
+    reactor: &mut Reactor,
+    send: &mut dyn FnMut(),
+    recv: &mut dyn FnMut() -> usize,
+    len: usize,
+) {
+    let mut echo = Echo::default();
+    for _ in 0..100 {
+        round_trip(reactor, &mut echo, send, recv, len);
+    }
+    let counts = measure(|| {
+        for _ in 0..1000 {
+            round_trip(reactor, &mut echo, send, recv, len);
+        }
+    });
+    assert_eq!(echo.echoed, 1100);
+    assert_eq!(
+        counts,
+        Counts {
+            allocs: 0,
+            reallocs: 0,
+            net_bytes: 0
+        },
+        "1,000 echo round trips must not allocate"
+    );
+}
+
+#[test]
+fn udp_echo_allocates_nothing_per_message() {
+    let _g = util::serial();
+    let _fds = util::FdCheck::new();
+    let mut reactor = Reactor::new().unwrap();
+    let server = reactor.bind_udp("127.0.0.1:0").unwrap();
+    let to = reactor.local_addr(server).unwrap().as_inet().unwrap();
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let payload = [0x5au8; 200];
+    let mut buf = [0u8; 512];
+    check_zero_alloc(
+        &mut reactor,
+        &mut || {
+            client.send_to(&payload, to).unwrap();
+        },
+        &mut || {
+            let (n, from) = client.recv_from(&mut buf).unwrap();
+            assert_eq!(from, to);
+            n
+        },
+        payload.len(),
+    );
+}
+
+#[test]
+fn unix_echo_allocates_nothing_per_message() {
+    let _g = util::serial();
+    let _fds = util::FdCheck::new();
+    let spath = util::temp_path("alloc-server.sock");
+    let cpath = util::temp_path("alloc-client.sock");
+    let _rm = util::RemoveOnDrop(cpath.clone());
+    let mut reactor = Reactor::new().unwrap();
+    let opts = util::opts(|o| o.unlink_on_close = true);
+    reactor
+        .bind_unix_datagram_with(&UnixAddr::from_pathname(&spath).unwrap(), &opts)
+        .unwrap();
+    let client = UnixDatagram::bind(&cpath).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let payload = [0xa5u8; 300];
+    let mut buf = [0u8; 512];
+    check_zero_alloc(
+        &mut reactor,
+        &mut || {
+            client.send_to(&payload, &spath).unwrap();
+        },
+        &mut || client.recv(&mut buf).unwrap(),
+        payload.len(),
+    );
+    drop(reactor);
+    assert!(!spath.exists());
+}
+
+#[test]
+fn timer_set_cancel_cycles_do_not_grow_the_heap() {
+    let _g = util::serial();
+    let _fds = util::FdCheck::new();
+    let mut reactor = Reactor::new().unwrap();
+    let keep: Vec<_> = (0..3)
+        .map(|i| reactor.set_timer(Duration::from_secs(3600 + i)))
+        .collect();
+    let cycle = |n: u64, r: &mut Reactor| {
+        for i in 0..n {
+            let t = r.set_timer(Duration::from_secs(60 + i % 7));
+            assert!(r.cancel_timer(t));
+        }
+    };
+    cycle(1000, &mut reactor);
+    let counts = measure(|| cycle(100_000, &mut reactor));
+    eprintln!("100,000 set/cancel cycles: {counts:?}");
+    assert!(
+        counts.net_bytes <= 4096,
+        "heap grew by {} B over 100,000 set/cancel cycles",
+        counts.net_bytes
+    );
+    assert!(
+        counts.allocs + counts.reallocs <= 100,
+        "{counts:?}: allocation per cycle"
+    );
+    assert_eq!(reactor.reactor_stats().pending_timers, keep.len());
+}
