@@ -12,6 +12,7 @@
 //! |----------------|---------------------|-------------------------------------------|
 //! | UDP            | `--udp ADDR`        | `127.0.0.1:7000`                          |
 //! | Unix datagram  | `--unix-dgram PATH` | `msgloop-echo.dgram` in the temp directory |
+//! | TCP frames     | `--tcp ADDR`        | `127.0.0.1:7001` (4-byte big-endian length prefix) |
 //!
 //! When any transport flag is given, only the transports named are served.
 //! Each message goes back to its sender byte for byte (a Unix datagram
@@ -31,23 +32,32 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use msgloop::{Ctx, Datagram, DgramOptions, Error, Handler, Reactor, SocketId, TimerId, UnixAddr};
+use msgloop::framing::FrameConfig;
+use msgloop::{
+    CloseReason, Ctx, Datagram, DgramOptions, Error, Handler, PeerAddr, Reactor, SocketId,
+    TcpOptions, TimerId, UnixAddr,
+};
 
 const SUMMARY_EVERY: Duration = Duration::from_secs(10);
 
 struct Args {
     udp: Option<SocketAddr>,
     unix_dgram: Option<PathBuf>,
+    tcp: Option<SocketAddr>,
     max_message: usize,
+    max_frame: usize,
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: echo_server [--udp ADDR] [--unix-dgram PATH] [--max-message BYTES]\n\
+        "usage: echo_server [--udp ADDR] [--unix-dgram PATH] [--tcp ADDR]\n\
+         \x20                  [--max-message BYTES] [--max-frame BYTES]\n\
          \n\
-         With no transport flag, serves UDP on 127.0.0.1:7000 and a Unix datagram\n\
-         socket at $TMPDIR/msgloop-echo.dgram. --max-message caps Unix datagrams\n\
-         (default 1 MiB; larger ones are dropped and counted)."
+         With no transport flag, serves UDP on 127.0.0.1:7000, a Unix datagram\n\
+         socket at $TMPDIR/msgloop-echo.dgram and TCP frames (4-byte big-endian\n\
+         length prefix) on 127.0.0.1:7001. --max-message caps Unix datagrams\n\
+         (default 1 MiB; larger ones are dropped and counted); --max-frame caps\n\
+         TCP frames (default 8 MiB; a larger header closes that connection)."
     );
     std::process::exit(2)
 }
@@ -55,7 +65,9 @@ fn usage() -> ! {
 fn parse_args() -> Args {
     let mut udp = None;
     let mut unix_dgram = None;
+    let mut tcp = None;
     let mut max_message = 1 << 20;
+    let mut max_frame = 8 << 20;
     let mut any = false;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -71,6 +83,19 @@ fn parse_args() -> Args {
             "--unix-dgram" => {
                 any = true;
                 unix_dgram = Some(PathBuf::from(value()));
+            }
+            "--tcp" => {
+                any = true;
+                tcp = Some(value().parse().unwrap_or_else(|e| {
+                    eprintln!("--tcp: {e}");
+                    usage()
+                }));
+            }
+            "--max-frame" => {
+                max_frame = value().parse().unwrap_or_else(|e| {
+                    eprintln!("--max-frame: {e}");
+                    usage()
+                })
             }
             "--max-message" => {
                 max_message = value().parse().unwrap_or_else(|e| {
@@ -88,11 +113,14 @@ fn parse_args() -> Args {
     if !any {
         udp = Some("127.0.0.1:7000".parse().expect("valid default"));
         unix_dgram = Some(std::env::temp_dir().join("msgloop-echo.dgram"));
+        tcp = Some("127.0.0.1:7001".parse().expect("valid default"));
     }
     Args {
         udp,
         unix_dgram,
+        tcp,
         max_message,
+        max_frame,
     }
 }
 
@@ -103,11 +131,17 @@ struct Counts {
     echo_failed: u64,
     unreplyable: u64,
     errors: u64,
+    tcp_open: u64,
+    tcp_accepted: u64,
+    tcp_closed_bad_frame: u64,
+    tcp_closed_idle: u64,
+    tcp_frames_dropped: u64,
 }
 
 struct Echo {
     udp: Option<SocketId>,
     unix: Option<SocketId>,
+    tcp: Option<SocketId>,
     counts: Counts,
     started: Instant,
     stop: bool,
@@ -131,9 +165,16 @@ impl Echo {
             }
         }
         let c = &self.counts;
+        if self.tcp.is_some() {
+            line += &format!(
+                " | tcp conns open={} accepted={} closed_bad_frame={} closed_idle={} frames_dropped={}",
+                c.tcp_open, c.tcp_accepted, c.tcp_closed_bad_frame, c.tcp_closed_idle, c.tcp_frames_dropped
+            );
+        }
+        let t = cx.reactor_stats().totals;
         line += &format!(
-            " | echoed={} echo_failed={} unreplyable={} errors={}",
-            c.echoed, c.echo_failed, c.unreplyable, c.errors
+            " | all in={} out={} | echoed={} echo_failed={} unreplyable={} errors={}",
+            t.messages_in, t.messages_out, c.echoed, c.echo_failed, c.unreplyable, c.errors
         );
         line
     }
@@ -155,6 +196,46 @@ impl Handler for Echo {
                     self.counts.echo_failed,
                 );
             }
+        }
+    }
+
+    fn on_accept(&mut self, _cx: &mut Ctx, _listener: SocketId, _conn: SocketId, _peer: &PeerAddr) {
+        self.counts.tcp_accepted += 1;
+        self.counts.tcp_open += 1;
+    }
+
+    fn on_frame(&mut self, cx: &mut Ctx, conn: SocketId, frame: &[u8]) {
+        match cx.send_frame(conn, frame) {
+            Ok(()) => self.counts.echoed += 1,
+            Err(e) => {
+                // A client that sends but never reads fills its queue: its
+                // echoes are dropped (and counted) rather than buffered
+                // without bound.
+                self.counts.tcp_frames_dropped += 1;
+                log_rate_limited(
+                    &format!("{conn}: echo dropped: {e}"),
+                    self.counts.tcp_frames_dropped,
+                );
+            }
+        }
+    }
+
+    fn on_close(&mut self, _cx: &mut Ctx, sock: SocketId, reason: CloseReason) {
+        if Some(sock) == self.tcp || Some(sock) == self.udp || Some(sock) == self.unix {
+            eprintln!("echo_server: {sock} closed: {reason}");
+            return;
+        }
+        self.counts.tcp_open = self.counts.tcp_open.saturating_sub(1);
+        match reason {
+            CloseReason::Frame(e) => {
+                self.counts.tcp_closed_bad_frame += 1;
+                log_rate_limited(
+                    &format!("{sock}: closed: {e}"),
+                    self.counts.tcp_closed_bad_frame,
+                );
+            }
+            CloseReason::IdleTimeout => self.counts.tcp_closed_idle += 1,
+            _ => {}
         }
     }
 
@@ -201,6 +282,7 @@ fn run(args: Args) -> Result<(), Error> {
     let mut app = Echo {
         udp: None,
         unix: None,
+        tcp: None,
         counts: Counts::default(),
         started: Instant::now(),
         stop: false,
@@ -228,6 +310,16 @@ fn run(args: Args) -> Result<(), Error> {
         let id = reactor.bind_unix_datagram_with(&UnixAddr::from_pathname(path)?, &opts)?;
         eprintln!("echo_server: unix datagram on {}", path.display());
         app.unix = Some(id);
+    }
+    if let Some(addr) = args.tcp {
+        let opts = TcpOptions::new(FrameConfig::new().with_max_frame_len(args.max_frame));
+        let id = reactor.listen_tcp_with(addr, &opts)?;
+        eprintln!(
+            "echo_server: tcp frames on {} (4-byte big-endian length, max {} B)",
+            reactor.local_addr(id)?,
+            opts.frame.max_frame_len()
+        );
+        app.tcp = Some(id);
     }
     reactor.set_timer(SUMMARY_EVERY);
 

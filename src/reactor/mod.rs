@@ -1052,8 +1052,11 @@ fn in_use(path: &Path) -> io::Error {
 /// 2. It polls, then drains every ready socket until `WouldBlock` or until
 ///    the socket's read budget ([`Config::read_budget`]) is spent.
 /// 3. It fires due timers.
-/// 4. It frees the slots of sockets closed during the call, and returns
-///    the number of handler callbacks made.
+/// 4. It writes the TCP frames sent during the pass (coalesced, one
+///    `writev` per connection), frees the slots of sockets closed during the
+///    call, and returns the number of handler callbacks made. (A pass that
+///    only buffered part of a TCP frame made none: judge progress by your
+///    own state, not by a zero return.)
 ///
 /// An idle reactor sleeps in `epoll_wait`: no periodic wake-ups, no
 /// spinning, no hidden threads. `run_once` returns `Err` only if polling

@@ -34,6 +34,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll, Token};
+
+mod rudp_core;
+mod tcp;
 use msgloop::{Ctx, Datagram, DgramOptions, Handler, Reactor, SocketId};
 
 const PAYLOAD: [u8; 64] = [0x5a; 64];
@@ -489,7 +492,16 @@ fn main() {
     let o = parse();
     SIDE.set(o.side.clone()).expect("set once");
     let want = |name: &str| o.only.as_deref().is_none_or(|w| w == name);
-    let known = ["udp_pingpong", "udp_ingest", "unix_dgram_pingpong"];
+    let known = [
+        "udp_pingpong",
+        "udp_ingest",
+        "unix_dgram_pingpong",
+        "tcp_frames_64",
+        "tcp_echo_64",
+        "tcp_frames_64k",
+        "rudp_core_64",
+        "rudp_core_1k",
+    ];
     if let Some(w) = &o.only {
         if !known.contains(&w.as_str()) {
             die(&format!(
@@ -547,6 +559,8 @@ fn main() {
                 &format!("payload=64 slices={slices}x{SLICE_ROUND_TRIPS}"),
             );
         }
+        tcp::run(o.rounds, &want)?;
+        rudp_core::run(slices, &want)?;
         Ok(())
     };
     if let Err(e) = run() {
