@@ -57,6 +57,11 @@ pub enum Error {
     /// The frame cannot be sent in this connection's frame format (too
     /// large for `max_frame_len` or the length field). Nothing was sent.
     Frame(FrameError),
+    /// A reliable-UDP send was refused: the window is full (wait for
+    /// `on_rudp_writable`), the message is too large, or the peer is gone.
+    RudpSend(crate::rudp::SendError),
+    /// A reliable-UDP operation failed (e.g. too many connections).
+    Rudp(crate::rudp::RudpError),
     /// Any other I/O error.
     Io(io::Error),
 }
@@ -89,6 +94,9 @@ impl Error {
             Error::QuotaExceeded(_) => io::ErrorKind::InvalidData,
             Error::QueueFull { .. } => io::ErrorKind::WouldBlock,
             Error::Frame(_) => io::ErrorKind::InvalidInput,
+            Error::RudpSend(crate::rudp::SendError::QueueFull) => io::ErrorKind::WouldBlock,
+            Error::RudpSend(_) => io::ErrorKind::InvalidInput,
+            Error::Rudp(_) => io::ErrorKind::Other,
             Error::Io(e) => e.kind(),
         }
     }
@@ -111,6 +119,8 @@ impl fmt::Display for Error {
                 "send queue full ({queued} B queued, limit {limit} B); on_writable follows"
             ),
             Error::Frame(e) => write!(f, "{e}"),
+            Error::RudpSend(e) => write!(f, "{e}"),
+            Error::Rudp(e) => write!(f, "{e}"),
             Error::Io(e) => write!(f, "{e}"),
         }
     }
@@ -121,6 +131,8 @@ impl std::error::Error for Error {
         match self {
             Error::QuotaExceeded(e) => Some(e),
             Error::Frame(e) => Some(e),
+            Error::RudpSend(e) => Some(e),
+            Error::Rudp(e) => Some(e),
             Error::Io(e) => Some(e),
             _ => None,
         }

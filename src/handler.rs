@@ -67,6 +67,37 @@ pub enum SocketKind {
     TcpListener,
     /// A framed TCP connection.
     Tcp,
+    /// A UDP socket carrying reliable-UDP peers ([`Ctx::bind_rudp`]).
+    Rudp,
+}
+
+/// Names one reliable-UDP peer: the socket it talks through and the
+/// connection on it. Like [`SocketId`] it carries a generation: a closed
+/// peer's id stays dead.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerId {
+    /// The reliable-UDP socket.
+    pub sock: SocketId,
+    /// The connection within its endpoint.
+    pub peer: crate::rudp::PeerId,
+}
+
+impl fmt::Debug for PeerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "PeerId({}#{}/{})",
+            self.sock.index,
+            self.sock.gen,
+            self.peer.index()
+        )
+    }
+}
+
+impl fmt::Display for PeerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "peer {} on {}", self.peer.index(), self.sock)
+    }
 }
 
 /// Why a socket was closed; passed to [`Handler::on_close`].
@@ -184,6 +215,29 @@ pub trait Handler {
     /// An outgoing connection ([`Ctx::connect_tcp`]) completed. (A failed
     /// one gets [`on_close`](Handler::on_close) with the error instead.)
     fn on_connect(&mut self, cx: &mut Ctx, conn: SocketId) {}
+
+    /// A reliable-UDP message arrived from `peer`, sent with `guarantee`
+    /// (borrowed for the duration of the call).
+    fn on_rudp(
+        &mut self,
+        cx: &mut Ctx,
+        peer: PeerId,
+        msg: &[u8],
+        guarantee: crate::rudp::Guarantee,
+    ) {
+    }
+
+    /// A reliable-UDP peer completed its handshake: a client's
+    /// [`Ctx::rudp_connect`], or a new peer of a server socket.
+    fn on_peer_connected(&mut self, cx: &mut Ctx, peer: PeerId) {}
+
+    /// A reliable-UDP peer is gone: timed out, closed by the peer, a
+    /// protocol violation, or [`Ctx::close_peer`]. Its id is dead.
+    fn on_peer_closed(&mut self, cx: &mut Ctx, peer: PeerId, reason: crate::rudp::CloseReason) {}
+
+    /// A reliable-UDP peer's send window has room again after a send
+    /// failed with `QueueFull`.
+    fn on_rudp_writable(&mut self, cx: &mut Ctx, peer: PeerId) {}
 
     /// Something went wrong on `sock` that does not close it: a datagram
     /// over the socket's quota (consumed, counted, not delivered), or an

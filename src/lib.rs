@@ -69,7 +69,7 @@ pub mod rudp;
 
 pub use addr::{Destination, PeerAddr, UnixAddr};
 pub use error::Error;
-pub use handler::{CloseReason, Datagram, Handler, SocketId, SocketKind, TimerId};
+pub use handler::{CloseReason, Datagram, Handler, PeerId, SocketId, SocketKind, TimerId};
 pub use reactor::{
     Config, Ctx, DgramOptions, Reactor, ReactorStats, SocketStats, TcpOptions, Waker,
 };

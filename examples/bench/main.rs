@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll, Token};
 
+mod rudp;
 mod rudp_core;
 mod tcp;
 use msgloop::{Ctx, Datagram, DgramOptions, Handler, Reactor, SocketId};
@@ -499,6 +500,9 @@ fn main() {
         "tcp_frames_64",
         "tcp_echo_64",
         "tcp_frames_64k",
+        "rudp_delivery_64",
+        "rudp_delivery_1k",
+        "rudp_none_64",
         "rudp_core_64",
         "rudp_core_1k",
     ];
@@ -560,6 +564,7 @@ fn main() {
             );
         }
         tcp::run(o.rounds, &want)?;
+        rudp::run(o.rounds, &want)?;
         rudp_core::run(slices, &want)?;
         Ok(())
     };

@@ -24,7 +24,9 @@ use crate::recv::{recv_msg_fd, MsgBuf, RecvResult, MAX_UDP_PAYLOAD};
 use crate::sys;
 use crate::timer::Timers;
 
+mod rudp;
 mod tcp;
+use rudp::RudpSock;
 pub use tcp::TcpOptions;
 use tcp::{TcpConn, TcpListenerState};
 
@@ -176,6 +178,7 @@ enum Sock {
     Signals(std::os::fd::OwnedFd, Vec<libc::c_int>),
     TcpListener(Box<TcpListenerState>),
     Tcp(Box<TcpConn>),
+    Rudp(Box<RudpSock>),
 }
 
 impl Drop for Sock {
@@ -196,6 +199,7 @@ impl Sock {
             Sock::Signals(..) => SocketKind::Signals,
             Sock::TcpListener(_) => SocketKind::TcpListener,
             Sock::Tcp(_) => SocketKind::Tcp,
+            Sock::Rudp(_) => SocketKind::Rudp,
         }
     }
 
@@ -211,6 +215,7 @@ impl Sock {
             Sock::UnixDgram(s) => reg(s, registry, token, interest, re),
             Sock::TcpListener(l) => reg(&mut l.listener, registry, token, interest, re),
             Sock::Tcp(c) => reg(&mut c.stream, registry, token, interest, re),
+            Sock::Rudp(r) => reg(&mut r.sock, registry, token, interest, re),
             #[cfg(target_os = "linux")]
             Sock::Signals(fd, _) => reg(
                 &mut SourceFd(&fd.as_raw_fd()),
@@ -229,6 +234,7 @@ impl Sock {
             Sock::TcpListener(l) if l.paused => Ok(()),
             Sock::TcpListener(l) => registry.deregister(&mut l.listener),
             Sock::Tcp(c) => registry.deregister(&mut c.stream),
+            Sock::Rudp(r) => registry.deregister(&mut r.sock),
             #[cfg(target_os = "linux")]
             Sock::Signals(fd, _) => registry.deregister(&mut SourceFd(&fd.as_raw_fd())),
         }
@@ -241,6 +247,7 @@ impl Sock {
             Sock::UnixDgram(s) => Some(SockRef::from(s)),
             Sock::TcpListener(l) => Some(SockRef::from(&l.listener)),
             Sock::Tcp(c) => Some(SockRef::from(&c.stream)),
+            Sock::Rudp(r) => Some(SockRef::from(&r.sock)),
             #[cfg(target_os = "linux")]
             Sock::Signals(..) => None,
         }
@@ -312,6 +319,8 @@ enum TimerTarget {
     FrameIdle(SocketId),
     /// A listener paused by `EMFILE` tries again.
     ResumeAccept(SocketId),
+    /// A reliable-UDP endpoint's next deadline.
+    Rudp(SocketId),
 }
 
 /// What a handler callback may do — send, close, add sockets, set timers,
@@ -350,6 +359,12 @@ pub struct Ctx {
     out_segs: Vec<tcp::Seg>,
     /// Listeners paused because the process ran out of fds.
     paused_listeners: Vec<SocketId>,
+    /// Reliable-UDP sockets with output to send at the end of the pass.
+    rudp_dirty: Vec<SocketId>,
+    /// Datagram slots for `sendmmsg`.
+    rudp_tx: Vec<u8>,
+    /// Reliable-UDP sockets flushed since their events were last polled.
+    rudp_flushed: Vec<SocketId>,
 }
 
 impl fmt::Debug for Ctx {
@@ -676,6 +691,12 @@ impl Ctx {
                     self.timers.cancel(key);
                 }
                 c.listener
+            }
+            Sock::Rudp(r) => {
+                if let Some(key) = r.timer_key() {
+                    self.timers.cancel(key);
+                }
+                None
             }
             _ => None,
         };
@@ -1104,6 +1125,8 @@ pub struct Reactor {
     rbuf: Vec<u8>,
     /// The carry list being served this call (swapped with `cx.carry`).
     carry_now: Vec<SocketId>,
+    /// Reliable-UDP messages are copied here for the handler to borrow.
+    scratch: Vec<u8>,
 }
 
 impl fmt::Debug for Reactor {
@@ -1167,7 +1190,11 @@ impl Reactor {
                 out: Vec::new(),
                 out_segs: Vec::new(),
                 paused_listeners: Vec::new(),
+                rudp_dirty: Vec::new(),
+                rudp_tx: Vec::new(),
+                rudp_flushed: Vec::new(),
             },
+            scratch: Vec::new(),
             events,
             rbuf: Vec::new(),
             carry_now: Vec::new(),
@@ -1231,6 +1258,7 @@ impl Reactor {
             events,
             rbuf,
             carry_now,
+            scratch,
         } = self;
         cx.run_once_calls += 1;
         let wait = compute_wait(cx, timeout);
@@ -1260,7 +1288,7 @@ impl Reactor {
             if let Some(e) = cx.live_entry_mut(id) {
                 e.carried = false;
             }
-            serve_readable(cx, rbuf, handler, id);
+            serve_readable(cx, rbuf, scratch, handler, id);
         }
         carry_now.clear();
 
@@ -1285,7 +1313,7 @@ impl Reactor {
                 finish_callback(cx, handler);
             }
             if ev.is_readable() || ev.is_error() || ev.is_read_closed() {
-                serve_readable(cx, rbuf, handler, id);
+                serve_readable(cx, rbuf, scratch, handler, id);
             }
         }
 
@@ -1308,10 +1336,20 @@ impl Reactor {
                     cx.paused_listeners.retain(|&l| l != lid);
                     tcp::resume_listener(cx, lid);
                 }
+                TimerTarget::Rudp(id) => rudp::timeout_due(cx, scratch, handler, id, now),
             }
         }
 
-        // TCP frames sent during the pass go out now, coalesced.
+        // Output produced during the pass goes out now, coalesced: TCP
+        // frames with one writev per connection, reliable-UDP datagrams
+        // with sendmmsg.
+        rudp::flush_dirty(cx);
+        // Sending can end a reliable-UDP connection (its CLOSE went out):
+        // report such events now, and send what the handler sends back.
+        while let Some(id) = cx.rudp_flushed.pop() {
+            rudp::deliver_events(cx, scratch, handler, id);
+            rudp::flush_dirty(cx);
+        }
         tcp::flush_output(cx, handler);
 
         cx.dispatching = false;
@@ -1334,7 +1372,11 @@ impl Drop for Reactor {
 }
 
 fn compute_wait(cx: &mut Ctx, timeout: Option<Duration>) -> Option<Duration> {
-    if !cx.carry.is_empty() || !cx.closed.is_empty() || !cx.out_segs.is_empty() {
+    if !cx.carry.is_empty()
+        || !cx.closed.is_empty()
+        || !cx.out_segs.is_empty()
+        || !cx.rudp_flushed.is_empty()
+    {
         return Some(Duration::ZERO);
     }
     let mut wait = timeout;
@@ -1387,6 +1429,7 @@ fn is_transient_recv_error(e: &io::Error) -> bool {
 fn serve_readable<H: Handler + ?Sized>(
     cx: &mut Ctx,
     rbuf: &mut [u8],
+    scratch: &mut Vec<u8>,
     handler: &mut H,
     id: SocketId,
 ) {
@@ -1401,6 +1444,7 @@ fn serve_readable<H: Handler + ?Sized>(
     let more = match kind {
         SocketKind::TcpListener => tcp::drain_listener(cx, handler, id),
         SocketKind::Tcp => tcp::drain_conn(cx, rbuf, handler, id),
+        SocketKind::Rudp => rudp::drain(cx, rbuf, scratch, handler, id),
         _ => drain_dgram(cx, rbuf, handler, id),
     };
     if more {

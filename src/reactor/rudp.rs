@@ -1,0 +1,562 @@
+//! Reliable UDP in the reactor: one [`Endpoint`] per UDP socket, many peers
+//! on it.
+//!
+//! - Reads: `recvmmsg` into slots of the shared receive buffer, each
+//!   datagram handed to [`Endpoint::handle_datagram`].
+//! - Events: messages are copied once into the reactor's scratch buffer and
+//!   handed to [`Handler::on_rudp`] as `&[u8]` (no allocation per message).
+//! - Writes: datagrams produced during a pass go out together at its end
+//!   with `sendmmsg` (32 per call); many small messages are packed into each
+//!   datagram by the protocol.
+//! - Timers: the endpoint keeps its own deadline heap over its peers; the
+//!   reactor's single deadline structure holds one entry per endpoint, so an
+//!   idle tick costs O(due peers), not O(peers).
+
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::AsRawFd;
+use std::time::Instant;
+
+use socket2::SockAddr;
+
+use socket2::{Domain, Socket, Type};
+
+use super::{apply_buffers, finish_callback, Ctx, DgramOptions, Sock, TimerTarget};
+use crate::error::Error;
+use crate::handler::{Handler, PeerId, SocketId};
+use crate::rudp::{
+    CloseReason as PeerCloseReason, ConnectionStats, Endpoint, EndpointStats, EventRef, Guarantee,
+    RudpConfig,
+};
+use crate::sys;
+use crate::timer::TimerKey;
+
+/// Datagrams moved per `recvmmsg` / `sendmmsg`.
+const BATCH: usize = 32;
+
+/// Socket buffers of a reliable-UDP socket (forced past the system's cap
+/// where the process may): a window of in-flight datagrams must fit, or
+/// the kernel drops what the protocol then has to resend.
+const DEFAULT_RUDP_BUFFER: usize = 4 << 20;
+
+/// A UDP socket carrying reliable-UDP peers.
+pub(super) struct RudpSock {
+    pub(super) sock: mio::net::UdpSocket,
+    pub(super) ep: Endpoint,
+    /// The endpoint's deadline, as armed in the reactor's timer heap.
+    timer: Option<(TimerKey, Instant)>,
+    /// Output may be pending (a send, a received datagram, a timeout).
+    dirty: bool,
+    /// Datagram slot size for receiving: the largest datagram accepted.
+    slot: usize,
+    seed_counter: u64,
+}
+
+impl RudpSock {
+    pub(super) fn timer_key(&self) -> Option<TimerKey> {
+        self.timer.map(|(k, _)| k)
+    }
+}
+
+/// Why a datagram socket could not take more this pass.
+fn log_send_error(id: SocketId, e: &io::Error, dropped: usize) {
+    log::debug!(
+        "{id}: sendmmsg: {e}; {dropped} datagram(s) dropped (the protocol resends what matters)"
+    );
+}
+
+impl Ctx {
+    /// Binds a UDP socket for reliable-UDP peers. Servers accept peers
+    /// that connect to it ([`Handler::on_peer_connected`]); clients call
+    /// [`rudp_connect`](Ctx::rudp_connect) on it. Many peers share one
+    /// socket.
+    pub fn bind_rudp<A: ToSocketAddrs>(
+        &mut self,
+        addr: A,
+        config: RudpConfig,
+    ) -> Result<SocketId, Error> {
+        let opts = DgramOptions {
+            recv_buffer_size: Some(DEFAULT_RUDP_BUFFER),
+            send_buffer_size: Some(DEFAULT_RUDP_BUFFER),
+            ..DgramOptions::default()
+        };
+        self.bind_rudp_with(addr, config, &opts)
+    }
+
+    /// [`bind_rudp`](Ctx::bind_rudp) with socket options (buffer sizes;
+    /// `max_message_len` does not apply: the protocol's MTU does).
+    pub fn bind_rudp_with<A: ToSocketAddrs>(
+        &mut self,
+        addr: A,
+        config: RudpConfig,
+        opts: &DgramOptions,
+    ) -> Result<SocketId, Error> {
+        let config = config.sanitized();
+        let mut last = None;
+        for a in addr.to_socket_addrs()? {
+            let sock = match Socket::new(
+                Domain::for_address(a),
+                Type::DGRAM.nonblocking().cloexec(),
+                None,
+            ) {
+                Ok(s) => s,
+                Err(e) => {
+                    last = Some(e);
+                    continue;
+                }
+            };
+            apply_buffers(&sock, opts)?;
+            if let Err(e) = sock.bind(&a.into()) {
+                last = Some(e);
+                continue;
+            }
+            let sock = mio::net::UdpSocket::from_std(sock.into());
+            let slot = (config.mtu + 1).max(1500);
+            let seed = seed_from(&sock, self.next_gen);
+            let rs = RudpSock {
+                sock,
+                ep: Endpoint::new(config, seed),
+                timer: None,
+                dirty: false,
+                slot,
+                seed_counter: 0,
+            };
+            return self.insert(Sock::Rudp(Box::new(rs)), 0, None);
+        }
+        Err(Error::Io(last.unwrap_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "no address to bind")
+        })))
+    }
+
+    /// Starts a reliable-UDP connection from `sock` to `remote`. The id is
+    /// usable at once (messages sent now go out once the handshake
+    /// completes); [`Handler::on_peer_connected`] follows, or
+    /// [`Handler::on_peer_closed`] with a timeout.
+    pub fn rudp_connect(&mut self, sock: SocketId, remote: SocketAddr) -> Result<PeerId, Error> {
+        let now = self.now();
+        let rs = self.rudp_mut(sock, "rudp_connect")?;
+        rs.seed_counter += 1;
+        let peer = rs.ep.connect(now, remote).map_err(Error::Rudp)?;
+        self.mark_rudp_dirty(sock);
+        Ok(PeerId { sock, peer })
+    }
+
+    /// Sends one message to a reliable-UDP peer with `guarantee`.
+    ///
+    /// A full send window gives [`Error::RudpSend`]`(QueueFull)`;
+    /// [`Handler::on_rudp_writable`] follows when there is room.
+    pub fn send_rudp(
+        &mut self,
+        peer: PeerId,
+        msg: &[u8],
+        guarantee: Guarantee,
+    ) -> Result<(), Error> {
+        let entry = self.live_entry_mut(peer.sock).ok_or(Error::StaleId)?;
+        let kind = entry.kind;
+        let Some(Sock::Rudp(rs)) = entry.sock.as_mut() else {
+            return Err(Error::WrongKind {
+                op: "send_rudp",
+                kind,
+            });
+        };
+        match rs.ep.send(peer.peer, msg, guarantee) {
+            Ok(()) => {
+                entry.stats.messages_out += 1;
+                entry.stats.bytes_out += msg.len() as u64;
+            }
+            Err(e) => {
+                entry.stats.send_would_block += 1;
+                return Err(Error::RudpSend(e));
+            }
+        }
+        self.mark_rudp_dirty(peer.sock);
+        Ok(())
+    }
+
+    /// Sends a message set: its members may be delivered in any order among
+    /// themselves; the set stays ordered with the rest of the reliable
+    /// stream (see [`crate::rudp`]).
+    pub fn send_rudp_set(&mut self, peer: PeerId, msgs: &[&[u8]]) -> Result<(), Error> {
+        let entry = self.live_entry_mut(peer.sock).ok_or(Error::StaleId)?;
+        let kind = entry.kind;
+        let Some(Sock::Rudp(rs)) = entry.sock.as_mut() else {
+            return Err(Error::WrongKind {
+                op: "send_rudp_set",
+                kind,
+            });
+        };
+        rs.ep.send_set(peer.peer, msgs).map_err(Error::RudpSend)?;
+        entry.stats.messages_out += msgs.len() as u64;
+        entry.stats.bytes_out += msgs.iter().map(|m| m.len() as u64).sum::<u64>();
+        self.mark_rudp_dirty(peer.sock);
+        Ok(())
+    }
+
+    /// Closes a peer gracefully: queued messages are delivered first, then
+    /// the peer is told; [`Handler::on_peer_closed`] follows.
+    pub fn close_peer(&mut self, peer: PeerId) -> Result<(), Error> {
+        let rs = self.rudp_mut(peer.sock, "close_peer")?;
+        rs.ep.close(peer.peer);
+        self.mark_rudp_dirty(peer.sock);
+        Ok(())
+    }
+
+    /// Round-trip time, loss, retransmissions and counters of one peer.
+    pub fn peer_stats(&self, peer: PeerId) -> Result<ConnectionStats, Error> {
+        match &self.live_entry(peer.sock)?.sock {
+            Some(Sock::Rudp(rs)) => rs.ep.peer_stats(peer.peer).ok_or(Error::StaleId),
+            _ => Err(Error::StaleId),
+        }
+    }
+
+    /// The address of a reliable-UDP peer.
+    pub fn peer_remote_addr(&self, peer: PeerId) -> Result<SocketAddr, Error> {
+        match &self.live_entry(peer.sock)?.sock {
+            Some(Sock::Rudp(rs)) => rs.ep.remote_addr(peer.peer).ok_or(Error::StaleId),
+            _ => Err(Error::StaleId),
+        }
+    }
+
+    /// Endpoint-wide counters of a reliable-UDP socket (malformed and
+    /// spoofed datagrams, handshakes, refusals, peers).
+    pub fn rudp_stats(&self, sock: SocketId) -> Result<(EndpointStats, usize), Error> {
+        match &self.live_entry(sock)?.sock {
+            Some(Sock::Rudp(rs)) => Ok((rs.ep.stats().clone(), rs.ep.len())),
+            _ => Err(Error::WrongKind {
+                op: "rudp_stats",
+                kind: self.live_entry(sock)?.kind,
+            }),
+        }
+    }
+
+    /// The peers of a reliable-UDP socket.
+    pub fn rudp_peers(&self, sock: SocketId) -> Result<Vec<PeerId>, Error> {
+        match &self.live_entry(sock)?.sock {
+            Some(Sock::Rudp(rs)) => Ok(rs.ep.peers().map(|peer| PeerId { sock, peer }).collect()),
+            _ => Err(Error::StaleId),
+        }
+    }
+
+    fn rudp_mut(&mut self, sock: SocketId, op: &'static str) -> Result<&mut RudpSock, Error> {
+        let entry = self.live_entry_mut(sock).ok_or(Error::StaleId)?;
+        let kind = entry.kind;
+        match entry.sock.as_mut() {
+            Some(Sock::Rudp(rs)) => Ok(rs),
+            _ => Err(Error::WrongKind { op, kind }),
+        }
+    }
+
+    /// Output is pending on `sock`: inside a pass it goes out at the end;
+    /// between passes, now.
+    fn mark_rudp_dirty(&mut self, sock: SocketId) {
+        if let Ok(rs) = self.rudp_mut(sock, "") {
+            if !rs.dirty {
+                rs.dirty = true;
+                self.rudp_dirty.push(sock);
+            }
+        }
+        if !self.dispatching {
+            flush_dirty(self);
+        }
+    }
+}
+
+fn seed_from(sock: &mio::net::UdpSocket, salt: u32) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded from the OS once per process and varies per
+    // instance: a cheap, dependency-free source for the cookie secret.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(salt);
+    h.write_i32(sock.as_raw_fd());
+    if let Ok(a) = sock.local_addr() {
+        h.write_u16(a.port());
+    }
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
+}
+
+/// Reads datagrams into the endpoint until `WouldBlock` or the budget;
+/// delivers the events they caused. `true` if the budget ran out.
+pub(super) fn drain<H: Handler + ?Sized>(
+    cx: &mut Ctx,
+    rbuf: &mut [u8],
+    scratch: &mut Vec<u8>,
+    handler: &mut H,
+    id: SocketId,
+) -> bool {
+    let mut more = true;
+    for _ in 0..cx.config.read_budget.div_ceil(BATCH).max(1) {
+        let now = cx.now();
+        let Some(entry) = cx.live_entry_mut(id) else {
+            return false;
+        };
+        let Some(Sock::Rudp(rs)) = entry.sock.as_mut() else {
+            return false;
+        };
+        let slot = rs.slot.min(rbuf.len());
+        let n_slots = (rbuf.len() / slot).clamp(1, BATCH);
+        let mut chunks = rbuf.chunks_mut(slot);
+        let mut bufs: [&mut [u8]; BATCH] =
+            std::array::from_fn(|_| chunks.next().unwrap_or(&mut []));
+        let mut meta = [(0usize, false, UNSPECIFIED); BATCH];
+        let got = match recv_batch(rs, &mut bufs[..n_slots], &mut meta) {
+            Ok(got) => got,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                more = false;
+                0
+            }
+            Err(e) => {
+                entry.stats.recv_errors += 1;
+                log::debug!("{id}: receive: {e}");
+                0
+            }
+        };
+        for (buf, &(len, truncated, from)) in bufs.iter().zip(&meta).take(got) {
+            if truncated {
+                // Larger than any datagram the protocol sends: not ours.
+                entry.stats.dropped_over_quota += 1;
+                continue;
+            }
+            if let Err(e) = rs.ep.handle_datagram(now, from, &buf[..len]) {
+                log::trace!("{id}: datagram from {from}: {e}");
+            }
+        }
+        if got > 0 && !rs.dirty {
+            rs.dirty = true;
+            cx.rudp_dirty.push(id);
+        }
+        deliver_events(cx, scratch, handler, id);
+        if !more {
+            break;
+        }
+    }
+    more
+}
+
+const UNSPECIFIED: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::UNSPECIFIED,
+    0,
+));
+
+/// One `recvmmsg` (Linux) or a `recvfrom` loop: datagrams into `bufs`,
+/// (length, truncated, sender) into `meta`.
+fn recv_batch(
+    rs: &RudpSock,
+    bufs: &mut [&mut [u8]],
+    meta: &mut [(usize, bool, SocketAddr)],
+) -> io::Result<usize> {
+    #[cfg(target_os = "linux")]
+    {
+        let mut raw: [sys::mmsg::BatchMeta; BATCH] =
+            std::array::from_fn(|_| sys::mmsg::BatchMeta {
+                len: 0,
+                truncated: false,
+                addr: sys::empty_sockaddr(),
+            });
+        let n = bufs.len().min(BATCH);
+        let got = sys::mmsg::recv_batch(rs.sock.as_raw_fd(), &mut bufs[..n], &mut raw[..n])?;
+        for (out, m) in meta.iter_mut().zip(&raw[..got]) {
+            *out = (
+                m.len,
+                m.truncated,
+                m.addr.as_socket().unwrap_or(UNSPECIFIED),
+            );
+        }
+        Ok(got)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let mut got = 0;
+        for (buf, out) in bufs.iter_mut().zip(meta.iter_mut()) {
+            let mut raw = sys::RawAddr::new();
+            match sys::recv_from(rs.sock.as_raw_fd(), buf, sys::MSG_TRUNC, &mut raw) {
+                Ok(r) => {
+                    *out = (
+                        r.ret.min(buf.len()),
+                        r.ret > buf.len(),
+                        raw.to_inet().unwrap_or(UNSPECIFIED),
+                    );
+                    got += 1;
+                }
+                Err(e) if got > 0 && e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(got)
+    }
+}
+
+/// Hands every pending endpoint event of `id` to the handler.
+pub(super) fn deliver_events<H: Handler + ?Sized>(
+    cx: &mut Ctx,
+    scratch: &mut Vec<u8>,
+    handler: &mut H,
+    id: SocketId,
+) {
+    enum Ev {
+        Connected,
+        Message(Guarantee),
+        Writable,
+        Closed(PeerCloseReason),
+    }
+    loop {
+        let Some(entry) = cx.live_entry_mut(id) else {
+            return;
+        };
+        let Some(Sock::Rudp(rs)) = entry.sock.as_mut() else {
+            return;
+        };
+        let (peer, ev) = match rs.ep.poll_event_ref() {
+            None => return,
+            Some((peer, EventRef::Message { data, guarantee })) => {
+                scratch.clear();
+                scratch.extend_from_slice(data);
+                entry.stats.messages_in += 1;
+                entry.stats.bytes_in += data.len() as u64;
+                (peer, Ev::Message(guarantee))
+            }
+            Some((peer, EventRef::Connected)) => (peer, Ev::Connected),
+            Some((peer, EventRef::Writable)) => (peer, Ev::Writable),
+            Some((peer, EventRef::Closed(r))) => (peer, Ev::Closed(r)),
+        };
+        let peer = PeerId { sock: id, peer };
+        cx.callbacks += 1;
+        match ev {
+            Ev::Message(g) => handler.on_rudp(cx, peer, scratch, g),
+            Ev::Connected => handler.on_peer_connected(cx, peer),
+            Ev::Writable => handler.on_rudp_writable(cx, peer),
+            Ev::Closed(r) => handler.on_peer_closed(cx, peer, r),
+        }
+        finish_callback(cx, handler);
+    }
+}
+
+/// The endpoint's deadline came: run its timers.
+pub(super) fn timeout_due<H: Handler + ?Sized>(
+    cx: &mut Ctx,
+    scratch: &mut Vec<u8>,
+    handler: &mut H,
+    id: SocketId,
+    now: Instant,
+) {
+    let Some(Sock::Rudp(rs)) = cx.live_entry_mut(id).and_then(|e| e.sock.as_mut()) else {
+        return;
+    };
+    rs.timer = None;
+    rs.ep.handle_timeout(now);
+    if !rs.dirty {
+        rs.dirty = true;
+        cx.rudp_dirty.push(id);
+    }
+    deliver_events(cx, scratch, handler, id);
+}
+
+/// Writes the pending datagrams of every dirty endpoint and re-arms their
+/// timers.
+pub(super) fn flush_dirty(cx: &mut Ctx) {
+    while let Some(id) = cx.rudp_dirty.pop() {
+        flush(cx, id);
+    }
+}
+
+fn flush(cx: &mut Ctx, id: SocketId) {
+    let now = cx.now();
+    let Ctx {
+        sockets,
+        timers,
+        rudp_tx,
+        rudp_flushed,
+        ..
+    } = cx;
+    let Some(entry) = sockets
+        .get_mut(id.index as usize)
+        .filter(|e| e.gen == id.gen)
+    else {
+        return;
+    };
+    let Some(Sock::Rudp(rs)) = entry.sock.as_mut() else {
+        return;
+    };
+    rs.dirty = false;
+    if !rudp_flushed.contains(&id) {
+        rudp_flushed.push(id);
+    }
+    let mtu = rs.ep.config().mtu;
+    if rudp_tx.len() < BATCH * mtu {
+        rudp_tx.resize(BATCH * mtu, 0);
+    }
+    loop {
+        // Fill up to BATCH datagrams, then send them with one call.
+        let mut dests: [Option<SockAddr>; BATCH] = std::array::from_fn(|_| None);
+        let mut lens = [0usize; BATCH];
+        let mut n = 0;
+        {
+            let mut slots = rudp_tx.chunks_mut(mtu);
+            while n < BATCH {
+                let Some(buf) = slots.next() else { break };
+                match rs.ep.poll_transmit(now, buf) {
+                    Some(t) => {
+                        dests[n] = Some(SockAddr::from(t.dest));
+                        lens[n] = t.len;
+                        n += 1;
+                    }
+                    None => break,
+                }
+            }
+        }
+        if n == 0 {
+            break;
+        }
+        let mut items: [(&[u8], Option<&SockAddr>); BATCH] = [(&[], None); BATCH];
+        for (i, (chunk, dest)) in rudp_tx.chunks(mtu).zip(dests.iter()).take(n).enumerate() {
+            items[i] = (&chunk[..lens[i]], dest.as_ref());
+        }
+        let mut sent = 0;
+        while sent < n {
+            match send_batch(&rs.sock, &items[sent..n]) {
+                Ok(k) => sent += k.max(1),
+                Err(e) => {
+                    entry.stats.send_errors += 1;
+                    log_send_error(id, &e, n - sent);
+                    break;
+                }
+            }
+        }
+        if n < BATCH {
+            break;
+        }
+    }
+    // Re-arm the endpoint's one entry in the reactor's deadline heap.
+    let next = rs.ep.poll_timeout();
+    match (rs.timer, next) {
+        (Some((_, at)), Some(t)) if at == t => {}
+        (old, next) => {
+            if let Some((key, _)) = old {
+                timers.cancel(key);
+            }
+            rs.timer = next.map(|t| (timers.insert(t, TimerTarget::Rudp(id)), t));
+        }
+    }
+}
+
+fn send_batch(
+    sock: &mio::net::UdpSocket,
+    items: &[(&[u8], Option<&SockAddr>)],
+) -> io::Result<usize> {
+    #[cfg(target_os = "linux")]
+    {
+        sys::mmsg::send_batch(sock.as_raw_fd(), items)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let (buf, dest) = items[0];
+        let dest = dest
+            .and_then(SockAddr::as_socket)
+            .ok_or(io::ErrorKind::InvalidInput)?;
+        sys::send_to(sock.as_raw_fd(), buf, &sys::RawDest::inet(&dest)).map(|_| 1)
+    }
+}

@@ -1,0 +1,257 @@
+//! Reliable UDP through the reactor over real loopback sockets.
+
+mod util;
+
+use std::time::{Duration, Instant};
+
+use msgloop::rudp::{CloseReason, Guarantee, RudpConfig, SendError};
+use msgloop::{Ctx, Error, Handler, PeerId, Reactor};
+
+#[derive(Default)]
+struct App {
+    client: Option<PeerId>,
+    connected: Vec<PeerId>,
+    closed: Vec<(PeerId, CloseReason)>,
+    received: Vec<(PeerId, Vec<u8>, Guarantee)>,
+    writable: u32,
+    /// Messages the client still has to send (seq, guarantee), pumped on
+    /// connect and on writable.
+    to_send: u64,
+    sent: u64,
+    size: usize,
+    echo: bool,
+}
+
+impl App {
+    fn pump(&mut self, cx: &mut Ctx) {
+        let Some(peer) = self.client else { return };
+        while self.sent < self.to_send {
+            let mut msg = vec![0u8; self.size.max(8)];
+            msg[..8].copy_from_slice(&self.sent.to_le_bytes());
+            match cx.send_rudp(peer, &msg, Guarantee::Delivery) {
+                Ok(()) => self.sent += 1,
+                Err(Error::RudpSend(SendError::QueueFull)) => break,
+                Err(e) => panic!("send: {e}"),
+            }
+        }
+    }
+}
+
+impl Handler for App {
+    fn on_peer_connected(&mut self, cx: &mut Ctx, peer: PeerId) {
+        self.connected.push(peer);
+        if Some(peer) == self.client {
+            self.pump(cx);
+        }
+    }
+    fn on_rudp_writable(&mut self, cx: &mut Ctx, _peer: PeerId) {
+        self.writable += 1;
+        self.pump(cx);
+    }
+    fn on_rudp(&mut self, cx: &mut Ctx, peer: PeerId, msg: &[u8], g: Guarantee) {
+        if self.echo && Some(peer) != self.client {
+            cx.send_rudp(peer, msg, g).expect("echo");
+        }
+        self.received.push((peer, msg.to_vec(), g));
+    }
+    fn on_peer_closed(&mut self, _cx: &mut Ctx, peer: PeerId, reason: CloseReason) {
+        self.closed.push((peer, reason));
+    }
+}
+
+fn drive(r: &mut Reactor, app: &mut App, mut done: impl FnMut(&App) -> bool, limit: Duration) {
+    let start = Instant::now();
+    while !done(app) {
+        assert!(
+            start.elapsed() < limit,
+            "condition not reached within {limit:?}: connected {:?} closed {:?} received {}",
+            app.connected,
+            app.closed,
+            app.received.len()
+        );
+        r.run_once(app, Some(Duration::from_millis(20)))
+            .expect("run_once");
+    }
+}
+
+#[test]
+fn every_guarantee_round_trips_through_an_echo() {
+    let _g = util::serial();
+    let _fds = util::FdCheck::new();
+    let mut r = Reactor::new().unwrap();
+    let server = r.bind_rudp("127.0.0.1:0", RudpConfig::default()).unwrap();
+    let client = r.bind_rudp("127.0.0.1:0", RudpConfig::default()).unwrap();
+    let addr = r.local_addr(server).unwrap().as_inet().unwrap();
+    let mut app = App {
+        echo: true,
+        ..App::default()
+    };
+    let peer = r.rudp_connect(client, addr).unwrap();
+    app.client = Some(peer);
+    drive(
+        &mut r,
+        &mut app,
+        |a| a.connected.len() == 2,
+        Duration::from_secs(5),
+    );
+    for (i, g) in [Guarantee::Delivery, Guarantee::Order, Guarantee::None]
+        .into_iter()
+        .enumerate()
+    {
+        r.send_rudp(peer, format!("msg {i}").as_bytes(), g).unwrap();
+    }
+    r.send_rudp(peer, &[], Guarantee::Delivery).unwrap();
+    // A message many datagrams long is fragmented and reassembled.
+    let big: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
+    r.send_rudp(peer, &big, Guarantee::Delivery).unwrap();
+    let back = |a: &App| a.received.iter().filter(|(p, ..)| *p == peer).count();
+    drive(&mut r, &mut app, |a| back(a) >= 5, Duration::from_secs(5));
+    let echoed: Vec<_> = app.received.iter().filter(|(p, ..)| *p == peer).collect();
+    // Reliable messages come back in order; unreliable ones may overtake them.
+    let reliable: Vec<&Vec<u8>> = echoed
+        .iter()
+        .filter(|(_, _, g)| *g == Guarantee::Delivery)
+        .map(|(_, m, _)| m)
+        .collect();
+    assert_eq!(reliable, [&b"msg 0".to_vec(), &Vec::new(), &big]);
+    assert!(echoed
+        .iter()
+        .any(|(_, m, g)| m == b"msg 1" && *g == Guarantee::Order));
+    assert!(echoed
+        .iter()
+        .any(|(_, m, g)| m == b"msg 2" && *g == Guarantee::None));
+    assert!(echoed
+        .iter()
+        .any(|(_, m, g)| m.is_empty() && *g == Guarantee::Delivery));
+    assert!(echoed.iter().any(|(_, m, _)| *m == big));
+    let stats = r.peer_stats(peer).unwrap();
+    assert!(stats.packets_sent > 0);
+}
+
+#[test]
+fn a_window_full_of_messages_arrives_exactly_once_in_order() {
+    let _g = util::serial();
+    let _fds = util::FdCheck::new();
+    let mut r = Reactor::new().unwrap();
+    let server = r.bind_rudp("127.0.0.1:0", RudpConfig::default()).unwrap();
+    let client = r.bind_rudp("127.0.0.1:0", RudpConfig::default()).unwrap();
+    let addr = r.local_addr(server).unwrap().as_inet().unwrap();
+    let mut app = App {
+        to_send: 50_000,
+        size: 64,
+        ..App::default()
+    };
+    app.client = Some(r.rudp_connect(client, addr).unwrap());
+    drive(
+        &mut r,
+        &mut app,
+        |a| a.received.len() as u64 >= 50_000,
+        Duration::from_secs(20),
+    );
+    for (i, (_, m, g)) in app.received.iter().enumerate() {
+        assert_eq!(u64::from_le_bytes(m[..8].try_into().unwrap()), i as u64);
+        assert_eq!(*g, Guarantee::Delivery);
+    }
+    assert!(
+        app.writable > 0,
+        "the sender should have hit a full window and resumed"
+    );
+    let (stats, peers) = r.rudp_stats(server).unwrap();
+    assert_eq!(peers, 1);
+    assert_eq!(stats.malformed, 0);
+}
+
+#[test]
+fn closing_a_peer_tells_the_other_side_and_ids_go_stale() {
+    let _g = util::serial();
+    let _fds = util::FdCheck::new();
+    let mut r = Reactor::new().unwrap();
+    let server = r.bind_rudp("127.0.0.1:0", RudpConfig::default()).unwrap();
+    let client = r.bind_rudp("127.0.0.1:0", RudpConfig::default()).unwrap();
+    let addr = r.local_addr(server).unwrap().as_inet().unwrap();
+    let mut app = App::default();
+    let peer = r.rudp_connect(client, addr).unwrap();
+    app.client = Some(peer);
+    drive(
+        &mut r,
+        &mut app,
+        |a| a.connected.len() == 2,
+        Duration::from_secs(5),
+    );
+    r.close_peer(peer).unwrap();
+    drive(
+        &mut r,
+        &mut app,
+        |a| a.closed.len() == 2,
+        Duration::from_secs(5),
+    );
+    assert!(app
+        .closed
+        .iter()
+        .any(|(p, why)| *p == peer && *why == CloseReason::Local));
+    assert!(app
+        .closed
+        .iter()
+        .any(|(p, why)| *p != peer && *why == CloseReason::ClosedByPeer));
+    assert!(matches!(
+        r.send_rudp(peer, b"late", Guarantee::Delivery),
+        Err(Error::RudpSend(_))
+    ));
+}
+
+#[test]
+fn a_peer_that_vanishes_is_timed_out() {
+    let _g = util::serial();
+    let _fds = util::FdCheck::new();
+    let mut r = Reactor::new().unwrap();
+    let cfg = RudpConfig {
+        idle_timeout: Duration::from_millis(300),
+        heartbeat_interval: Duration::from_millis(50),
+        ..RudpConfig::default()
+    };
+    let server = r.bind_rudp("127.0.0.1:0", cfg.clone()).unwrap();
+    let client = r.bind_rudp("127.0.0.1:0", cfg).unwrap();
+    let addr = r.local_addr(server).unwrap().as_inet().unwrap();
+    let mut app = App::default();
+    let peer = r.rudp_connect(client, addr).unwrap();
+    app.client = Some(peer);
+    drive(
+        &mut r,
+        &mut app,
+        |a| a.connected.len() == 2,
+        Duration::from_secs(5),
+    );
+    // The client's socket disappears without a word.
+    r.close(client).unwrap();
+    drive(
+        &mut r,
+        &mut app,
+        |a| !a.closed.is_empty(),
+        Duration::from_secs(5),
+    );
+    assert_eq!(app.closed[0].1, CloseReason::Timeout);
+    assert_eq!(
+        r.rudp_stats(server).unwrap().1,
+        0,
+        "the timed-out peer is freed"
+    );
+}
+
+#[test]
+fn wrong_kind_and_stale_ids_are_typed_errors() {
+    let _g = util::serial();
+    let _fds = util::FdCheck::new();
+    let mut r = Reactor::new().unwrap();
+    let udp = r.bind_udp("127.0.0.1:0").unwrap();
+    assert!(matches!(
+        r.rudp_connect(udp, "127.0.0.1:9".parse().unwrap()),
+        Err(Error::WrongKind { .. })
+    ));
+    let s = r.bind_rudp("127.0.0.1:0", RudpConfig::default()).unwrap();
+    let peer = r.rudp_connect(s, "127.0.0.1:9".parse().unwrap()).unwrap();
+    r.close(s).unwrap();
+    assert!(matches!(
+        r.send_rudp(peer, b"x", Guarantee::Delivery),
+        Err(Error::StaleId)
+    ));
+}
