@@ -13,6 +13,7 @@
 //! | UDP            | `--udp ADDR`        | `127.0.0.1:7000`                          |
 //! | Unix datagram  | `--unix-dgram PATH` | `msgloop-echo.dgram` in the temp directory |
 //! | TCP frames     | `--tcp ADDR`        | `127.0.0.1:7001` (4-byte big-endian length prefix) |
+//! | Reliable UDP   | `--rudp ADDR`       | `127.0.0.1:7002` (each message echoed with its guarantee) |
 //!
 //! When any transport flag is given, only the transports named are served.
 //! Each message goes back to its sender byte for byte (a Unix datagram
@@ -33,8 +34,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use msgloop::framing::FrameConfig;
+use msgloop::rudp::{Guarantee, RudpConfig};
 use msgloop::{
-    CloseReason, Ctx, Datagram, DgramOptions, Error, Handler, PeerAddr, Reactor, SocketId,
+    CloseReason, Ctx, Datagram, DgramOptions, Error, Handler, PeerAddr, PeerId, Reactor, SocketId,
     TcpOptions, TimerId, UnixAddr,
 };
 
@@ -44,18 +46,20 @@ struct Args {
     udp: Option<SocketAddr>,
     unix_dgram: Option<PathBuf>,
     tcp: Option<SocketAddr>,
+    rudp: Option<SocketAddr>,
     max_message: usize,
     max_frame: usize,
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: echo_server [--udp ADDR] [--unix-dgram PATH] [--tcp ADDR]\n\
+        "usage: echo_server [--udp ADDR] [--unix-dgram PATH] [--tcp ADDR] [--rudp ADDR]\n\
          \x20                  [--max-message BYTES] [--max-frame BYTES]\n\
          \n\
          With no transport flag, serves UDP on 127.0.0.1:7000, a Unix datagram\n\
          socket at $TMPDIR/msgloop-echo.dgram and TCP frames (4-byte big-endian\n\
-         length prefix) on 127.0.0.1:7001. --max-message caps Unix datagrams\n\
+         length prefix) on 127.0.0.1:7001 and reliable UDP on 127.0.0.1:7002.\n\
+         --max-message caps Unix datagrams\n\
          (default 1 MiB; larger ones are dropped and counted); --max-frame caps\n\
          TCP frames (default 8 MiB; a larger header closes that connection)."
     );
@@ -66,6 +70,7 @@ fn parse_args() -> Args {
     let mut udp = None;
     let mut unix_dgram = None;
     let mut tcp = None;
+    let mut rudp = None;
     let mut max_message = 1 << 20;
     let mut max_frame = 8 << 20;
     let mut any = false;
@@ -88,6 +93,13 @@ fn parse_args() -> Args {
                 any = true;
                 tcp = Some(value().parse().unwrap_or_else(|e| {
                     eprintln!("--tcp: {e}");
+                    usage()
+                }));
+            }
+            "--rudp" => {
+                any = true;
+                rudp = Some(value().parse().unwrap_or_else(|e| {
+                    eprintln!("--rudp: {e}");
                     usage()
                 }));
             }
@@ -114,11 +126,13 @@ fn parse_args() -> Args {
         udp = Some("127.0.0.1:7000".parse().expect("valid default"));
         unix_dgram = Some(std::env::temp_dir().join("msgloop-echo.dgram"));
         tcp = Some("127.0.0.1:7001".parse().expect("valid default"));
+        rudp = Some("127.0.0.1:7002".parse().expect("valid default"));
     }
     Args {
         udp,
         unix_dgram,
         tcp,
+        rudp,
         max_message,
         max_frame,
     }
@@ -136,12 +150,16 @@ struct Counts {
     tcp_closed_bad_frame: u64,
     tcp_closed_idle: u64,
     tcp_frames_dropped: u64,
+    rudp_peers: u64,
+    rudp_connected: u64,
+    rudp_dropped: u64,
 }
 
 struct Echo {
     udp: Option<SocketId>,
     unix: Option<SocketId>,
     tcp: Option<SocketId>,
+    rudp: Option<SocketId>,
     counts: Counts,
     started: Instant,
     stop: bool,
@@ -170,6 +188,14 @@ impl Echo {
                 " | tcp conns open={} accepted={} closed_bad_frame={} closed_idle={} frames_dropped={}",
                 c.tcp_open, c.tcp_accepted, c.tcp_closed_bad_frame, c.tcp_closed_idle, c.tcp_frames_dropped
             );
+        }
+        if let Some(id) = self.rudp {
+            if let Ok((ep, peers)) = cx.rudp_stats(id) {
+                line += &format!(
+                    " | rudp peers={} connected={} dropped={} malformed={} refused={}",
+                    peers, c.rudp_connected, c.rudp_dropped, ep.malformed, ep.refused
+                );
+            }
         }
         let t = cx.reactor_stats().totals;
         line += &format!(
@@ -239,6 +265,25 @@ impl Handler for Echo {
         }
     }
 
+    fn on_peer_connected(&mut self, _cx: &mut Ctx, _peer: PeerId) {
+        self.counts.rudp_connected += 1;
+        self.counts.rudp_peers += 1;
+    }
+
+    fn on_rudp(&mut self, cx: &mut Ctx, peer: PeerId, msg: &[u8], guarantee: Guarantee) {
+        match cx.send_rudp(peer, msg, guarantee) {
+            Ok(()) => self.counts.echoed += 1,
+            Err(e) => {
+                self.counts.rudp_dropped += 1;
+                log_rate_limited(&format!("{peer}: echo dropped: {e}"), self.counts.rudp_dropped);
+            }
+        }
+    }
+
+    fn on_peer_closed(&mut self, _cx: &mut Ctx, _peer: PeerId, _reason: msgloop::rudp::CloseReason) {
+        self.counts.rudp_peers = self.counts.rudp_peers.saturating_sub(1);
+    }
+
     fn on_error(&mut self, _cx: &mut Ctx, sock: SocketId, error: Error) {
         self.counts.errors += 1;
         log_rate_limited(&format!("{sock}: {error}"), self.counts.errors);
@@ -283,6 +328,7 @@ fn run(args: Args) -> Result<(), Error> {
         udp: None,
         unix: None,
         tcp: None,
+        rudp: None,
         counts: Counts::default(),
         started: Instant::now(),
         stop: false,
@@ -320,6 +366,11 @@ fn run(args: Args) -> Result<(), Error> {
             opts.frame.max_frame_len()
         );
         app.tcp = Some(id);
+    }
+    if let Some(addr) = args.rudp {
+        let id = reactor.bind_rudp(addr, RudpConfig::default())?;
+        eprintln!("echo_server: reliable udp on {}", reactor.local_addr(id)?);
+        app.rudp = Some(id);
     }
     reactor.set_timer(SUMMARY_EVERY);
 
