@@ -275,12 +275,20 @@ impl Handler for Echo {
             Ok(()) => self.counts.echoed += 1,
             Err(e) => {
                 self.counts.rudp_dropped += 1;
-                log_rate_limited(&format!("{peer}: echo dropped: {e}"), self.counts.rudp_dropped);
+                log_rate_limited(
+                    &format!("{peer}: echo dropped: {e}"),
+                    self.counts.rudp_dropped,
+                );
             }
         }
     }
 
-    fn on_peer_closed(&mut self, _cx: &mut Ctx, _peer: PeerId, _reason: msgloop::rudp::CloseReason) {
+    fn on_peer_closed(
+        &mut self,
+        _cx: &mut Ctx,
+        _peer: PeerId,
+        _reason: msgloop::rudp::CloseReason,
+    ) {
         self.counts.rudp_peers = self.counts.rudp_peers.saturating_sub(1);
     }
 
@@ -352,6 +360,7 @@ fn run(args: Args) -> Result<(), Error> {
             // Room to echo the largest message we accept.
             send_buffer_size: Some(2 * args.max_message + 4096),
             recv_buffer_size: Some(2 * args.max_message + 4096),
+            ..DgramOptions::default()
         };
         let id = reactor.bind_unix_datagram_with(&UnixAddr::from_pathname(path)?, &opts)?;
         eprintln!("echo_server: unix datagram on {}", path.display());

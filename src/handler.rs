@@ -69,6 +69,10 @@ pub enum SocketKind {
     Tcp,
     /// A UDP socket carrying reliable-UDP peers ([`Ctx::bind_rudp`]).
     Rudp,
+    /// A Unix seqpacket listener ([`Ctx::listen_seqpacket`]).
+    SeqpacketListener,
+    /// A Unix seqpacket connection.
+    Seqpacket,
 }
 
 /// Names one reliable-UDP peer: the socket it talks through and the
@@ -136,15 +140,19 @@ impl fmt::Display for CloseReason {
     }
 }
 
-/// One received datagram: its bytes and its sender.
+/// One received datagram: its bytes and its sender (and, on a Unix socket
+/// with [`DgramOptions::pass_fds`](crate::DgramOptions::pass_fds), the
+/// file descriptors and credentials that came with it).
 ///
 /// The bytes are borrowed from the reactor's receive buffer for the
 /// duration of the callback: receiving allocates nothing. Copy them out
-/// (`to_vec`) to keep them.
-#[derive(Clone, Copy)]
+/// (`to_vec`) to keep them. Descriptors you do not
+/// [`take`](Datagram::take_fds) are closed when the callback returns.
 pub struct Datagram<'a> {
     pub(crate) data: &'a [u8],
     pub(crate) from: &'a PeerAddr,
+    #[cfg(target_os = "linux")]
+    pub(crate) anc: Option<&'a mut crate::net::RecvAncillary>,
 }
 
 impl<'a> Datagram<'a> {
@@ -166,6 +174,87 @@ impl<'a> Datagram<'a> {
     /// `true` for a zero-length datagram.
     pub fn is_empty(&self) -> bool {
         self.data.is_empty()
+    }
+
+    /// File descriptors passed with the datagram (`SCM_RIGHTS`), if the
+    /// socket receives them.
+    #[cfg(target_os = "linux")]
+    pub fn fds(&self) -> &[std::os::fd::OwnedFd] {
+        self.anc.as_ref().map_or(&[], |a| a.fds())
+    }
+
+    /// Takes the passed descriptors; those left are closed after the
+    /// callback.
+    #[cfg(target_os = "linux")]
+    pub fn take_fds(&mut self) -> Vec<std::os::fd::OwnedFd> {
+        self.anc.as_mut().map(|a| a.take_fds()).unwrap_or_default()
+    }
+
+    /// The sender's credentials, if they came with the datagram.
+    #[cfg(target_os = "linux")]
+    pub fn credentials(&self) -> Option<crate::net::UCred> {
+        self.anc.as_ref().and_then(|a| a.credentials())
+    }
+
+    /// `true` if descriptors were passed but did not fit (`MSG_CTRUNC`):
+    /// the kernel closed those.
+    #[cfg(target_os = "linux")]
+    pub fn fds_truncated(&self) -> bool {
+        self.anc.as_ref().is_some_and(|a| a.is_truncated())
+    }
+}
+
+/// One message received on a Unix seqpacket connection: its bytes, the
+/// sender's credentials, and the file descriptors passed with it.
+///
+/// Descriptors you do not [`take`](SeqMessage::take_fds) are closed when
+/// the callback returns — also when the control data was cut
+/// ([`fds_truncated`](SeqMessage::fds_truncated)).
+#[cfg(target_os = "linux")]
+pub struct SeqMessage<'a> {
+    pub(crate) data: &'a [u8],
+    pub(crate) anc: &'a mut crate::net::RecvAncillary,
+}
+
+#[cfg(target_os = "linux")]
+impl<'a> SeqMessage<'a> {
+    /// The message (possibly empty: an empty message is a message).
+    pub fn data(&self) -> &'a [u8] {
+        self.data
+    }
+
+    /// The sender's credentials (pid, uid, gid): every message carries
+    /// them, since msgloop's seqpacket sockets set `SO_PASSCRED`.
+    pub fn credentials(&self) -> Option<crate::net::UCred> {
+        self.anc.credentials()
+    }
+
+    /// The descriptors passed with the message, in the order sent.
+    pub fn fds(&self) -> &[std::os::fd::OwnedFd] {
+        self.anc.fds()
+    }
+
+    /// Takes the passed descriptors; those left are closed after the
+    /// callback.
+    pub fn take_fds(&mut self) -> Vec<std::os::fd::OwnedFd> {
+        self.anc.take_fds()
+    }
+
+    /// `true` if more descriptors were passed than fit (`MSG_CTRUNC`): the
+    /// kernel closed the rest.
+    pub fn fds_truncated(&self) -> bool {
+        self.anc.is_truncated()
+    }
+}
+
+#[cfg(target_os = "linux")]
+impl fmt::Debug for SeqMessage<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SeqMessage")
+            .field("len", &self.data.len())
+            .field("fds", &self.anc.fds().len())
+            .field("credentials", &self.anc.credentials())
+            .finish()
     }
 }
 
@@ -204,12 +293,17 @@ pub trait Handler {
     /// A datagram arrived on a UDP or Unix datagram socket.
     fn on_datagram(&mut self, cx: &mut Ctx, sock: SocketId, msg: Datagram<'_>) {}
 
+    /// A Unix seqpacket connection delivered a message (possibly empty),
+    /// with the sender's credentials and any descriptors passed with it.
+    #[cfg(target_os = "linux")]
+    fn on_message(&mut self, cx: &mut Ctx, conn: SocketId, msg: SeqMessage<'_>) {}
+
     /// A framed TCP connection delivered a frame (possibly empty). The bytes
     /// are borrowed from the reactor's receive buffer, or from the
     /// connection's partial-frame buffer, for the duration of the call.
     fn on_frame(&mut self, cx: &mut Ctx, conn: SocketId, frame: &[u8]) {}
 
-    /// `listener` accepted `conn` from `peer`.
+    /// `listener` (TCP or Unix seqpacket) accepted `conn` from `peer`.
     fn on_accept(&mut self, cx: &mut Ctx, listener: SocketId, conn: SocketId, peer: &PeerAddr) {}
 
     /// An outgoing connection ([`Ctx::connect_tcp`]) completed. (A failed

@@ -65,11 +65,22 @@ mod timer;
 #[cfg(target_os = "linux")]
 pub mod batch;
 pub mod framing;
+#[cfg(target_os = "linux")]
+pub mod net;
 pub mod rudp;
 
 pub use addr::{Destination, PeerAddr, UnixAddr};
 pub use error::Error;
+#[cfg(target_os = "linux")]
+pub use handler::SeqMessage;
 pub use handler::{CloseReason, Datagram, Handler, PeerId, SocketId, SocketKind, TimerId};
+#[cfg(target_os = "linux")]
+pub use net::{
+    AncillaryBuf, BindOptions, RecvAncillary, SendAncillary, UCred, UnixSeqpacket,
+    UnixSeqpacketListener, SCM_MAX_FD,
+};
+#[cfg(target_os = "linux")]
+pub use reactor::SeqpacketOptions;
 pub use reactor::{
     Config, Ctx, DgramOptions, Reactor, ReactorStats, SocketStats, TcpOptions, Waker,
 };

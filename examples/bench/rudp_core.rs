@@ -59,8 +59,8 @@ struct CorePair {
 impl CorePair {
     fn new(size: usize) -> io::Result<Self> {
         let cfg = RudpConfig::default();
-        let mut a = Endpoint::new(cfg.clone(), 0x5eed_a);
-        let b = Endpoint::new(cfg, 0x5eed_b);
+        let mut a = Endpoint::new(cfg.clone(), 0x5eed_000a);
+        let b = Endpoint::new(cfg, 0x5eed_000b);
         let a_addr: SocketAddr = "127.0.0.1:1000".parse().expect("addr");
         let b_addr: SocketAddr = "127.0.0.1:2000".parse().expect("addr");
         let peer = a

@@ -25,8 +25,14 @@ use crate::sys;
 use crate::timer::Timers;
 
 mod rudp;
+#[cfg(target_os = "linux")]
+mod seqpacket;
 mod tcp;
 use rudp::RudpSock;
+#[cfg(target_os = "linux")]
+pub use seqpacket::SeqpacketOptions;
+#[cfg(target_os = "linux")]
+use seqpacket::{SeqConn, SeqListenerState};
 pub use tcp::TcpOptions;
 use tcp::{TcpConn, TcpListenerState};
 
@@ -81,6 +87,11 @@ pub struct DgramOptions {
     /// forced with `SO_RCVBUFFORCE` when the process may (`CAP_NET_ADMIN`);
     /// otherwise the kernel's cap stands.
     pub recv_buffer_size: Option<usize>,
+    /// Unix sockets (Linux): receive passed file descriptors and
+    /// credentials ([`Datagram::fds`]); each read then carries a control
+    /// buffer. Off by default, when the kernel closes any descriptors a
+    /// sender passes.
+    pub pass_fds: bool,
     /// `SO_SNDBUF`, if set (forced past `wmem_max` like the receive side).
     pub send_buffer_size: Option<usize>,
 }
@@ -104,8 +115,10 @@ pub struct SocketStats {
     pub recv_errors: u64,
     /// Sends that failed (other than `WouldBlock`).
     pub send_errors: u64,
-    /// Sends refused with `WouldBlock`.
+    /// Sends refused with `WouldBlock` (or a full queue or window).
     pub send_would_block: u64,
+    /// Received file descriptors the handler did not take (closed).
+    pub fds_closed_unclaimed: u64,
 }
 
 impl SocketStats {
@@ -118,6 +131,7 @@ impl SocketStats {
         self.recv_errors += o.recv_errors;
         self.send_errors += o.send_errors;
         self.send_would_block += o.send_would_block;
+        self.fds_closed_unclaimed += o.fds_closed_unclaimed;
     }
 }
 
@@ -179,6 +193,10 @@ enum Sock {
     TcpListener(Box<TcpListenerState>),
     Tcp(Box<TcpConn>),
     Rudp(Box<RudpSock>),
+    #[cfg(target_os = "linux")]
+    SeqListener(Box<SeqListenerState>),
+    #[cfg(target_os = "linux")]
+    Seq(Box<SeqConn>),
 }
 
 impl Drop for Sock {
@@ -200,6 +218,10 @@ impl Sock {
             Sock::TcpListener(_) => SocketKind::TcpListener,
             Sock::Tcp(_) => SocketKind::Tcp,
             Sock::Rudp(_) => SocketKind::Rudp,
+            #[cfg(target_os = "linux")]
+            Sock::SeqListener(_) => SocketKind::SeqpacketListener,
+            #[cfg(target_os = "linux")]
+            Sock::Seq(_) => SocketKind::Seqpacket,
         }
     }
 
@@ -216,6 +238,10 @@ impl Sock {
             Sock::TcpListener(l) => reg(&mut l.listener, registry, token, interest, re),
             Sock::Tcp(c) => reg(&mut c.stream, registry, token, interest, re),
             Sock::Rudp(r) => reg(&mut r.sock, registry, token, interest, re),
+            #[cfg(target_os = "linux")]
+            Sock::SeqListener(l) => reg(&mut l.listener, registry, token, interest, re),
+            #[cfg(target_os = "linux")]
+            Sock::Seq(c) => reg(&mut c.sock, registry, token, interest, re),
             #[cfg(target_os = "linux")]
             Sock::Signals(fd, _) => reg(
                 &mut SourceFd(&fd.as_raw_fd()),
@@ -236,7 +262,22 @@ impl Sock {
             Sock::Tcp(c) => registry.deregister(&mut c.stream),
             Sock::Rudp(r) => registry.deregister(&mut r.sock),
             #[cfg(target_os = "linux")]
+            Sock::SeqListener(l) if l.paused => Ok(()),
+            #[cfg(target_os = "linux")]
+            Sock::SeqListener(l) => registry.deregister(&mut l.listener),
+            #[cfg(target_os = "linux")]
+            Sock::Seq(c) => registry.deregister(&mut c.sock),
+            #[cfg(target_os = "linux")]
             Sock::Signals(fd, _) => registry.deregister(&mut SourceFd(&fd.as_raw_fd())),
+        }
+    }
+
+    /// What a new socket registers for: readable, plus writable for a TCP
+    /// connect in progress (its completion is a writable edge).
+    fn initial_interest(&self) -> Interest {
+        match self {
+            Sock::Tcp(c) if c.connecting => Interest::READABLE | Interest::WRITABLE,
+            _ => Interest::READABLE,
         }
     }
 
@@ -248,6 +289,10 @@ impl Sock {
             Sock::TcpListener(l) => Some(SockRef::from(&l.listener)),
             Sock::Tcp(c) => Some(SockRef::from(&c.stream)),
             Sock::Rudp(r) => Some(SockRef::from(&r.sock)),
+            #[cfg(target_os = "linux")]
+            Sock::SeqListener(l) => Some(SockRef::from(&l.listener)),
+            #[cfg(target_os = "linux")]
+            Sock::Seq(c) => Some(SockRef::from(&c.sock)),
             #[cfg(target_os = "linux")]
             Sock::Signals(..) => None,
         }
@@ -310,6 +355,8 @@ struct Entry {
     served_tick: u64,
     stats: SocketStats,
     bound: Option<BoundPath>,
+    /// Unix datagram sockets: read with a control buffer (fds, credentials).
+    pass_fds: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -512,11 +559,13 @@ impl Ctx {
             .max_message_len
             .unwrap_or(self.config.unix_max_message_len);
         let std_sock: std::os::unix::net::UnixDatagram = sock.into();
-        self.insert(
+        let id = self.insert(
             Sock::UnixDgram(mio::net::UnixDatagram::from_std(std_sock)),
             max,
             bound,
-        )
+        )?;
+        self.set_pass_fds(id, opts.pass_fds)?;
+        Ok(id)
     }
 
     /// An unbound Unix datagram socket (it can send, and connect; peers
@@ -551,11 +600,13 @@ impl Ctx {
             .max_message_len
             .unwrap_or(self.config.unix_max_message_len);
         let std_sock: std::os::unix::net::UnixDatagram = socket.into();
-        self.insert(
+        let id = self.insert(
             Sock::UnixDgram(mio::net::UnixDatagram::from_std(std_sock)),
             max,
             None,
-        )
+        )?;
+        self.set_pass_fds(id, opts.pass_fds)?;
+        Ok(id)
     }
 
     /// Delivers `signals` (e.g. `[libc::SIGINT, libc::SIGTERM]`) to
@@ -685,6 +736,9 @@ impl Ctx {
         }
         self.closed_totals.add(&entry.stats);
         self.closed_count += 1;
+        if let Sock::Tcp(c) = &mut s {
+            tcp::write_before_close(&self.out, &self.out_segs, id, c);
+        }
         let listener = match &s {
             Sock::Tcp(c) => {
                 if let Some(key) = c.idle_timer_key() {
@@ -698,6 +752,8 @@ impl Ctx {
                 }
                 None
             }
+            #[cfg(target_os = "linux")]
+            Sock::Seq(c) => c.listener,
             _ => None,
         };
         drop(s); // closes the fd
@@ -712,11 +768,56 @@ impl Ctx {
             self.closed.push((id, reason));
         }
         if let Some(lid) = listener {
-            tcp::conn_closed(self, lid);
+            self.listener_conn_closed(lid);
         }
         // An fd was freed: listeners that ran out of fds may accept again.
         while let Some(lid) = self.paused_listeners.pop() {
-            tcp::resume_listener(self, lid);
+            self.resume_listener(lid);
+        }
+    }
+
+    /// Turns on fd/credential reception for a Unix datagram socket.
+    fn set_pass_fds(&mut self, id: SocketId, on: bool) -> Result<(), Error> {
+        if !on {
+            return Ok(());
+        }
+        #[cfg(target_os = "linux")]
+        {
+            if let Some(Sock::UnixDgram(s)) = &self.live_entry(id)?.sock {
+                SockRef::from(s).set_passcred(true)?;
+            }
+            if let Some(e) = self.live_entry_mut(id) {
+                e.pass_fds = true;
+            }
+            Ok(())
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = id;
+            Err(Error::Io(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "passing fds through the reactor is implemented on Linux only",
+            )))
+        }
+    }
+
+    /// One fewer connection for listener `lid`; it may accept again.
+    fn listener_conn_closed(&mut self, lid: SocketId) {
+        match self.live_entry(lid).map(|e| e.kind) {
+            Ok(SocketKind::TcpListener) => tcp::conn_closed(self, lid),
+            #[cfg(target_os = "linux")]
+            Ok(SocketKind::SeqpacketListener) => seqpacket::conn_closed(self, lid),
+            _ => {}
+        }
+    }
+
+    /// Accepting resumes on a paused listener (if below its cap).
+    fn resume_listener(&mut self, lid: SocketId) {
+        match self.live_entry(lid).map(|e| e.kind) {
+            Ok(SocketKind::TcpListener) => tcp::resume_listener(self, lid),
+            #[cfg(target_os = "linux")]
+            Ok(SocketKind::SeqpacketListener) => seqpacket::resume(self, lid),
+            _ => {}
         }
     }
 
@@ -848,7 +949,7 @@ impl Ctx {
         if let Err(e) = sock.register(
             self.poll.registry(),
             token_of(id),
-            Interest::READABLE,
+            sock.initial_interest(),
             false,
         ) {
             if let Some(b) = bound {
@@ -868,6 +969,7 @@ impl Ctx {
             served_tick: 0,
             stats: SocketStats::default(),
             bound,
+            pass_fds: false,
         });
         Ok(id)
     }
@@ -1121,19 +1223,28 @@ fn in_use(path: &Path) -> io::Error {
 pub struct Reactor {
     cx: Ctx,
     events: Events,
-    /// The one receive buffer; payloads are borrowed from it.
-    rbuf: Vec<u8>,
+    /// Buffers lent to each pass.
+    bufs: Bufs,
     /// The carry list being served this call (swapped with `cx.carry`).
     carry_now: Vec<SocketId>,
+}
+
+/// The buffers a pass reads into, lent to the per-kind read paths.
+struct Bufs {
+    /// The one receive buffer; payloads are borrowed from it.
+    rbuf: Vec<u8>,
     /// Reliable-UDP messages are copied here for the handler to borrow.
     scratch: Vec<u8>,
+    /// Control-message room for received fds and credentials.
+    #[cfg(target_os = "linux")]
+    anc: crate::net::AncillaryBuf,
 }
 
 impl fmt::Debug for Reactor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Reactor")
             .field("cx", &self.cx)
-            .field("rbuf", &self.rbuf.len())
+            .field("rbuf", &self.bufs.rbuf.len())
             .finish_non_exhaustive()
     }
 }
@@ -1194,9 +1305,13 @@ impl Reactor {
                 rudp_tx: Vec::new(),
                 rudp_flushed: Vec::new(),
             },
-            scratch: Vec::new(),
+            bufs: Bufs {
+                rbuf: Vec::new(),
+                scratch: Vec::new(),
+                #[cfg(target_os = "linux")]
+                anc: crate::net::AncillaryBuf::new(),
+            },
             events,
-            rbuf: Vec::new(),
             carry_now: Vec::new(),
         })
     }
@@ -1256,9 +1371,8 @@ impl Reactor {
         let Reactor {
             cx,
             events,
-            rbuf,
+            bufs,
             carry_now,
-            scratch,
         } = self;
         cx.run_once_calls += 1;
         let wait = compute_wait(cx, timeout);
@@ -1272,10 +1386,10 @@ impl Reactor {
         cx.now.set(None);
         cx.tick += 1;
         cx.dispatching = true;
-        if rbuf.len() < cx.rbuf_needed {
+        if bufs.rbuf.len() < cx.rbuf_needed {
             // Zeroed memory straight from the allocator: pages are only
             // touched (made resident) as messages are written into them.
-            *rbuf = vec![0; cx.rbuf_needed];
+            bufs.rbuf = vec![0; cx.rbuf_needed];
         }
         let before = cx.callbacks;
         // Closes that happened between passes (a failed send, a panic)
@@ -1288,7 +1402,7 @@ impl Reactor {
             if let Some(e) = cx.live_entry_mut(id) {
                 e.carried = false;
             }
-            serve_readable(cx, rbuf, scratch, handler, id);
+            serve_readable(cx, bufs, handler, id, false);
         }
         carry_now.clear();
 
@@ -1313,7 +1427,8 @@ impl Reactor {
                 finish_callback(cx, handler);
             }
             if ev.is_readable() || ev.is_error() || ev.is_read_closed() {
-                serve_readable(cx, rbuf, scratch, handler, id);
+                let trust_short_read = !(ev.is_error() || ev.is_read_closed());
+                serve_readable(cx, bufs, handler, id, trust_short_read);
             }
         }
 
@@ -1334,9 +1449,9 @@ impl Reactor {
                 TimerTarget::FrameIdle(id) => tcp::frame_idle_due(cx, handler, id, now),
                 TimerTarget::ResumeAccept(lid) => {
                     cx.paused_listeners.retain(|&l| l != lid);
-                    tcp::resume_listener(cx, lid);
+                    cx.resume_listener(lid);
                 }
-                TimerTarget::Rudp(id) => rudp::timeout_due(cx, scratch, handler, id, now),
+                TimerTarget::Rudp(id) => rudp::timeout_due(cx, &mut bufs.scratch, handler, id, now),
             }
         }
 
@@ -1347,7 +1462,7 @@ impl Reactor {
         // Sending can end a reliable-UDP connection (its CLOSE went out):
         // report such events now, and send what the handler sends back.
         while let Some(id) = cx.rudp_flushed.pop() {
-            rudp::deliver_events(cx, scratch, handler, id);
+            rudp::deliver_events(cx, &mut bufs.scratch, handler, id);
             rudp::flush_dirty(cx);
         }
         tcp::flush_output(cx, handler);
@@ -1428,10 +1543,10 @@ fn is_transient_recv_error(e: &io::Error) -> bool {
 /// the next pass.
 fn serve_readable<H: Handler + ?Sized>(
     cx: &mut Ctx,
-    rbuf: &mut [u8],
-    scratch: &mut Vec<u8>,
+    bufs: &mut Bufs,
     handler: &mut H,
     id: SocketId,
+    trust_short_read: bool,
 ) {
     let tick = cx.tick;
     let kind = match cx.live_entry_mut(id) {
@@ -1443,9 +1558,13 @@ fn serve_readable<H: Handler + ?Sized>(
     };
     let more = match kind {
         SocketKind::TcpListener => tcp::drain_listener(cx, handler, id),
-        SocketKind::Tcp => tcp::drain_conn(cx, rbuf, handler, id),
-        SocketKind::Rudp => rudp::drain(cx, rbuf, scratch, handler, id),
-        _ => drain_dgram(cx, rbuf, handler, id),
+        SocketKind::Tcp => tcp::drain_conn(cx, &mut bufs.rbuf, handler, id, trust_short_read),
+        SocketKind::Rudp => rudp::drain(cx, &mut bufs.rbuf, &mut bufs.scratch, handler, id),
+        #[cfg(target_os = "linux")]
+        SocketKind::SeqpacketListener => seqpacket::drain_listener(cx, handler, id),
+        #[cfg(target_os = "linux")]
+        SocketKind::Seqpacket => seqpacket::drain_conn(cx, bufs, handler, id),
+        _ => drain_dgram(cx, bufs, handler, id),
     };
     if more {
         if let Some(e) = cx.live_entry_mut(id) {
@@ -1461,7 +1580,7 @@ fn serve_readable<H: Handler + ?Sized>(
 /// is spent; `true` if the budget ran out.
 fn drain_dgram<H: Handler + ?Sized>(
     cx: &mut Ctx,
-    rbuf: &mut [u8],
+    bufs: &mut Bufs,
     handler: &mut H,
     id: SocketId,
 ) -> bool {
@@ -1488,13 +1607,29 @@ fn drain_dgram<H: Handler + ?Sized>(
             }
         }
         let max = entry.max_msg;
-        let mut buf = MsgBuf::borrowed(rbuf).with_quota(Some(max));
+        let mut buf = MsgBuf::borrowed(&mut bufs.rbuf).with_quota(Some(max));
         let mut raw = sys::RawAddr::new();
         let (fd, kind_max) = match entry.sock.as_ref() {
             Some(Sock::Udp(s)) => (s.as_raw_fd(), Some(MAX_UDP_PAYLOAD)),
             Some(Sock::UnixDgram(s)) => (s.as_raw_fd(), None),
             _ => return false,
         };
+        #[cfg(target_os = "linux")]
+        let (res, mut anc) = if entry.pass_fds {
+            match crate::net::recv_with_ancillary(
+                fd,
+                crate::net::MsgKind::Datagram,
+                &mut buf,
+                &mut bufs.anc,
+                Some(&mut raw),
+            ) {
+                Ok((r, a)) => (Ok(r), Some(a)),
+                Err(e) => (Err(e), None),
+            }
+        } else {
+            (recv_msg_fd(fd, kind_max, &mut buf, &mut raw), None)
+        };
+        #[cfg(not(target_os = "linux"))]
         let res = recv_msg_fd(fd, kind_max, &mut buf, &mut raw);
         match res {
             Ok(RecvResult::Fit(())) | Ok(RecvResult::Spilled(())) => {
@@ -1514,8 +1649,17 @@ fn drain_dgram<H: Handler + ?Sized>(
                 let msg = Datagram {
                     data: buf.filled(),
                     from: &from,
+                    #[cfg(target_os = "linux")]
+                    anc: anc.as_mut(),
                 };
                 handler.on_datagram(cx, id, msg);
+                #[cfg(target_os = "linux")]
+                if let Some(unclaimed) = anc.take().map(|a| a.fds().len() as u64).filter(|&n| n > 0)
+                {
+                    if let Some(e) = cx.live_entry_mut(id) {
+                        e.stats.fds_closed_unclaimed += unclaimed;
+                    }
+                }
                 finish_callback(cx, handler);
             }
             Ok(RecvResult::QuotaExceeded(q, ())) => {

@@ -43,7 +43,7 @@ pub(crate) const COALESCE_MAX: usize = 16 * 1024;
 
 /// How long an accept paused by `EMFILE`/`ENFILE` waits before trying again
 /// (it also resumes as soon as this reactor closes any socket).
-const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+pub(super) const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 /// A queue that drained keeps at most this much capacity for next time.
 const KEEP_QUEUE_CAPACITY: usize = 4096;
@@ -616,13 +616,22 @@ pub(super) fn conn_closed(cx: &mut Ctx, lid: SocketId) {
     }
 }
 
-/// Reads `id` until `WouldBlock`, a short read, or the budget; delivers
-/// every complete frame. Returns `true` if the budget ran out.
+/// Reads `id` until `WouldBlock`, the budget, or — when `trust_short_read`
+/// — a short read; delivers every complete frame. Returns `true` if the
+/// budget ran out.
+///
+/// A short read means the socket's queue was empty at that moment, and any
+/// later arrival raises a new edge. That saves the `EAGAIN` read per
+/// readiness — but only when the event carried no read-closed or error
+/// flag: a FIN or RST that came with the data raises no further edge, so
+/// then (and for carried sockets, which have no event) we read on until
+/// `WouldBlock` or the end of the stream.
 pub(super) fn drain_conn<H: Handler + ?Sized>(
     cx: &mut Ctx,
     rbuf: &mut [u8],
     handler: &mut H,
     id: SocketId,
+    trust_short_read: bool,
 ) -> bool {
     for _ in 0..cx.config.read_budget {
         let Some(Sock::Tcp(c)) = cx.live_entry_mut(id).and_then(|e| e.sock.as_mut()) else {
@@ -648,7 +657,9 @@ pub(super) fn drain_conn<H: Handler + ?Sized>(
         };
         let cfg = c.cfg;
         let mut decoder = std::mem::take(&mut c.decoder);
+        let mut payload = 0u64;
         let result = decoder.feed(&cfg, &rbuf[..n], |frame| {
+            payload += frame.len() as u64;
             cx.callbacks += 1;
             handler.on_frame(cx, id, frame);
             finish_callback(cx, handler);
@@ -661,7 +672,7 @@ pub(super) fn drain_conn<H: Handler + ?Sized>(
         let Some(entry) = cx.live_entry_mut(id) else {
             return false; // closed by the handler
         };
-        entry.stats.bytes_in += n as u64;
+        entry.stats.bytes_in += payload;
         let Some(Sock::Tcp(c)) = entry.sock.as_mut() else {
             return false;
         };
@@ -689,9 +700,7 @@ pub(super) fn drain_conn<H: Handler + ?Sized>(
                 return false;
             }
         }
-        if n < rbuf.len() {
-            // A short read emptied the socket's queue; data arriving later
-            // raises a new edge (epoll wakes on every arrival).
+        if trust_short_read && n < rbuf.len() {
             return false;
         }
     }
@@ -826,6 +835,33 @@ pub(super) fn conn_writable<H: Handler + ?Sized>(cx: &mut Ctx, handler: &mut H, 
     }
 }
 
+/// A connection is being closed: write what it has pending — its queue,
+/// then frames coalesced this pass — as far as the kernel takes them now.
+/// A frame sent just before `close` in the same callback thus still goes
+/// out; what the kernel cannot take at once is discarded with the socket.
+pub(super) fn write_before_close(out: &[u8], segs: &[Seg], id: SocketId, c: &mut TcpConn) {
+    if c.connecting {
+        return;
+    }
+    let pending = segs
+        .iter()
+        .filter(|s| s.id == id)
+        .map(|s| &out[s.start..s.end]);
+    let queued = &c.queue[c.head..];
+    for bytes in std::iter::once(queued).chain(pending) {
+        let mut done = 0;
+        while done < bytes.len() {
+            match send_iov(&c.stream, &[IoSlice::new(&bytes[done..])]) {
+                Ok(n) => done += n,
+                Err(e) => {
+                    log::debug!("{id}: closing with {} B unsent: {e}", bytes.len() - done);
+                    return;
+                }
+            }
+        }
+    }
+}
+
 /// Writes the frames coalesced during this pass: one `writev` per
 /// connection (more only past `IOV_MAX`), the remainder into its queue.
 pub(super) fn flush_output<H: Handler + ?Sized>(cx: &mut Ctx, handler: &mut H) {
@@ -912,6 +948,18 @@ fn flush_conn(cx: &mut Ctx, id: SocketId, out: &[u8], segs: &[Seg]) -> io::Resul
             }
             arm_if_queued(poll, c, id);
             return Ok(());
+        }
+    }
+    if c.notify_writable && !c.write_armed {
+        // A send was refused while these frames waited: the queue is empty
+        // now, so the owed on_writable comes with the next writable edge.
+        c.write_armed = true;
+        let interest = c.interest();
+        if let Err(e) = poll
+            .registry()
+            .reregister(&mut c.stream, token_of(id), interest)
+        {
+            log::warn!("{id}: reregister: {e}");
         }
     }
     Ok(())

@@ -32,7 +32,11 @@ macro_rules! syscall {
 }
 
 #[cfg(target_os = "linux")]
+pub(crate) mod cmsg;
+#[cfg(target_os = "linux")]
 pub(crate) mod mmsg;
+#[cfg(target_os = "linux")]
+pub(crate) mod seqpacket;
 
 /// What one receive call reports.
 #[derive(Debug, Clone, Copy)]

@@ -1,0 +1,608 @@
+//! Unix `SOCK_SEQPACKET` sockets: connection-oriented, message boundaries
+//! kept, with file-descriptor passing.
+
+use std::fmt;
+use std::fs;
+use std::io::{self, IoSlice};
+use std::net::Shutdown;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::FileTypeExt;
+use std::path::Path;
+
+use mio::event::Source;
+use mio::unix::SourceFd;
+use mio::{Interest, Registry, Token};
+
+use super::ancillary::{self, AncillaryBuf, MsgKind, RecvAncillary, SendAncillary, UCred};
+use crate::addr::UnixAddr;
+use crate::recv::{
+    FullSizeResult, MsgBuf, RecvMsg, RecvResult, TruncResult, TruncatingRecvMsg,
+    TruncatingRecvMsgWithFullSize,
+};
+use crate::sys::{self, cmsg, seqpacket as sp};
+
+/// The listen backlog [`UnixSeqpacketListener::bind`] uses.
+pub const DEFAULT_BACKLOG: i32 = 128;
+
+fn unix_addr(raw: &sys::RawAddr) -> UnixAddr {
+    UnixAddr::from_received(raw.to_sock_addr())
+}
+
+fn backlog_full() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::WouldBlock,
+        "the listener's backlog is full: the socket is NOT connected; retry later",
+    )
+}
+
+/// A connected Unix `SOCK_SEQPACKET` socket: reliable, ordered, connection-
+/// oriented, and every `send` arrives as one message of its own.
+///
+/// Sockets are created non-blocking and close-on-exec, with `SO_PASSCRED`
+/// set. They can be used on their own, registered with a
+/// [`mio::Poll`] (this type implements [`mio::event::Source`]), or handed
+/// to msgloop's reactor.
+///
+/// ```
+/// use msgloop::{MsgBuf, RecvMsg, RecvResult, UnixSeqpacket};
+///
+/// let (a, b) = UnixSeqpacket::pair()?;
+/// a.send(b"hello")?;
+/// a.send(b"")?; // an empty message is a message
+/// drop(a);      // end of stream
+///
+/// let mut storage = [0u8; 64];
+/// let mut buf = MsgBuf::from(&mut storage[..]);
+/// assert!(b.recv_msg(&mut buf)?.is_message());
+/// assert_eq!(buf.filled(), b"hello");
+/// assert!(b.recv_msg(&mut buf)?.is_message());
+/// assert!(buf.filled().is_empty());
+/// assert_eq!(b.recv_msg(&mut buf)?, RecvResult::EndOfStream);
+/// # Ok::<(), std::io::Error>(())
+/// ```
+///
+/// # Empty messages and end of stream
+///
+/// Linux reports both an empty message and the end of the stream as a
+/// 0-byte read. msgloop tells them apart with `SO_PASSCRED`, which it sets
+/// on every socket it creates (on listeners before `accept` — accepted
+/// sockets inherit it — on connecting sockets before `connect`, and on
+/// both ends of a [`pair`](UnixSeqpacket::pair)): then every real message,
+/// empty or not, carries the sender's credentials (`SCM_CREDENTIALS`) and
+/// end of stream carries none. Every receive here asks for the credentials,
+/// so an empty message is delivered as an empty message and end of stream
+/// as [`RecvResult::EndOfStream`] (or `None` from [`recv`](UnixSeqpacket::recv)).
+///
+/// A socket adopted with `From<OwnedFd>` gets `SO_PASSCRED` set too (best
+/// effort: if that fails, an empty message reads as end of stream).
+///
+/// `SO_PASSCRED` also makes Linux give a connecting socket that is not
+/// bound an automatic abstract name (`@` and five hex digits): that is its
+/// [`local_addr`](UnixSeqpacket::local_addr) and its peer's `peer_addr`.
+///
+/// # Receiving without truncation
+///
+/// [`RecvMsg`] never cuts a message: a message larger than the buffer is
+/// sized with a zero-length `MSG_PEEK|MSG_TRUNC` and read into a buffer
+/// grown to fit (within the [`MsgBuf`]'s quota; a larger message is consumed
+/// and reported as [`RecvResult::QuotaExceeded`]). `FIONREAD` is never used:
+/// on seqpacket it reports the whole queue, not the next message.
+/// Descriptors passed with a message read by `RecvMsg` are discarded (the
+/// kernel closes them); use [`recv_with_ancillary`](UnixSeqpacket::recv_with_ancillary)
+/// to receive them.
+///
+/// # With mio
+///
+/// Register it like any mio source. mio requires a source to be
+/// **deregistered before it is closed** (dropped): do so, as with mio's own
+/// types. Readiness is edge-triggered: read until `WouldBlock`.
+pub struct UnixSeqpacket {
+    fd: OwnedFd,
+}
+
+impl UnixSeqpacket {
+    /// Connects to the listener bound at `path`.
+    ///
+    /// Unix `connect` never stays in progress: it completes at once or
+    /// fails. When the listener's backlog is full it fails with
+    /// [`io::ErrorKind::WouldBlock`] — **backlog full, retry later**: no
+    /// connection was made (to retry on the same socket, use
+    /// [`new`](UnixSeqpacket::new) and [`connect_to`](UnixSeqpacket::connect_to)).
+    /// Nobody listening gives `ConnectionRefused`; no file, `NotFound`.
+    pub fn connect<P: AsRef<Path>>(path: P) -> io::Result<UnixSeqpacket> {
+        UnixSeqpacket::connect_addr(&UnixAddr::from_pathname(path)?)
+    }
+
+    /// Connects to `addr`: a path or, on Linux, an abstract name. Errors as
+    /// for [`connect`](UnixSeqpacket::connect).
+    pub fn connect_addr(addr: &UnixAddr) -> io::Result<UnixSeqpacket> {
+        let s = UnixSeqpacket::new()?;
+        s.connect_to(addr)?;
+        Ok(s)
+    }
+
+    /// A new socket, not connected: non-blocking, close-on-exec, with
+    /// `SO_PASSCRED` set. Connect it with [`connect_to`](UnixSeqpacket::connect_to).
+    pub fn new() -> io::Result<UnixSeqpacket> {
+        let fd = sp::socket()?;
+        sp::set_passcred(fd.as_raw_fd(), true)?;
+        Ok(UnixSeqpacket { fd })
+    }
+
+    /// Connects this socket to `addr`.
+    ///
+    /// Completes at once or fails. [`io::ErrorKind::WouldBlock`] means the
+    /// listener's backlog is full: the socket is **not** connected (sending
+    /// fails with `NotConnected`), and calling `connect_to` again later may
+    /// succeed. It is never an "in progress" connection: waiting for
+    /// writability will not complete it.
+    pub fn connect_to(&self, addr: &UnixAddr) -> io::Result<()> {
+        match sp::connect(self.fd.as_raw_fd(), addr.as_sock_addr()) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(backlog_full()),
+            other => other,
+        }
+    }
+
+    /// A connected pair of sockets (`socketpair`), both with `SO_PASSCRED`.
+    pub fn pair() -> io::Result<(UnixSeqpacket, UnixSeqpacket)> {
+        let (a, b) = sp::pair()?;
+        sp::set_passcred(a.as_raw_fd(), true)?;
+        sp::set_passcred(b.as_raw_fd(), true)?;
+        Ok((UnixSeqpacket { fd: a }, UnixSeqpacket { fd: b }))
+    }
+
+    /// This socket's address (unnamed for an end of a pair; see the
+    /// [type docs](UnixSeqpacket#empty-messages-and-end-of-stream) for
+    /// connecting sockets).
+    pub fn local_addr(&self) -> io::Result<UnixAddr> {
+        sp::addr(self.fd.as_raw_fd(), false).map(|a| unix_addr(&a))
+    }
+
+    /// The peer's address: the listener's path or abstract name for a
+    /// connecting socket; the connecting socket's address for an accepted one.
+    pub fn peer_addr(&self) -> io::Result<UnixAddr> {
+        sp::addr(self.fd.as_raw_fd(), true).map(|a| unix_addr(&a))
+    }
+
+    /// The peer process's credentials when the connection was made
+    /// (`SO_PEERCRED`): for a pair, the process that created it.
+    pub fn peer_cred(&self) -> io::Result<UCred> {
+        sp::peer_cred(self.fd.as_raw_fd()).map(UCred::from)
+    }
+
+    /// Shuts down reading, writing or both. After `Shutdown::Write` the
+    /// peer reads end of stream once the queued messages are read.
+    pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        sp::shutdown(self.fd.as_raw_fd(), how)
+    }
+
+    /// Sends `buf` as one message (`MSG_NOSIGNAL|MSG_EOR`; an empty `buf`
+    /// is an empty message). Returns `buf.len()`: a message is sent whole
+    /// or not at all. A full peer queue gives `WouldBlock`; a message
+    /// larger than the send buffer allows, `EMSGSIZE`; a closed peer,
+    /// `BrokenPipe` (never `SIGPIPE`).
+    pub fn send(&self, buf: &[u8]) -> io::Result<usize> {
+        self.send_vectored(&[IoSlice::new(buf)])
+    }
+
+    /// Sends the concatenation of `bufs` as one message.
+    pub fn send_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.send_with_ancillary(bufs, &SendAncillary::new())
+    }
+
+    /// Sends `buf` as one message passing `fds` (at most
+    /// [`SCM_MAX_FD`](crate::SCM_MAX_FD)). The receiver gets its own
+    /// descriptors for the same open files; `fds` stay open here.
+    pub fn send_with_fds(&self, buf: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
+        self.send_with_ancillary(&[IoSlice::new(buf)], &SendAncillary::new().with_fds(fds))
+    }
+
+    /// Sends the concatenation of `bufs` as one message with ancillary data
+    /// (descriptors, credentials).
+    pub fn send_with_ancillary(
+        &self,
+        bufs: &[IoSlice<'_>],
+        anc: &SendAncillary<'_>,
+    ) -> io::Result<usize> {
+        ancillary::send_with_ancillary(self.fd.as_raw_fd(), MsgKind::Seqpacket, bufs, anc, None)
+    }
+
+    /// Receives one message into `buf`: `Some(len)`, or `None` at end of
+    /// stream.
+    ///
+    /// `len` is the message's full length: if it is larger than
+    /// `buf.len()`, the message was cut to fit and the rest is lost — use
+    /// [`RecvMsg::recv_msg`] to never cut. Passed descriptors are discarded.
+    pub fn recv(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        let mut control = [0u64; cmsg::CREDS_WORDS];
+        let mut buf = MsgBuf::borrowed(buf);
+        let once = ancillary::recv_once(
+            self.fd.as_raw_fd(),
+            MsgKind::Seqpacket,
+            &mut buf,
+            &mut control,
+            false,
+            None,
+        )?;
+        Ok((!once.eof).then_some(once.full))
+    }
+
+    /// Receives one whole message into `buf` (grown within its quota, as
+    /// [`RecvMsg::recv_msg`] does) and its ancillary data into `anc`.
+    ///
+    /// The returned [`RecvAncillary`] owns the descriptors that arrived and
+    /// closes those you do not take; it reports the sender's credentials
+    /// and whether `anc` was too small (`MSG_CTRUNC`). Descriptors are
+    /// received close-on-exec. A message over the quota is consumed,
+    /// reported as [`RecvResult::QuotaExceeded`], and its descriptors
+    /// closed.
+    ///
+    /// ```
+    /// use msgloop::{AncillaryBuf, MsgBuf, UnixSeqpacket};
+    /// use std::os::fd::AsFd;
+    ///
+    /// let (a, b) = UnixSeqpacket::pair()?;
+    /// let file = std::fs::File::open("/dev/null")?;
+    /// a.send_with_fds(b"a file", &[file.as_fd()])?;
+    ///
+    /// let mut buf = MsgBuf::with_capacity(256);
+    /// let mut anc = AncillaryBuf::new();
+    /// let (res, mut received) = b.recv_with_ancillary(&mut buf, &mut anc)?;
+    /// assert!(res.is_message());
+    /// assert_eq!(buf.filled(), b"a file");
+    /// let fds = received.take_fds();
+    /// assert_eq!(fds.len(), 1);
+    /// assert_eq!(received.credentials().unwrap().pid, std::process::id() as i32);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn recv_with_ancillary(
+        &self,
+        buf: &mut MsgBuf<'_>,
+        anc: &mut AncillaryBuf,
+    ) -> io::Result<(RecvResult<()>, RecvAncillary)> {
+        ancillary::recv_with_ancillary(self.fd.as_raw_fd(), MsgKind::Seqpacket, buf, anc, None)
+    }
+
+    /// Switches non-blocking mode (on by default).
+    pub fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
+        sp::set_nonblocking(self.fd.as_raw_fd(), nonblocking)
+    }
+
+    /// Takes the pending socket error (`SO_ERROR`), if any.
+    pub fn take_error(&self) -> io::Result<Option<io::Error>> {
+        sp::take_error(self.fd.as_raw_fd())
+    }
+}
+
+impl TruncatingRecvMsg for UnixSeqpacket {
+    type Addr = ();
+
+    fn recv_trunc(&self, peek: bool, buf: &mut MsgBuf<'_>) -> io::Result<TruncResult<()>> {
+        let mut control = [0u64; cmsg::CREDS_WORDS];
+        let fd = self.fd.as_raw_fd();
+        let once = ancillary::recv_once(fd, MsgKind::Seqpacket, buf, &mut control, peek, None)?;
+        Ok(if once.eof {
+            TruncResult::EndOfStream
+        } else if once.truncated {
+            TruncResult::Truncated(())
+        } else {
+            TruncResult::Fit(())
+        })
+    }
+}
+
+impl TruncatingRecvMsgWithFullSize for UnixSeqpacket {
+    fn recv_trunc_with_full_size(
+        &self,
+        peek: bool,
+        buf: &mut MsgBuf<'_>,
+    ) -> io::Result<FullSizeResult<()>> {
+        let mut control = [0u64; cmsg::CREDS_WORDS];
+        let fd = self.fd.as_raw_fd();
+        let once = ancillary::recv_once(fd, MsgKind::Seqpacket, buf, &mut control, peek, None)?;
+        Ok(if once.eof {
+            FullSizeResult::EndOfStream
+        } else if once.truncated {
+            FullSizeResult::Truncated {
+                addr: (),
+                full_size: once.full,
+            }
+        } else {
+            FullSizeResult::Fit(())
+        })
+    }
+}
+
+impl RecvMsg for UnixSeqpacket {
+    type Addr = ();
+
+    /// Receives one whole message (see the [type docs](UnixSeqpacket)); an
+    /// empty message is `Fit` with an empty buffer, end of stream is
+    /// [`RecvResult::EndOfStream`].
+    fn recv_msg(&self, buf: &mut MsgBuf<'_>) -> io::Result<RecvResult<()>> {
+        let mut control = [0u64; cmsg::CREDS_WORDS];
+        let fd = self.fd.as_raw_fd();
+        let (res, _discarded) =
+            ancillary::recv_msg_control(fd, MsgKind::Seqpacket, buf, &mut control, None)?;
+        Ok(res)
+    }
+}
+
+impl fmt::Debug for UnixSeqpacket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UnixSeqpacket")
+            .field("fd", &self.fd.as_raw_fd())
+            .finish()
+    }
+}
+
+/// Options for [`UnixSeqpacketListener::bind_with`].
+///
+/// ```
+/// use msgloop::BindOptions;
+/// let opts = BindOptions::new().backlog(16).unlink_stale(true);
+/// assert_eq!((opts.backlog, opts.unlink_stale), (16, true));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BindOptions {
+    /// The `listen` backlog: how many connections may wait for `accept`
+    /// (Linux lets one more than this wait). Default [`DEFAULT_BACKLOG`].
+    pub backlog: i32,
+    /// If the path exists, is a socket file, and nothing is bound to it any
+    /// more (a probe connect is refused), remove it and bind again.
+    /// Anything else at the path — a regular file, a live socket — is left
+    /// alone and binding fails with `AddrInUse`. Default `false`.
+    pub unlink_stale: bool,
+}
+
+impl BindOptions {
+    /// The defaults: [`DEFAULT_BACKLOG`], no unlinking.
+    pub fn new() -> BindOptions {
+        BindOptions {
+            backlog: DEFAULT_BACKLOG,
+            unlink_stale: false,
+        }
+    }
+
+    /// Sets [`backlog`](BindOptions::backlog).
+    #[must_use]
+    pub fn backlog(mut self, backlog: i32) -> BindOptions {
+        self.backlog = backlog;
+        self
+    }
+
+    /// Sets [`unlink_stale`](BindOptions::unlink_stale).
+    #[must_use]
+    pub fn unlink_stale(mut self, unlink_stale: bool) -> BindOptions {
+        self.unlink_stale = unlink_stale;
+        self
+    }
+}
+
+impl Default for BindOptions {
+    fn default() -> BindOptions {
+        BindOptions::new()
+    }
+}
+
+/// A listening Unix seqpacket socket.
+///
+/// Created non-blocking and close-on-exec with `SO_PASSCRED` set before
+/// `listen`, so every accepted [`UnixSeqpacket`] inherits it (see
+/// [`UnixSeqpacket`] on empty messages and end of stream).
+///
+/// Binding never removes an existing file: a path that exists gives
+/// `AddrInUse`, unless [`BindOptions::unlink_stale`] allows removing a
+/// socket file nobody is bound to any more. Dropping the listener does not
+/// remove its file either.
+///
+/// It implements [`mio::event::Source`]; deregister it before dropping it.
+///
+/// ```
+/// use msgloop::{UnixSeqpacket, UnixSeqpacketListener};
+///
+/// let path = std::env::temp_dir().join(format!("msgloop-doc-{}.seq", std::process::id()));
+/// let listener = UnixSeqpacketListener::bind(&path)?;
+/// let client = UnixSeqpacket::connect(&path)?; // completes at once
+/// let (server, _peer) = listener.accept()?;
+/// client.send(b"ping")?;
+/// let mut buf = [0u8; 16];
+/// assert_eq!(server.recv(&mut buf)?, Some(4));
+/// std::fs::remove_file(&path)?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub struct UnixSeqpacketListener {
+    fd: OwnedFd,
+}
+
+impl UnixSeqpacketListener {
+    /// Binds to `path` and listens with [`DEFAULT_BACKLOG`].
+    pub fn bind<P: AsRef<Path>>(path: P) -> io::Result<UnixSeqpacketListener> {
+        UnixSeqpacketListener::bind_with(path, BindOptions::new())
+    }
+
+    /// Binds to `addr` (a path, or on Linux an abstract name) and listens
+    /// with [`DEFAULT_BACKLOG`].
+    pub fn bind_addr(addr: &UnixAddr) -> io::Result<UnixSeqpacketListener> {
+        UnixSeqpacketListener::bind_addr_with(addr, BindOptions::new())
+    }
+
+    /// Binds to `path` and listens with `backlog`.
+    pub fn bind_with_backlog<P: AsRef<Path>>(
+        path: P,
+        backlog: i32,
+    ) -> io::Result<UnixSeqpacketListener> {
+        UnixSeqpacketListener::bind_with(path, BindOptions::new().backlog(backlog))
+    }
+
+    /// Binds to `path` with `opts`.
+    pub fn bind_with<P: AsRef<Path>>(
+        path: P,
+        opts: BindOptions,
+    ) -> io::Result<UnixSeqpacketListener> {
+        UnixSeqpacketListener::bind_addr_with(&UnixAddr::from_pathname(path)?, opts)
+    }
+
+    /// Binds to `addr` with `opts` (`unlink_stale` concerns paths only).
+    pub fn bind_addr_with(addr: &UnixAddr, opts: BindOptions) -> io::Result<UnixSeqpacketListener> {
+        let fd = sp::socket()?;
+        let raw = fd.as_raw_fd();
+        // Before listen: accepted sockets inherit it.
+        sp::set_passcred(raw, true)?;
+        match sp::bind(raw, addr.as_sock_addr()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && opts.unlink_stale => {
+                let Some(path) = addr.as_pathname() else {
+                    return Err(e);
+                };
+                remove_if_stale(path, addr, e)?;
+                sp::bind(raw, addr.as_sock_addr())?;
+            }
+            Err(e) => return Err(e),
+        }
+        sp::listen(raw, opts.backlog)?;
+        Ok(UnixSeqpacketListener { fd })
+    }
+
+    /// Accepts a connection: the new socket (non-blocking, close-on-exec,
+    /// `SO_PASSCRED` inherited) and the peer's address. `WouldBlock` when
+    /// none is waiting.
+    pub fn accept(&self) -> io::Result<(UnixSeqpacket, UnixAddr)> {
+        let (fd, addr) = sp::accept(self.fd.as_raw_fd())?;
+        Ok((UnixSeqpacket { fd }, unix_addr(&addr)))
+    }
+
+    /// The address the listener is bound to.
+    pub fn local_addr(&self) -> io::Result<UnixAddr> {
+        sp::addr(self.fd.as_raw_fd(), false).map(|a| unix_addr(&a))
+    }
+
+    /// Switches non-blocking mode (on by default).
+    pub fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
+        sp::set_nonblocking(self.fd.as_raw_fd(), nonblocking)
+    }
+
+    /// Takes the pending socket error (`SO_ERROR`), if any.
+    pub fn take_error(&self) -> io::Result<Option<io::Error>> {
+        sp::take_error(self.fd.as_raw_fd())
+    }
+}
+
+/// Removes the socket file at `path` if nothing is bound to it any more;
+/// otherwise fails with `AddrInUse` (carrying `bind_err`'s kind).
+fn remove_if_stale(path: &Path, addr: &UnixAddr, bind_err: io::Error) -> io::Result<()> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        // Gone since bind failed: just bind again.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(io::Error::new(
+            bind_err.kind(),
+            format!(
+                "{} exists and is not a socket: not removing it",
+                path.display()
+            ),
+        ));
+    }
+    if !sp::is_stale(addr.as_sock_addr())? {
+        return Err(io::Error::new(
+            bind_err.kind(),
+            format!("{}: a socket is still bound there", path.display()),
+        ));
+    }
+    match fs::remove_file(path) {
+        Ok(()) => {
+            log::debug!("removed stale socket file {}", path.display());
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+impl fmt::Debug for UnixSeqpacketListener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UnixSeqpacketListener")
+            .field("fd", &self.fd.as_raw_fd())
+            .finish()
+    }
+}
+
+macro_rules! fd_traits {
+    ($ty:ident, $adopt:expr) => {
+        impl AsRawFd for $ty {
+            fn as_raw_fd(&self) -> RawFd {
+                self.fd.as_raw_fd()
+            }
+        }
+
+        impl AsFd for $ty {
+            fn as_fd(&self) -> BorrowedFd<'_> {
+                self.fd.as_fd()
+            }
+        }
+
+        impl IntoRawFd for $ty {
+            fn into_raw_fd(self) -> RawFd {
+                self.fd.into_raw_fd()
+            }
+        }
+
+        impl From<$ty> for OwnedFd {
+            fn from(s: $ty) -> OwnedFd {
+                s.fd
+            }
+        }
+
+        impl From<OwnedFd> for $ty {
+            /// Adopts a Unix seqpacket socket (it is not checked). It is
+            /// used as it is (blocking or not); `SO_PASSCRED` is set so
+            /// that empty messages are told from end of stream.
+            fn from(fd: OwnedFd) -> $ty {
+                let adopt: fn(&OwnedFd) = $adopt;
+                adopt(&fd);
+                $ty { fd }
+            }
+        }
+
+        /// Delegates to [`SourceFd`]. Deregister before dropping.
+        impl Source for $ty {
+            fn register(
+                &mut self,
+                registry: &Registry,
+                token: Token,
+                interests: Interest,
+            ) -> io::Result<()> {
+                SourceFd(&self.fd.as_raw_fd()).register(registry, token, interests)
+            }
+
+            fn reregister(
+                &mut self,
+                registry: &Registry,
+                token: Token,
+                interests: Interest,
+            ) -> io::Result<()> {
+                SourceFd(&self.fd.as_raw_fd()).reregister(registry, token, interests)
+            }
+
+            fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
+                SourceFd(&self.fd.as_raw_fd()).deregister(registry)
+            }
+        }
+    };
+}
+
+fn adopt_passcred(fd: &OwnedFd) {
+    if let Err(e) = sp::set_passcred(fd.as_raw_fd(), true) {
+        log::warn!(
+            "SO_PASSCRED on adopted seqpacket fd {}: {e}; empty messages will read as end of stream",
+            fd.as_raw_fd()
+        );
+    }
+}
+
+fd_traits!(UnixSeqpacket, adopt_passcred);
+fd_traits!(UnixSeqpacketListener, adopt_passcred);

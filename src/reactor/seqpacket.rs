@@ -1,0 +1,399 @@
+//! Unix seqpacket sockets in the reactor (Linux): listeners, connections,
+//! messages with credentials and passed file descriptors.
+//!
+//! Every message is read with `recvmsg` and a control buffer
+//! (`MSG_CMSG_CLOEXEC`), so passed descriptors become `OwnedFd`s the
+//! handler may take; the rest are closed when the callback returns. Because
+//! our sockets set `SO_PASSCRED`, every real message carries credentials
+//! and a 0-byte read without them is the end of the stream: an empty
+//! message reaches the handler as an empty message.
+
+use std::io::{self, IoSlice};
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::path::Path;
+
+use mio::Interest;
+
+use super::{finish_callback, token_of, BoundPath, Bufs, Ctx, Sock};
+use crate::addr::{PeerAddr, UnixAddr};
+use crate::error::Error;
+use crate::handler::{CloseReason, Handler, SeqMessage, SocketId};
+use crate::net::{
+    self, BindOptions, MsgKind, SendAncillary, UCred, UnixSeqpacket, UnixSeqpacketListener,
+};
+use crate::recv::{MsgBuf, RecvResult};
+
+/// Options for seqpacket listeners and connections:
+/// `SeqpacketOptions { unlink_stale: true, ..SeqpacketOptions::default() }`.
+#[derive(Debug, Clone)]
+pub struct SeqpacketOptions {
+    /// The largest message delivered; larger ones are consumed, counted
+    /// and reported to [`Handler::on_error`]. `None`:
+    /// [`Config::unix_max_message_len`](crate::Config::unix_max_message_len).
+    pub max_message_len: Option<usize>,
+    /// Listeners: remove a leftover socket file at the path before binding
+    /// — only if it is a socket file nobody listens on. Off by default:
+    /// binding over an existing path fails with `AddrInUse`, never silently.
+    pub unlink_stale: bool,
+    /// Listeners: remove the socket file when the listener closes (only if
+    /// it is still the one this listener created). Default on.
+    pub unlink_on_close: bool,
+    /// Listeners: the `listen` backlog (default 128).
+    pub backlog: i32,
+    /// Listeners: the most connections accepted and open at once; at the
+    /// cap, accepting pauses (no spinning) until one closes (default 10,000).
+    pub max_connections: Option<usize>,
+}
+
+impl Default for SeqpacketOptions {
+    fn default() -> SeqpacketOptions {
+        SeqpacketOptions {
+            max_message_len: None,
+            unlink_stale: false,
+            unlink_on_close: true,
+            backlog: net::DEFAULT_BACKLOG,
+            max_connections: Some(10_000),
+        }
+    }
+}
+
+/// A listening seqpacket socket and its accept policy.
+pub(super) struct SeqListenerState {
+    pub(super) listener: UnixSeqpacketListener,
+    max_message_len: usize,
+    max_connections: Option<usize>,
+    pub(super) conns: usize,
+    pub(super) paused: bool,
+}
+
+/// One seqpacket connection.
+pub(super) struct SeqConn {
+    pub(super) sock: UnixSeqpacket,
+    pub(super) listener: Option<SocketId>,
+}
+
+impl Ctx {
+    /// Listens for Unix seqpacket connections at `path` (created; removed
+    /// again when the listener closes). Accepted connections are reported
+    /// to [`Handler::on_accept`]. Binding over an existing path fails with
+    /// `AddrInUse`: see [`SeqpacketOptions::unlink_stale`].
+    pub fn listen_seqpacket<P: AsRef<Path>>(&mut self, path: P) -> Result<SocketId, Error> {
+        self.listen_seqpacket_with(
+            &UnixAddr::from_pathname(path)?,
+            &SeqpacketOptions::default(),
+        )
+    }
+
+    /// Listens at `addr` — a path, or an abstract name — with options.
+    pub fn listen_seqpacket_with(
+        &mut self,
+        addr: &UnixAddr,
+        opts: &SeqpacketOptions,
+    ) -> Result<SocketId, Error> {
+        let bind = BindOptions::new()
+            .backlog(opts.backlog)
+            .unlink_stale(opts.unlink_stale);
+        let listener = UnixSeqpacketListener::bind_addr_with(addr, bind)?;
+        let bound = match (addr.as_pathname(), opts.unlink_on_close) {
+            (Some(p), true) => BoundPath::capture(p),
+            _ => None,
+        };
+        let max = opts
+            .max_message_len
+            .unwrap_or(self.config.unix_max_message_len);
+        let state = SeqListenerState {
+            listener,
+            max_message_len: max,
+            max_connections: opts.max_connections,
+            conns: 0,
+            paused: false,
+        };
+        self.insert(Sock::SeqListener(Box::new(state)), max, bound)
+    }
+
+    /// Connects to a seqpacket listener at `path`. Unix connects complete at
+    /// once; a full listen backlog is an error of kind `WouldBlock`
+    /// ("retry later") and leaves nothing behind.
+    pub fn connect_seqpacket<P: AsRef<Path>>(&mut self, path: P) -> Result<SocketId, Error> {
+        let sock = UnixSeqpacket::connect(path)?;
+        self.add_seqpacket(sock)
+    }
+
+    /// Adopts a connected seqpacket socket (e.g. one end of
+    /// [`UnixSeqpacket::pair`]).
+    pub fn add_seqpacket(&mut self, sock: UnixSeqpacket) -> Result<SocketId, Error> {
+        sock.set_nonblocking(true)?;
+        let max = self.config.unix_max_message_len;
+        self.insert(
+            Sock::Seq(Box::new(SeqConn {
+                sock,
+                listener: None,
+            })),
+            max,
+            None,
+        )
+    }
+
+    /// Sends one message on a seqpacket connection, passing `fds` along
+    /// (`SCM_RIGHTS`; the receiver gets its own descriptors of the same
+    /// open files). A full peer gives [`Error::WouldBlock`] — nothing was
+    /// sent — and [`Handler::on_writable`] follows once it drains.
+    pub fn send_message(
+        &mut self,
+        conn: SocketId,
+        msg: &[u8],
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<(), Error> {
+        let entry = self.live_entry(conn)?;
+        let Some(Sock::Seq(c)) = &entry.sock else {
+            return Err(Error::WrongKind {
+                op: "send_message",
+                kind: entry.kind,
+            });
+        };
+        let anc = SendAncillary::new().with_fds(fds);
+        let res = net::send_with_ancillary(
+            c.sock.as_raw_fd(),
+            MsgKind::Seqpacket,
+            &[IoSlice::new(msg)],
+            &anc,
+            None,
+        );
+        self.after_send(conn, res, msg.len()).map(drop)
+    }
+
+    /// Sends one datagram with passed descriptors on a Unix datagram
+    /// socket, to `to` (or the connected peer with `None`).
+    pub fn send_to_with_fds(
+        &mut self,
+        sock: SocketId,
+        msg: &[u8],
+        fds: &[BorrowedFd<'_>],
+        to: Option<&UnixAddr>,
+    ) -> Result<usize, Error> {
+        let entry = self.live_entry(sock)?;
+        let Some(Sock::UnixDgram(s)) = &entry.sock else {
+            return Err(Error::WrongKind {
+                op: "send_to_with_fds",
+                kind: entry.kind,
+            });
+        };
+        let dest = to.map(|a| crate::sys::RawDest::Sock(a.as_sock_addr()));
+        let anc = SendAncillary::new().with_fds(fds);
+        let res = net::send_with_ancillary(
+            s.as_raw_fd(),
+            MsgKind::Datagram,
+            &[IoSlice::new(msg)],
+            &anc,
+            dest.as_ref(),
+        );
+        self.after_send(sock, res, msg.len())
+    }
+
+    /// The credentials of a seqpacket connection's peer (`SO_PEERCRED`, as
+    /// of connect time).
+    pub fn peer_credentials(&self, conn: SocketId) -> Result<UCred, Error> {
+        match &self.live_entry(conn)?.sock {
+            Some(Sock::Seq(c)) => Ok(c.sock.peer_cred()?),
+            _ => Err(Error::WrongKind {
+                op: "peer_credentials",
+                kind: self.live_entry(conn)?.kind,
+            }),
+        }
+    }
+}
+
+fn close_reason(e: io::Error) -> CloseReason {
+    match e.raw_os_error() {
+        Some(libc::ECONNRESET) | Some(libc::EPIPE) => CloseReason::Reset,
+        _ => CloseReason::Error(e),
+    }
+}
+
+/// Accepts until `WouldBlock`, the budget, the cap, or fds run out.
+pub(super) fn drain_listener<H: Handler + ?Sized>(
+    cx: &mut Ctx,
+    handler: &mut H,
+    lid: SocketId,
+) -> bool {
+    for _ in 0..cx.config.read_budget {
+        let Some(Sock::SeqListener(l)) = cx.live_entry_mut(lid).and_then(|e| e.sock.as_mut())
+        else {
+            return false;
+        };
+        if l.paused {
+            return false;
+        }
+        if l.max_connections.is_some_and(|max| l.conns >= max) {
+            pause(cx, lid, false);
+            return false;
+        }
+        match l.listener.accept() {
+            Ok((sock, peer)) => {
+                l.conns += 1;
+                let max = l.max_message_len;
+                let conn = SeqConn {
+                    sock,
+                    listener: Some(lid),
+                };
+                match cx.insert(Sock::Seq(Box::new(conn)), max, None) {
+                    Ok(cid) => {
+                        cx.callbacks += 1;
+                        handler.on_accept(cx, lid, cid, &PeerAddr::Unix(peer));
+                        finish_callback(cx, handler);
+                    }
+                    Err(e) => {
+                        conn_closed(cx, lid);
+                        cx.callbacks += 1;
+                        handler.on_error(cx, lid, e);
+                        finish_callback(cx, handler);
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EMFILE)
+                        | Some(libc::ENFILE)
+                        | Some(libc::ENOBUFS)
+                        | Some(libc::ENOMEM)
+                ) =>
+            {
+                log::warn!("{lid}: accept: {e}; pausing accepts until a socket closes");
+                pause(cx, lid, true);
+                cx.callbacks += 1;
+                handler.on_error(cx, lid, Error::Io(e));
+                finish_callback(cx, handler);
+                return false;
+            }
+            Err(e) => log::debug!("{lid}: accept: {e}"),
+        }
+    }
+    true
+}
+
+/// Stops accepting (deregistered: no events, no spinning).
+fn pause(cx: &mut Ctx, lid: SocketId, out_of_fds: bool) {
+    let Ctx {
+        sockets,
+        poll,
+        timers,
+        paused_listeners,
+        ..
+    } = cx;
+    let Some(Sock::SeqListener(l)) = sockets
+        .get_mut(lid.index as usize)
+        .and_then(|e| e.sock.as_mut())
+    else {
+        return;
+    };
+    if !l.paused {
+        l.paused = true;
+        if let Err(e) = poll.registry().deregister(&mut l.listener) {
+            log::warn!("{lid}: deregister: {e}");
+        }
+    }
+    if out_of_fds && !paused_listeners.contains(&lid) {
+        paused_listeners.push(lid);
+        timers.insert(
+            std::time::Instant::now() + super::tcp::ACCEPT_RETRY,
+            super::TimerTarget::ResumeAccept(lid),
+        );
+    }
+}
+
+/// Starts accepting again if paused and below the cap.
+pub(super) fn resume(cx: &mut Ctx, lid: SocketId) {
+    let Ctx { sockets, poll, .. } = cx;
+    let Some(Sock::SeqListener(l)) = sockets
+        .get_mut(lid.index as usize)
+        .and_then(|e| e.sock.as_mut())
+    else {
+        return;
+    };
+    if !l.paused || l.max_connections.is_some_and(|max| l.conns >= max) {
+        return;
+    }
+    l.paused = false;
+    if let Err(e) = poll
+        .registry()
+        .register(&mut l.listener, token_of(lid), Interest::READABLE)
+    {
+        log::warn!("{lid}: register: {e}");
+        l.paused = true;
+    }
+}
+
+/// A connection `lid` accepted closed: one fewer, maybe resume.
+pub(super) fn conn_closed(cx: &mut Ctx, lid: SocketId) {
+    if let Some(Sock::SeqListener(l)) = cx.live_entry_mut(lid).and_then(|e| e.sock.as_mut()) {
+        l.conns = l.conns.saturating_sub(1);
+    }
+    resume(cx, lid);
+}
+
+/// Reads messages until `WouldBlock` or the budget; `true` if the budget
+/// ran out.
+pub(super) fn drain_conn<H: Handler + ?Sized>(
+    cx: &mut Ctx,
+    bufs: &mut Bufs,
+    handler: &mut H,
+    id: SocketId,
+) -> bool {
+    for _ in 0..cx.config.read_budget {
+        let Some(entry) = cx.live_entry_mut(id) else {
+            return false;
+        };
+        let Some(Sock::Seq(c)) = entry.sock.as_ref() else {
+            return false;
+        };
+        let mut buf = MsgBuf::borrowed(&mut bufs.rbuf).with_quota(Some(entry.max_msg));
+        let res = net::recv_with_ancillary(
+            c.sock.as_raw_fd(),
+            MsgKind::Seqpacket,
+            &mut buf,
+            &mut bufs.anc,
+            None,
+        );
+        match res {
+            Ok((RecvResult::Fit(()) | RecvResult::Spilled(()), mut anc)) => {
+                entry.stats.messages_in += 1;
+                entry.stats.bytes_in += buf.len() as u64;
+                cx.callbacks += 1;
+                let msg = SeqMessage {
+                    data: buf.filled(),
+                    anc: &mut anc,
+                };
+                handler.on_message(cx, id, msg);
+                let unclaimed = anc.fds().len() as u64;
+                drop(anc); // closes what the handler did not take
+                if unclaimed > 0 {
+                    if let Some(e) = cx.live_entry_mut(id) {
+                        e.stats.fds_closed_unclaimed += unclaimed;
+                    }
+                }
+                finish_callback(cx, handler);
+            }
+            Ok((RecvResult::QuotaExceeded(q, ()), _anc)) => {
+                entry.stats.dropped_over_quota += 1;
+                cx.callbacks += 1;
+                handler.on_error(cx, id, Error::QuotaExceeded(q));
+                finish_callback(cx, handler);
+            }
+            Ok((RecvResult::EndOfStream, _)) => {
+                cx.close_now(id, CloseReason::EndOfStream);
+                finish_callback(cx, handler);
+                return false;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                cx.close_now(id, close_reason(e));
+                finish_callback(cx, handler);
+                return false;
+            }
+        }
+    }
+    true
+}
