@@ -14,6 +14,7 @@
 //! | Unix datagram  | `--unix-dgram PATH` | `msgloop-echo.dgram` in the temp directory |
 //! | TCP frames     | `--tcp ADDR`        | `127.0.0.1:7001` (4-byte big-endian length prefix) |
 //! | Reliable UDP   | `--rudp ADDR`       | `127.0.0.1:7002` (each message echoed with its guarantee) |
+//! | Unix seqpacket | `--seqpacket PATH`  | `msgloop-echo.seq` in the temp directory (passed fds are sent back) |
 //!
 //! When any transport flag is given, only the transports named are served.
 //! Each message goes back to its sender byte for byte (a Unix datagram
@@ -28,7 +29,9 @@
 //!     s.sendto(b"hello", ("127.0.0.1", 7000)); print(s.recvfrom(65535))'
 //! ```
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -36,7 +39,7 @@ use std::time::{Duration, Instant};
 use msgloop::framing::FrameConfig;
 use msgloop::rudp::{Guarantee, RudpConfig};
 use msgloop::{
-    CloseReason, Ctx, Datagram, DgramOptions, Error, Handler, PeerAddr, PeerId, Reactor, SocketId,
+    CloseReason, Ctx, Datagram, DgramOptions, Error, Handler, PeerAddr, PeerId, Reactor, SeqMessage, SeqpacketOptions, SocketId,
     TcpOptions, TimerId, UnixAddr,
 };
 
@@ -47,6 +50,7 @@ struct Args {
     unix_dgram: Option<PathBuf>,
     tcp: Option<SocketAddr>,
     rudp: Option<SocketAddr>,
+    seqpacket: Option<PathBuf>,
     max_message: usize,
     max_frame: usize,
 }
@@ -54,11 +58,13 @@ struct Args {
 fn usage() -> ! {
     eprintln!(
         "usage: echo_server [--udp ADDR] [--unix-dgram PATH] [--tcp ADDR] [--rudp ADDR]\n\
+         \x20                  [--seqpacket PATH]\n\
          \x20                  [--max-message BYTES] [--max-frame BYTES]\n\
          \n\
          With no transport flag, serves UDP on 127.0.0.1:7000, a Unix datagram\n\
          socket at $TMPDIR/msgloop-echo.dgram and TCP frames (4-byte big-endian\n\
-         length prefix) on 127.0.0.1:7001 and reliable UDP on 127.0.0.1:7002.\n\
+         length prefix) on 127.0.0.1:7001, reliable UDP on 127.0.0.1:7002 and a\n\
+         Unix seqpacket listener at $TMPDIR/msgloop-echo.seq (fds come back).\n\
          --max-message caps Unix datagrams\n\
          (default 1 MiB; larger ones are dropped and counted); --max-frame caps\n\
          TCP frames (default 8 MiB; a larger header closes that connection)."
@@ -71,6 +77,7 @@ fn parse_args() -> Args {
     let mut unix_dgram = None;
     let mut tcp = None;
     let mut rudp = None;
+    let mut seqpacket = None;
     let mut max_message = 1 << 20;
     let mut max_frame = 8 << 20;
     let mut any = false;
@@ -103,6 +110,10 @@ fn parse_args() -> Args {
                     usage()
                 }));
             }
+            "--seqpacket" => {
+                any = true;
+                seqpacket = Some(PathBuf::from(value()));
+            }
             "--max-frame" => {
                 max_frame = value().parse().unwrap_or_else(|e| {
                     eprintln!("--max-frame: {e}");
@@ -127,12 +138,14 @@ fn parse_args() -> Args {
         unix_dgram = Some(std::env::temp_dir().join("msgloop-echo.dgram"));
         tcp = Some("127.0.0.1:7001".parse().expect("valid default"));
         rudp = Some("127.0.0.1:7002".parse().expect("valid default"));
+        seqpacket = Some(std::env::temp_dir().join("msgloop-echo.seq"));
     }
     Args {
         udp,
         unix_dgram,
         tcp,
         rudp,
+        seqpacket,
         max_message,
         max_frame,
     }
@@ -153,6 +166,8 @@ struct Counts {
     rudp_peers: u64,
     rudp_connected: u64,
     rudp_dropped: u64,
+    seq_open: u64,
+    seq_fds_echoed: u64,
 }
 
 struct Echo {
@@ -160,6 +175,9 @@ struct Echo {
     unix: Option<SocketId>,
     tcp: Option<SocketId>,
     rudp: Option<SocketId>,
+    seqpacket: Option<SocketId>,
+    /// Open seqpacket connections (to tell their closes from TCP's).
+    seq_conns: HashSet<SocketId>,
     counts: Counts,
     started: Instant,
     stop: bool,
@@ -197,6 +215,9 @@ impl Echo {
                 );
             }
         }
+        if self.seqpacket.is_some() {
+            line += &format!(" | seqpacket conns open={} fds_echoed={}", c.seq_open, c.seq_fds_echoed);
+        }
         let t = cx.reactor_stats().totals;
         line += &format!(
             " | all in={} out={} | echoed={} echo_failed={} unreplyable={} errors={}",
@@ -225,9 +246,31 @@ impl Handler for Echo {
         }
     }
 
-    fn on_accept(&mut self, _cx: &mut Ctx, _listener: SocketId, _conn: SocketId, _peer: &PeerAddr) {
+    fn on_accept(&mut self, _cx: &mut Ctx, listener: SocketId, conn: SocketId, _peer: &PeerAddr) {
+        if Some(listener) == self.seqpacket {
+            self.seq_conns.insert(conn);
+            self.counts.seq_open += 1;
+            return;
+        }
         self.counts.tcp_accepted += 1;
         self.counts.tcp_open += 1;
+    }
+
+    fn on_message(&mut self, cx: &mut Ctx, conn: SocketId, msg: SeqMessage<'_>) {
+        // Echo the bytes and pass back the very descriptors we received:
+        // the client gets its own descriptors of the same open files.
+        let fds: Vec<BorrowedFd<'_>> = msg.fds().iter().map(|fd| fd.as_fd()).collect();
+        match cx.send_message(conn, msg.data(), &fds) {
+            Ok(()) => {
+                self.counts.echoed += 1;
+                self.counts.seq_fds_echoed += fds.len() as u64;
+            }
+            Err(e) => {
+                self.counts.echo_failed += 1;
+                log_rate_limited(&format!("{conn}: echo failed: {e}"), self.counts.echo_failed);
+            }
+        }
+        // Our copies of the descriptors close when `msg` goes out of scope.
     }
 
     fn on_frame(&mut self, cx: &mut Ctx, conn: SocketId, frame: &[u8]) {
@@ -247,8 +290,12 @@ impl Handler for Echo {
     }
 
     fn on_close(&mut self, _cx: &mut Ctx, sock: SocketId, reason: CloseReason) {
-        if Some(sock) == self.tcp || Some(sock) == self.udp || Some(sock) == self.unix {
+        if [self.tcp, self.udp, self.unix, self.seqpacket].contains(&Some(sock)) {
             eprintln!("echo_server: {sock} closed: {reason}");
+            return;
+        }
+        if self.seq_conns.remove(&sock) {
+            self.counts.seq_open -= 1;
             return;
         }
         self.counts.tcp_open = self.counts.tcp_open.saturating_sub(1);
@@ -337,6 +384,8 @@ fn run(args: Args) -> Result<(), Error> {
         unix: None,
         tcp: None,
         rudp: None,
+        seqpacket: None,
+        seq_conns: HashSet::new(),
         counts: Counts::default(),
         started: Instant::now(),
         stop: false,
@@ -380,6 +429,18 @@ fn run(args: Args) -> Result<(), Error> {
         let id = reactor.bind_rudp(addr, RudpConfig::default())?;
         eprintln!("echo_server: reliable udp on {}", reactor.local_addr(id)?);
         app.rudp = Some(id);
+    }
+    if let Some(path) = &args.seqpacket {
+        let opts = SeqpacketOptions {
+            max_message_len: Some(args.max_message),
+            // Our file: a leftover of a killed run is replaced (never a
+            // live socket's, never a non-socket file).
+            unlink_stale: true,
+            ..SeqpacketOptions::default()
+        };
+        let id = reactor.listen_seqpacket_with(&UnixAddr::from_pathname(path)?, &opts)?;
+        eprintln!("echo_server: unix seqpacket on {}", path.display());
+        app.seqpacket = Some(id);
     }
     reactor.set_timer(SUMMARY_EVERY);
 
