@@ -1,6 +1,7 @@
 //! msgloop: a synchronous, single-threaded event loop on [mio] for
-//! message-oriented sockets — UDP and Unix datagram sockets today, with no
-//! runtime, no hidden threads and no silent data loss.
+//! message-oriented sockets — UDP, Unix datagram, Unix seqpacket (with fd
+//! passing), length-prefixed TCP frames and reliable UDP — with no runtime,
+//! no hidden threads and no silent data loss.
 //!
 //! A host program owns its main loop and calls
 //! [`Reactor::run_once`]`(&mut handler, timeout)`; the reactor waits on
@@ -43,7 +44,12 @@
 //! - **Fairness and no spinning.** Each socket is read up to a budget per
 //!   pass; an idle reactor sleeps in `epoll_wait`. See the contract on
 //!   [`Reactor`].
-//! - **Timers and a cross-thread [`Waker`]**, in the same single loop.
+//! - **Every transport in one loop**: datagrams ([`Handler::on_datagram`]),
+//!   seqpacket messages with credentials and passed fds
+//!   ([`Handler::on_message`], Linux), TCP frames ([`Handler::on_frame`];
+//!   [`framing`]), reliable-UDP messages with per-message guarantees
+//!   ([`Handler::on_rudp`]; [`rudp`], wire format in `docs/rudp.md`).
+//! - **Timers, signals and a cross-thread [`Waker`]**, in the same single loop.
 //!
 //! [mio]: https://docs.rs/mio
 #![deny(

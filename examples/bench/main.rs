@@ -37,6 +37,7 @@ use mio::{Events, Interest, Poll, Token};
 
 mod rudp;
 mod rudp_core;
+mod seqpacket;
 mod tcp;
 use msgloop::{Ctx, Datagram, DgramOptions, Handler, Reactor, SocketId};
 
@@ -497,6 +498,8 @@ fn main() {
         "udp_pingpong",
         "udp_ingest",
         "unix_dgram_pingpong",
+        "seqpacket_pingpong",
+        "seqpacket_oneway",
         "tcp_frames_64",
         "tcp_echo_64",
         "tcp_frames_64k",
@@ -563,6 +566,7 @@ fn main() {
                 &format!("payload=64 slices={slices}x{SLICE_ROUND_TRIPS}"),
             );
         }
+        seqpacket::run(o.rounds, slices, &want)?;
         tcp::run(o.rounds, &want)?;
         rudp::run(o.rounds, &want)?;
         rudp_core::run(slices, &want)?;

@@ -385,15 +385,18 @@ pub(crate) fn recv_msg_control(
         if once.eof {
             return Ok((RecvResult::EndOfStream, once.anc));
         }
-        if !once.truncated {
+        let size = if once.truncated {
+            once.full.max(cap + 1)
+        } else {
+            once.full
+        };
+        if size <= quota {
             return Ok((RecvResult::Fit(()), once.anc));
         }
+        // Over the quota (cut or not): consumed, reported, never delivered.
         buf.set_len(0);
         once.anc.fds.clear(); // discarded with the message: closed
-        let e = QuotaExceeded {
-            size: once.full.max(cap + 1),
-            quota,
-        };
+        let e = QuotaExceeded { size, quota };
         return Ok((RecvResult::QuotaExceeded(e, ()), once.anc));
     }
 

@@ -1435,23 +1435,26 @@ impl Reactor {
         // Due timers, in deadline order. Timers set by these callbacks for
         // `now` or earlier fire in this pass too.
         let now = if cx.timers.len() > 0 {
-            cx.now()
+            Some(cx.now())
         } else {
-            Instant::now() // not read: no timers
+            None
         };
-        while let Some((key, target)) = cx.timers.pop_due(now) {
+        while let Some((key, target)) = now.and_then(|now| cx.timers.pop_due(now)) {
             match target {
                 TimerTarget::User => {
                     cx.callbacks += 1;
                     handler.on_timer(cx, TimerId(key));
                     finish_callback(cx, handler);
                 }
-                TimerTarget::FrameIdle(id) => tcp::frame_idle_due(cx, handler, id, now),
+                TimerTarget::FrameIdle(id) => tcp::frame_idle_due(cx, handler, id, cx.now()),
                 TimerTarget::ResumeAccept(lid) => {
                     cx.paused_listeners.retain(|&l| l != lid);
                     cx.resume_listener(lid);
                 }
-                TimerTarget::Rudp(id) => rudp::timeout_due(cx, &mut bufs.scratch, handler, id, now),
+                TimerTarget::Rudp(id) => {
+                    let now = cx.now();
+                    rudp::timeout_due(cx, &mut bufs.scratch, handler, id, now)
+                }
             }
         }
 

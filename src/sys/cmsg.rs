@@ -280,6 +280,39 @@ fn put(
 /// `sendmsg(fd, bufs, MSG_NOSIGNAL)` with `SCM_RIGHTS` for `fds` and, when
 /// given, `SCM_CREDENTIALS`; to `dest`, or to the connected peer. `eor`
 /// adds `MSG_EOR` (seqpacket: the message ends here).
+/// `send`/`sendto` of one buffer (or `sendmsg` for several, with no control
+/// data).
+fn send_plain(
+    fd: RawFd,
+    bufs: &[IoSlice<'_>],
+    dest: Option<&RawDest<'_>>,
+    flags: libc::c_int,
+) -> io::Result<usize> {
+    if let [buf] = bufs {
+        let (ptr, len) = match dest {
+            Some(d) => d.as_ptr_len(),
+            None => (std::ptr::null(), 0),
+        };
+        // SAFETY: `buf` is valid for `buf.len()` bytes; `ptr`/`len` name a
+        // live address borrowed from `dest`, or are null/0.
+        let n = syscall!(sendto(fd, buf.as_ptr().cast(), buf.len(), flags, ptr, len))?;
+        return Ok(n as usize);
+    }
+    // SAFETY: `msghdr` is a plain C struct; all-zero is a valid value.
+    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+    // `IoSlice` is ABI-compatible with `iovec` on Unix; the kernel only reads.
+    msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = bufs.len() as _;
+    if let Some(d) = dest {
+        let (ptr, len) = d.as_ptr_len();
+        msg.msg_name = ptr as *mut libc::c_void;
+        msg.msg_namelen = len;
+    }
+    // SAFETY: `msg` points at live iovecs and (optionally) a live address.
+    let n = syscall!(sendmsg(fd, &msg, flags))?;
+    Ok(n as usize)
+}
+
 pub(crate) fn sendmsg(
     fd: RawFd,
     bufs: &[IoSlice<'_>],
@@ -296,6 +329,11 @@ pub(crate) fn sendmsg(
                 fds.len()
             ),
         ));
+    }
+    if fds.is_empty() && creds.is_none() {
+        // Nothing to pass: plain send/sendto, no msghdr, no control buffer.
+        let flags = super::SEND_FLAGS | if eor { libc::MSG_EOR } else { 0 };
+        return send_plain(fd, bufs, dest, flags);
     }
     let mut control = [0u64; SEND_WORDS];
     // SAFETY: `control` is SEND_WORDS initialised u64s borrowed mutably for

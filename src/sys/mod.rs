@@ -231,7 +231,7 @@ impl RawDest<'_> {
         }
     }
 
-    fn as_ptr_len(&self) -> (*const libc::sockaddr, libc::socklen_t) {
+    pub(crate) fn as_ptr_len(&self) -> (*const libc::sockaddr, libc::socklen_t) {
         match self {
             RawDest::V4(a) => (
                 (a as *const libc::sockaddr_in).cast(),

@@ -1,0 +1,214 @@
+//! A counting global allocator for the TCP frame path: a reactor echoing
+//! framed messages allocates nothing per frame in steady state.
+//!
+//! Only allocations made on the measuring thread while its flag is set are
+//! counted, so the test harness's other threads do not disturb the counts.
+//! The client is a blocking std `TcpStream` on the same thread.
+
+mod util;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use msgloop::framing::FrameConfig;
+use msgloop::{CloseReason, Ctx, Handler, PeerAddr, Reactor, SocketId};
+
+struct Counting;
+
+thread_local! {
+    static MEASURING: Cell<bool> = const { Cell::new(false) };
+    static ALLOCS: Cell<u64> = const { Cell::new(0) };
+    static REALLOCS: Cell<u64> = const { Cell::new(0) };
+    static NET_BYTES: Cell<i64> = const { Cell::new(0) };
+}
+
+fn measuring() -> bool {
+    MEASURING.try_with(Cell::get).unwrap_or(false)
+}
+
+fn bump(c: &'static std::thread::LocalKey<Cell<u64>>) {
+    let _ = c.try_with(|c| c.set(c.get() + 1));
+}
+
+fn add_bytes(n: i64) {
+    let _ = NET_BYTES.try_with(|c| c.set(c.get() + n));
+}
+
+// SAFETY: every call is forwarded unchanged to the system allocator; the
+// bookkeeping touches only const-initialised thread-locals (no allocation).
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if measuring() {
+            bump(&ALLOCS);
+            add_bytes(layout.size() as i64);
+        }
+        System.alloc(layout)
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if measuring() {
+            bump(&ALLOCS);
+            add_bytes(layout.size() as i64);
+        }
+        System.alloc_zeroed(layout)
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if measuring() {
+            add_bytes(-(layout.size() as i64));
+        }
+        System.dealloc(ptr, layout)
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if measuring() {
+            bump(&REALLOCS);
+            add_bytes(new_size as i64 - layout.size() as i64);
+        }
+        System.realloc(ptr, layout, new_size)
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Counts {
+    allocs: u64,
+    reallocs: u64,
+    net_bytes: i64,
+}
+
+/// Runs `f` with counting on for this thread; returns the counts.
+fn measure(f: impl FnOnce()) -> Counts {
+    ALLOCS.with(|c| c.set(0));
+    REALLOCS.with(|c| c.set(0));
+    NET_BYTES.with(|c| c.set(0));
+    MEASURING.with(|m| m.set(true));
+    f();
+    MEASURING.with(|m| m.set(false));
+    Counts {
+        allocs: ALLOCS.with(Cell::get),
+        reallocs: REALLOCS.with(Cell::get),
+        net_bytes: NET_BYTES.with(Cell::get),
+    }
+}
+
+#[test]
+fn the_counter_counts() {
+    let _g = util::serial();
+    let _fds = util::FdCheck::new();
+    let c = measure(|| {
+        let v = std::hint::black_box(vec![1u8; 100]);
+        drop(v);
+    });
+    assert_eq!(c.allocs, 1);
+    assert_eq!(c.net_bytes, 0);
+}
+
+/// Echoes every frame on the connection it accepted; counts without
+/// allocating.
+#[derive(Default)]
+struct Echo {
+    conn: Option<SocketId>,
+    echoed: u64,
+    errors: u64,
+    closed: u64,
+}
+
+impl Handler for Echo {
+    fn on_accept(&mut self, _cx: &mut Ctx, _l: SocketId, conn: SocketId, _peer: &PeerAddr) {
+        self.conn = Some(conn);
+    }
+
+    fn on_frame(&mut self, cx: &mut Ctx, conn: SocketId, frame: &[u8]) {
+        match cx.send_frame(conn, frame) {
+            Ok(()) => self.echoed += 1,
+            Err(_) => self.errors += 1,
+        }
+    }
+
+    fn on_close(&mut self, _cx: &mut Ctx, _sock: SocketId, _reason: CloseReason) {
+        self.closed += 1;
+    }
+}
+
+const PAYLOAD: usize = 64;
+const WIRE: usize = 4 + PAYLOAD;
+
+/// One round trip: the client writes a 64-byte frame, the reactor runs
+/// until the echo went out, the client reads the 68-byte reply.
+fn round_trip(reactor: &mut Reactor, echo: &mut Echo, client: &mut TcpStream, i: u32) {
+    let mut frame = [0u8; WIRE];
+    frame[..4].copy_from_slice(&(PAYLOAD as u32).to_be_bytes());
+    frame[4..8].copy_from_slice(&i.to_be_bytes());
+    frame[8..].fill(i as u8);
+    client.write_all(&frame).unwrap();
+    let want = echo.echoed + 1;
+    let mut calls = 0;
+    while echo.echoed < want {
+        reactor
+            .run_once(echo, Some(Duration::from_secs(1)))
+            .expect("run_once");
+        calls += 1;
+        assert!(
+            calls < 100 && echo.errors == 0 && echo.closed == 0,
+            "echo failed"
+        );
+    }
+    let mut reply = [0u8; WIRE];
+    client.read_exact(&mut reply).unwrap();
+    assert!(reply == frame, "round trip {i}: the echo differs");
+}
+
+#[test]
+fn tcp_echo_allocates_nothing_per_frame() {
+    let _g = util::serial();
+    let _fds = util::FdCheck::new();
+    let mut reactor = Reactor::new().unwrap();
+    let l = reactor
+        .listen_tcp("127.0.0.1:0", FrameConfig::new())
+        .unwrap();
+    let addr = reactor.local_addr(l).unwrap().as_inet().unwrap();
+    let mut client = TcpStream::connect(addr).unwrap();
+    client.set_nodelay(true).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut echo = Echo::default();
+    for _ in 0..100 {
+        if echo.conn.is_some() {
+            break;
+        }
+        reactor
+            .run_once(&mut echo, Some(Duration::from_millis(50)))
+            .unwrap();
+    }
+    let conn = echo.conn.expect("not accepted");
+    // Warm up: buffers reach their steady size.
+    for i in 0..100 {
+        round_trip(&mut reactor, &mut echo, &mut client, i);
+    }
+    let counts = measure(|| {
+        for i in 100..1100 {
+            round_trip(&mut reactor, &mut echo, &mut client, i);
+        }
+    });
+    assert_eq!(echo.echoed, 1100);
+    assert_eq!(
+        counts,
+        Counts {
+            allocs: 0,
+            reallocs: 0,
+            net_bytes: 0
+        },
+        "1,000 TCP echo round trips must not allocate"
+    );
+    let st = reactor.stats(conn).unwrap();
+    assert_eq!(st.messages_in, 1100);
+    assert_eq!(st.messages_out, 1100);
+    assert_eq!(reactor.buffered_bytes(conn).unwrap(), 0);
+}
