@@ -125,6 +125,9 @@ pub enum CloseReason {
     /// An I/O error the socket cannot recover from (including a failed
     /// TCP connect).
     Error(io::Error),
+    /// A handler callback for this socket panicked and
+    /// [`Config::catch_panics`](crate::Config::catch_panics) is on.
+    HandlerPanicked,
 }
 
 impl fmt::Display for CloseReason {
@@ -136,6 +139,7 @@ impl fmt::Display for CloseReason {
             CloseReason::Frame(e) => write!(f, "bad frame from the peer: {e}"),
             CloseReason::IdleTimeout => f.write_str("frame idle timeout"),
             CloseReason::Error(e) => write!(f, "I/O error: {e}"),
+            CloseReason::HandlerPanicked => f.write_str("a handler callback panicked"),
         }
     }
 }

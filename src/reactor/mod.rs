@@ -53,6 +53,13 @@ pub struct Config {
     /// delivered (default 1 MiB). Larger ones are consumed and reported
     /// through [`Handler::on_error`]. Per-socket: [`DgramOptions`].
     pub unix_max_message_len: usize,
+    /// Catch a panic in a handler callback instead of letting it leave
+    /// `run_once` (default off). The socket being served is closed and
+    /// reported with [`CloseReason::HandlerPanicked`] on the next pass (a
+    /// panic in a timer or wake-up callback closes nothing), the panic is
+    /// logged at `error!`, and `run_once` returns `Ok`. See
+    /// [`Reactor`]'s `# Panics in handlers`.
+    pub catch_panics: bool,
 }
 
 impl Default for Config {
@@ -61,6 +68,7 @@ impl Default for Config {
             events_capacity: 1024,
             read_budget: 64,
             unix_max_message_len: 1 << 20,
+            catch_panics: false,
         }
     }
 }
@@ -92,6 +100,11 @@ pub struct DgramOptions {
     /// buffer. Off by default, when the kernel closes any descriptors a
     /// sender passes.
     pub pass_fds: bool,
+    /// `SO_REUSEPORT` (UDP and reliable UDP): several sockets — one per
+    /// reactor thread — bind the same address and the kernel spreads
+    /// peers over them by their address hash. See the crate's README on
+    /// using more cores.
+    pub reuse_port: bool,
     /// `SO_SNDBUF`, if set (forced past `wmem_max` like the receive side).
     pub send_buffer_size: Option<usize>,
 }
@@ -412,6 +425,10 @@ pub struct Ctx {
     rudp_tx: Vec<u8>,
     /// Reliable-UDP sockets flushed since their events were last polled.
     rudp_flushed: Vec<SocketId>,
+    /// The socket whose callbacks run now (the culprit if one panics).
+    current: Option<SocketId>,
+    /// A wake-up was lost to a panicking pass: deliver it next pass.
+    wake_pending: bool,
 }
 
 impl fmt::Debug for Ctx {
@@ -1052,6 +1069,9 @@ fn check_type(socket: &Socket, want: Type, op: &'static str) -> Result<(), Error
 }
 
 fn apply_buffers(sock: &Socket, opts: &DgramOptions) -> io::Result<()> {
+    if opts.reuse_port {
+        sock.set_reuse_port(true)?;
+    }
     if let Some(n) = opts.recv_buffer_size {
         sock.set_recv_buffer_size(n)?;
         #[cfg(target_os = "linux")]
@@ -1209,11 +1229,17 @@ fn in_use(path: &Path) -> io::Error {
 ///
 /// # Panics in handlers
 ///
-/// A panic in a callback unwinds out of `run_once`. The reactor stays
-/// consistent — it holds no borrowed state across callbacks — and dropping
-/// it closes every socket it holds. Events that poll returned but were not
-/// yet dispatched are re-reported by the kernel only for sockets that stay
-/// ready; to keep serving after a panic, call `run_once` again.
+/// By default a panic in a callback unwinds out of `run_once`. The reactor
+/// puts itself in order first: slots of sockets closed during the pass are
+/// freed, every socket that had an event in the interrupted pass is served
+/// on the next call without waiting for a new edge, and a lost wake-up is
+/// delivered then. Dropping the reactor closes every socket it holds; or
+/// call `run_once` again to keep serving.
+///
+/// With [`Config::catch_panics`] the panic is caught instead: the socket
+/// whose callback panicked is closed (its `on_close` says
+/// [`CloseReason::HandlerPanicked`]), the panic is logged, and `run_once`
+/// returns `Ok` — one bad message cannot take the server down.
 ///
 /// # Embedding
 ///
@@ -1304,6 +1330,8 @@ impl Reactor {
                 rudp_dirty: Vec::new(),
                 rudp_tx: Vec::new(),
                 rudp_flushed: Vec::new(),
+                current: None,
+                wake_pending: false,
             },
             bufs: Bufs {
                 rbuf: Vec::new(),
@@ -1329,8 +1357,25 @@ impl Reactor {
         match panic::catch_unwind(AssertUnwindSafe(|| self.pass(handler, timeout))) {
             Ok(result) => result,
             Err(payload) => {
+                let culprit = self.cx.current.take();
                 self.recover_after_panic();
-                panic::resume_unwind(payload)
+                if !self.cx.config.catch_panics {
+                    panic::resume_unwind(payload)
+                }
+                let what = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "(non-string panic payload)".into());
+                match culprit {
+                    Some(id) => {
+                        log::error!("handler panicked serving {id}: {what}; closing it");
+                        // Reported through on_close on the next pass.
+                        self.cx.close_now(id, CloseReason::HandlerPanicked);
+                    }
+                    None => log::error!("handler panicked (timer or wake-up callback): {what}"),
+                }
+                Ok(0)
             }
         }
     }
@@ -1342,10 +1387,14 @@ impl Reactor {
     /// edge-triggered).
     fn recover_after_panic(&mut self) {
         let cx = &mut self.cx;
+        cx.current = None;
         cx.dispatching = false;
         cx.now.set(None);
         for index in cx.to_free.drain(..) {
             cx.sockets.remove(index);
+        }
+        if self.events.iter().any(|ev| ev.token() == WAKER_TOKEN) {
+            cx.wake_pending = true;
         }
         let pending = self
             .carry_now
@@ -1402,6 +1451,7 @@ impl Reactor {
             if let Some(e) = cx.live_entry_mut(id) {
                 e.carried = false;
             }
+            cx.current = Some(id);
             serve_readable(cx, bufs, handler, id, false);
         }
         carry_now.clear();
@@ -1417,6 +1467,7 @@ impl Reactor {
             let Some(kind) = cx.live_entry_mut(id).map(|e| e.kind) else {
                 continue; // a socket closed earlier in this pass
             };
+            cx.current = Some(id);
             if kind == SocketKind::Tcp {
                 if ev.is_writable() || ev.is_error() || ev.is_write_closed() {
                     tcp::conn_writable(cx, handler, id);
@@ -1439,7 +1490,17 @@ impl Reactor {
         } else {
             None
         };
+        cx.current = None;
+        if std::mem::take(&mut cx.wake_pending) {
+            cx.callbacks += 1;
+            handler.on_wake(cx);
+            finish_callback(cx, handler);
+        }
         while let Some((key, target)) = now.and_then(|now| cx.timers.pop_due(now)) {
+            cx.current = match target {
+                TimerTarget::FrameIdle(id) | TimerTarget::Rudp(id) => Some(id),
+                _ => None,
+            };
             match target {
                 TimerTarget::User => {
                     cx.callbacks += 1;
@@ -1458,6 +1519,7 @@ impl Reactor {
             }
         }
 
+        cx.current = None;
         // Output produced during the pass goes out now, coalesced: TCP
         // frames with one writev per connection, reliable-UDP datagrams
         // with sendmmsg.
@@ -1494,6 +1556,7 @@ fn compute_wait(cx: &mut Ctx, timeout: Option<Duration>) -> Option<Duration> {
         || !cx.closed.is_empty()
         || !cx.out_segs.is_empty()
         || !cx.rudp_flushed.is_empty()
+        || cx.wake_pending
     {
         return Some(Duration::ZERO);
     }

@@ -72,6 +72,9 @@ pub struct TcpOptions {
     pub max_connections: Option<usize>,
     /// Listeners: the `listen` backlog (default 1,024).
     pub backlog: i32,
+    /// Listeners: `SO_REUSEPORT`, so that one listener per reactor thread
+    /// can bind the same address; the kernel spreads connections over them.
+    pub reuse_port: bool,
 }
 
 impl TcpOptions {
@@ -84,6 +87,7 @@ impl TcpOptions {
             frame_idle_timeout: Some(Duration::from_secs(30)),
             max_connections: Some(10_000),
             backlog: 1024,
+            reuse_port: false,
         }
     }
 
@@ -224,7 +228,7 @@ impl Ctx {
     ) -> Result<SocketId, Error> {
         let mut last = None;
         for a in addr.to_socket_addrs()? {
-            match bind_listener(a, opts.backlog) {
+            match bind_listener(a, opts.backlog, opts.reuse_port) {
                 Ok(l) => {
                     let state = TcpListenerState {
                         listener: l,
@@ -457,7 +461,11 @@ fn write_queue(c: &mut TcpConn) -> io::Result<()> {
     Ok(())
 }
 
-fn bind_listener(addr: SocketAddr, backlog: i32) -> io::Result<mio::net::TcpListener> {
+fn bind_listener(
+    addr: SocketAddr,
+    backlog: i32,
+    reuse_port: bool,
+) -> io::Result<mio::net::TcpListener> {
     use socket2::{Domain, Socket, Type};
     let s = Socket::new(
         Domain::for_address(addr),
@@ -465,6 +473,9 @@ fn bind_listener(addr: SocketAddr, backlog: i32) -> io::Result<mio::net::TcpList
         None,
     )?;
     s.set_reuse_address(true)?;
+    if reuse_port {
+        s.set_reuse_port(true)?;
+    }
     if addr.is_ipv6() {
         let _ = s.set_only_v6(false);
     }
