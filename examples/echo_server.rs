@@ -39,8 +39,8 @@ use std::time::{Duration, Instant};
 use msgloop::framing::FrameConfig;
 use msgloop::rudp::{Guarantee, RudpConfig};
 use msgloop::{
-    CloseReason, Ctx, Datagram, DgramOptions, Error, Handler, PeerAddr, PeerId, Reactor, SeqMessage, SeqpacketOptions, SocketId,
-    TcpOptions, TimerId, UnixAddr,
+    CloseReason, Ctx, Datagram, DgramOptions, Error, Handler, PeerAddr, PeerId, Reactor,
+    SeqMessage, SeqpacketOptions, SocketId, TcpOptions, TimerId, UnixAddr,
 };
 
 const SUMMARY_EVERY: Duration = Duration::from_secs(10);
@@ -216,7 +216,10 @@ impl Echo {
             }
         }
         if self.seqpacket.is_some() {
-            line += &format!(" | seqpacket conns open={} fds_echoed={}", c.seq_open, c.seq_fds_echoed);
+            line += &format!(
+                " | seqpacket conns open={} fds_echoed={}",
+                c.seq_open, c.seq_fds_echoed
+            );
         }
         let t = cx.reactor_stats().totals;
         line += &format!(
@@ -267,7 +270,10 @@ impl Handler for Echo {
             }
             Err(e) => {
                 self.counts.echo_failed += 1;
-                log_rate_limited(&format!("{conn}: echo failed: {e}"), self.counts.echo_failed);
+                log_rate_limited(
+                    &format!("{conn}: echo failed: {e}"),
+                    self.counts.echo_failed,
+                );
             }
         }
         // Our copies of the descriptors close when `msg` goes out of scope.
