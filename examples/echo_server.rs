@@ -221,10 +221,10 @@ impl Echo {
                 c.seq_open, c.seq_fds_echoed
             );
         }
-        let t = cx.reactor_stats().totals;
+        let r = cx.reactor_stats();
         line += &format!(
-            " | all in={} out={} | echoed={} echo_failed={} unreplyable={} errors={}",
-            t.messages_in, t.messages_out, c.echoed, c.echo_failed, c.unreplyable, c.errors
+            " | echoed={} echo_failed={} unreplyable={} errors={}\n  reactor: {} sockets open, {} closed, {} passes | {}",
+            c.echoed, c.echo_failed, c.unreplyable, c.errors, r.open_sockets, r.closed_sockets, r.run_once_calls, r.totals
         );
         line
     }

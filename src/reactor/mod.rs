@@ -132,6 +132,21 @@ pub struct SocketStats {
     pub send_would_block: u64,
     /// Received file descriptors the handler did not take (closed).
     pub fds_closed_unclaimed: u64,
+    /// Connections closed because the peer sent a frame over the maximum
+    /// (or an invalid length).
+    pub dropped_too_large: u64,
+    /// Datagrams dropped because they were cut (larger than any datagram
+    /// the protocol sends: reliable UDP).
+    pub dropped_truncated: u64,
+    /// Reliable UDP: peers connected now.
+    pub rudp_peers: u64,
+    /// Reliable UDP: packets declared lost, summed over the peers.
+    pub rudp_packets_lost: u64,
+    /// Reliable UDP: message chunks retransmitted, summed over the peers.
+    pub rudp_retransmitted: u64,
+    /// Reliable UDP: the largest smoothed round-trip time among the peers,
+    /// in microseconds.
+    pub rudp_max_srtt_us: u64,
 }
 
 impl SocketStats {
@@ -145,6 +160,12 @@ impl SocketStats {
         self.send_errors += o.send_errors;
         self.send_would_block += o.send_would_block;
         self.fds_closed_unclaimed += o.fds_closed_unclaimed;
+        self.dropped_too_large += o.dropped_too_large;
+        self.dropped_truncated += o.dropped_truncated;
+        self.rudp_peers += o.rudp_peers;
+        self.rudp_packets_lost += o.rudp_packets_lost;
+        self.rudp_retransmitted += o.rudp_retransmitted;
+        self.rudp_max_srtt_us = self.rudp_max_srtt_us.max(o.rudp_max_srtt_us);
     }
 }
 
@@ -152,16 +173,31 @@ impl fmt::Display for SocketStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "in={} msgs/{} B out={} msgs/{} B over_quota={} recv_err={} send_err={} would_block={}",
+            "in={} msgs/{} B out={} msgs/{} B drops: over_quota={} too_large={} truncated={} \
+             refused_sends={} | errors: recv={} send={} | fds_closed_unclaimed={}",
             self.messages_in,
             self.bytes_in,
             self.messages_out,
             self.bytes_out,
             self.dropped_over_quota,
+            self.dropped_too_large,
+            self.dropped_truncated,
+            self.send_would_block,
             self.recv_errors,
             self.send_errors,
-            self.send_would_block
-        )
+            self.fds_closed_unclaimed
+        )?;
+        if self.rudp_peers > 0 || self.rudp_retransmitted > 0 {
+            write!(
+                f,
+                " | rudp peers={} lost={} retransmitted={} max_srtt={} us",
+                self.rudp_peers,
+                self.rudp_packets_lost,
+                self.rudp_retransmitted,
+                self.rudp_max_srtt_us
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -848,8 +884,12 @@ impl Ctx {
     }
 
     /// Counters of one socket.
+    ///
+    /// For a reliable-UDP socket the snapshot includes its peers: how many
+    /// are connected, packets lost, chunks retransmitted, the largest
+    /// smoothed RTT ([`peer_stats`](Ctx::peer_stats) has one peer's figures).
     pub fn stats(&self, sock: SocketId) -> Result<SocketStats, Error> {
-        Ok(self.live_entry(sock)?.stats)
+        Ok(snapshot(self.live_entry(sock)?))
     }
 
     /// Counters of the whole reactor.
@@ -857,7 +897,7 @@ impl Ctx {
         let mut totals = self.closed_totals;
         for (_, e) in self.sockets.iter() {
             if e.sock.is_some() {
-                totals.add(&e.stats);
+                totals.add(&snapshot(e));
             }
         }
         ReactorStats {
@@ -1056,6 +1096,22 @@ impl Ctx {
             _ => None,
         }
     }
+}
+
+/// A socket's counters, with its reliable-UDP peers' figures folded in.
+fn snapshot(e: &Entry) -> SocketStats {
+    let mut s = e.stats;
+    if let Some(Sock::Rudp(r)) = &e.sock {
+        for peer in r.ep.peers() {
+            if let Some(p) = r.ep.peer_stats(peer) {
+                s.rudp_peers += 1;
+                s.rudp_packets_lost += p.packets_lost;
+                s.rudp_retransmitted += p.chunks_retransmitted;
+                s.rudp_max_srtt_us = s.rudp_max_srtt_us.max(p.srtt.as_micros() as u64);
+            }
+        }
+    }
+    s
 }
 
 fn check_type(socket: &Socket, want: Type, op: &'static str) -> Result<(), Error> {

@@ -318,7 +318,7 @@ pub(super) fn drain<H: Handler + ?Sized>(
         for (buf, &(len, truncated, from)) in bufs.iter().zip(&meta).take(got) {
             if truncated {
                 // Larger than any datagram the protocol sends: not ours.
-                entry.stats.dropped_over_quota += 1;
+                entry.stats.dropped_truncated += 1;
                 continue;
             }
             if let Err(e) = rs.ep.handle_datagram(now, from, &buf[..len]) {

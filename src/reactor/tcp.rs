@@ -706,6 +706,9 @@ pub(super) fn drain_conn<H: Handler + ?Sized>(
             }
             Err(err) => {
                 log::debug!("{id}: {err}; closing");
+                if let Some(e) = cx.live_entry_mut(id) {
+                    e.stats.dropped_too_large += 1;
+                }
                 cx.close_now(id, CloseReason::Frame(err));
                 finish_callback(cx, handler);
                 return false;
