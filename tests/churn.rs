@@ -9,7 +9,7 @@
 mod util;
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::net::{TcpStream, UdpSocket};
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
