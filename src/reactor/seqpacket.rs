@@ -43,6 +43,11 @@ pub struct SeqpacketOptions {
     /// Listeners: the most connections accepted and open at once; at the
     /// cap, accepting pauses (no spinning) until one closes (default 10,000).
     pub max_connections: Option<usize>,
+    /// `SO_SNDBUF` of every connection (accepted ones included). A Unix
+    /// socket cannot send a message larger than its send buffer, so `None`
+    /// (the default) sizes it to carry a message of `max_message_len`
+    /// (forced past `wmem_max` where the process may).
+    pub send_buffer_size: Option<usize>,
 }
 
 impl Default for SeqpacketOptions {
@@ -53,6 +58,7 @@ impl Default for SeqpacketOptions {
             unlink_on_close: true,
             backlog: net::DEFAULT_BACKLOG,
             max_connections: Some(10_000),
+            send_buffer_size: None,
         }
     }
 }
@@ -61,6 +67,7 @@ impl Default for SeqpacketOptions {
 pub(super) struct SeqListenerState {
     pub(super) listener: UnixSeqpacketListener,
     max_message_len: usize,
+    send_buffer_size: usize,
     max_connections: Option<usize>,
     pub(super) conns: usize,
     pub(super) paused: bool,
@@ -104,6 +111,7 @@ impl Ctx {
         let state = SeqListenerState {
             listener,
             max_message_len: max,
+            send_buffer_size: opts.send_buffer_size.unwrap_or_else(|| room_for(max)),
             max_connections: opts.max_connections,
             conns: 0,
             paused: false,
@@ -124,6 +132,7 @@ impl Ctx {
     pub fn add_seqpacket(&mut self, sock: UnixSeqpacket) -> Result<SocketId, Error> {
         sock.set_nonblocking(true)?;
         let max = self.config.unix_max_message_len;
+        set_send_buffer(&sock, room_for(max));
         self.insert(
             Sock::Seq(Box::new(SeqConn {
                 sock,
@@ -203,6 +212,29 @@ impl Ctx {
     }
 }
 
+/// A send buffer that carries one message of `max` bytes (the kernel
+/// needs some room beyond the payload for its own bookkeeping).
+fn room_for(max: usize) -> usize {
+    max.saturating_add(64 * 1024)
+}
+
+/// Raises `SO_SNDBUF` (forced past `wmem_max` where allowed); best effort:
+/// if it stays smaller, larger sends fail with `MessageTooLarge`.
+fn set_send_buffer(sock: &UnixSeqpacket, size: usize) {
+    let s = socket2::SockRef::from(sock);
+    if s.send_buffer_size().is_ok_and(|now| now >= size) {
+        return;
+    }
+    if let Err(e) = s.set_send_buffer_size(size) {
+        log::debug!("SO_SNDBUF {size}: {e}");
+    }
+    if s.send_buffer_size().is_ok_and(|now| now < size) {
+        if let Err(e) = crate::sys::set_buffer_force(sock.as_raw_fd(), false, size) {
+            log::debug!("SO_SNDBUFFORCE {size}: {e}");
+        }
+    }
+}
+
 fn close_reason(e: io::Error) -> CloseReason {
     match e.raw_os_error() {
         Some(libc::ECONNRESET) | Some(libc::EPIPE) => CloseReason::Reset,
@@ -232,6 +264,7 @@ pub(super) fn drain_listener<H: Handler + ?Sized>(
             Ok((sock, peer)) => {
                 l.conns += 1;
                 let max = l.max_message_len;
+                set_send_buffer(&sock, l.send_buffer_size);
                 let conn = SeqConn {
                     sock,
                     listener: Some(lid),
