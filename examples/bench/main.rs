@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll, Token};
 
+mod c10k;
 mod rudp;
 mod rudp_core;
 mod seqpacket;
@@ -491,6 +492,15 @@ fn udp_ingest(slices: usize) -> io::Result<(f64, f64, f64, f64)> {
 // ---- main --------------------------------------------------------------------
 
 fn main() {
+    // The separate client process of `tcp_idle_10k`.
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--c10k-client") {
+        let (addr, n) = (&args[2], args[3].parse().expect("count"));
+        if let Err(e) = c10k::client_main(addr, n) {
+            die(&format!("c10k client: {e}"));
+        }
+        return;
+    }
     let o = parse();
     SIDE.set(o.side.clone()).expect("set once");
     let want = |name: &str| o.only.as_deref().is_none_or(|w| w == name);
@@ -503,6 +513,7 @@ fn main() {
         "tcp_frames_64",
         "tcp_echo_64",
         "tcp_frames_64k",
+        "tcp_idle_10k",
         "rudp_delivery_64",
         "rudp_delivery_1k",
         "rudp_none_64",
@@ -568,6 +579,7 @@ fn main() {
         }
         seqpacket::run(o.rounds, slices, &want)?;
         tcp::run(o.rounds, &want)?;
+        c10k::run(&want)?;
         rudp::run(o.rounds, &want)?;
         rudp_core::run(slices, &want)?;
         Ok(())
