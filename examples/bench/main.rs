@@ -39,6 +39,7 @@ mod c10k;
 mod rudp;
 mod rudp_core;
 mod seqpacket;
+mod shards;
 mod tcp;
 use msgloop::{Ctx, Datagram, DgramOptions, Handler, Reactor, SocketId};
 
@@ -514,6 +515,8 @@ fn main() {
         "tcp_echo_64",
         "tcp_frames_64k",
         "tcp_idle_10k",
+        "udp_ingest_shards",
+        "tcp_frames_shards",
         "rudp_delivery_64",
         "rudp_delivery_1k",
         "rudp_none_64",
@@ -580,6 +583,7 @@ fn main() {
         seqpacket::run(o.rounds, slices, &want)?;
         tcp::run(o.rounds, &want)?;
         c10k::run(&want)?;
+        shards::run(o.rounds, &want)?;
         rudp::run(o.rounds, &want)?;
         rudp_core::run(slices, &want)?;
         Ok(())

@@ -165,7 +165,11 @@ impl Ctx {
                 entry.stats.bytes_out += msg.len() as u64;
             }
             Err(e) => {
-                entry.stats.send_would_block += 1;
+                if e == crate::rudp::SendError::QueueFull {
+                    entry.stats.send_would_block += 1;
+                } else {
+                    entry.stats.send_errors += 1;
+                }
                 return Err(Error::RudpSend(e));
             }
         }
