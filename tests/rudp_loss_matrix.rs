@@ -34,6 +34,10 @@ struct Row {
     none_delivered: u32,
     peak_in_flight: u32,
     srtt_ms: f64,
+    rtos: u64,
+    spurious: u64,
+    undos: u64,
+    probes: u64,
 }
 
 fn link(loss: f64, rtt_ms: u64) -> LinkConfig {
@@ -50,13 +54,23 @@ fn link(loss: f64, rtt_ms: u64) -> LinkConfig {
 
 /// Phase 1: `n` reliable 1 KiB messages, with backpressure. Phase 2: a mix
 /// of Delivery, Order and None messages, checked for their semantics.
-fn run_cell(loss: f64, rtt_ms: u64, seed: u64) -> Row {
+///
+/// Returns `None` when the handshake itself failed (at 30% loss each way it
+/// does, rarely, within the 10 s handshake timeout: every attempt needs an
+/// ECHO and an ACCEPT through).
+fn run_cell(loss: f64, rtt_ms: u64, seed: u64) -> Option<Row> {
     let (mut sim, peer) = Sim::pair(RudpConfig::default(), link(loss, rtt_ms), seed);
-    // Handshake first, so phase 1 measures the transfer only.
-    sim.run_until(STEPS, Duration::from_secs(60), |s| {
-        s.take_events(1).iter().any(|(_, e)| *e == Event::Connected)
-    })
-    .expect("handshake");
+    // Handshake first (both ends), so phase 1 measures the transfer only.
+    let mut up = [false; 2];
+    let hs = sim.run_until(STEPS, Duration::from_secs(60), |s| {
+        for (i, u) in up.iter_mut().enumerate() {
+            *u |= s.take_events(i).iter().any(|(_, e)| *e == Event::Connected);
+        }
+        up == [true, true]
+    });
+    if hs.is_err() {
+        return None;
+    }
     let n: u32 = if loss >= 0.2 && rtt_ms >= 300 {
         150
     } else {
@@ -192,7 +206,7 @@ fn run_cell(loss: f64, rtt_ms: u64, seed: u64) -> Row {
         );
     }
 
-    Row {
+    Some(Row {
         loss,
         rtt_ms,
         reliable_msgs: n,
@@ -209,19 +223,70 @@ fn run_cell(loss: f64, rtt_ms: u64, seed: u64) -> Row {
         none_delivered: none_n,
         peak_in_flight: st.peak_in_flight,
         srtt_ms: st.srtt.as_secs_f64() * 1000.0,
+        rtos: st.rto_count,
+        spurious: st.spurious_losses,
+        undos: st.cwnd_undos,
+        probes: st.tail_probes,
+    })
+}
+
+/// Sums (messages, seconds, counters) and means (ratios) of several runs of
+/// one cell.
+fn mean(runs: &[Row]) -> Row {
+    let k = runs.len() as f64;
+    let avg = |f: fn(&Row) -> f64| runs.iter().map(f).sum::<f64>() / k;
+    let sum = |f: fn(&Row) -> u64| runs.iter().map(f).sum::<u64>();
+    let msgs: u32 = runs.iter().map(|r| r.reliable_msgs).sum();
+    let secs: f64 = runs.iter().map(|r| r.secs).sum();
+    Row {
+        loss: runs[0].loss,
+        rtt_ms: runs[0].rtt_ms,
+        reliable_msgs: msgs,
+        secs,
+        goodput_kib_s: if secs > 0.0 {
+            f64::from(msgs) / secs
+        } else {
+            f64::INFINITY
+        },
+        sender_dgrams_per_msg: avg(|r| r.sender_dgrams_per_msg),
+        total_dgrams_per_msg: avg(|r| r.total_dgrams_per_msg),
+        retx_per_msg: avg(|r| r.retx_per_msg),
+        order_delivered: runs.iter().map(|r| r.order_delivered).sum(),
+        none_delivered: runs.iter().map(|r| r.none_delivered).sum(),
+        peak_in_flight: runs.iter().map(|r| r.peak_in_flight).max().unwrap_or(0),
+        srtt_ms: avg(|r| r.srtt_ms),
+        rtos: sum(|r| r.rtos),
+        spurious: sum(|r| r.spurious),
+        undos: sum(|r| r.undos),
+        probes: sum(|r| r.probes),
     }
 }
 
 #[test]
 fn loss_matrix() {
+    // `RUDP_MATRIX_SEEDS=N` runs every cell with N seeds (default 1) and
+    // prints sums and means: single runs are noisy at high loss.
+    let seeds: u64 = std::env::var("RUDP_MATRIX_SEEDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+        .max(1);
     let mut rows = Vec::new();
+    let mut all = Vec::new();
     for (li, &loss) in [0.0, 0.01, 0.05, 0.10, 0.20, 0.30].iter().enumerate() {
         for (ri, &rtt) in [0u64, 50, 300].iter().enumerate() {
-            rows.push(run_cell(loss, rtt, 1000 + (li * 10 + ri) as u64));
+            let base = 1000 + (li * 10 + ri) as u64;
+            let runs: Vec<Row> = (0..3 * seeds)
+                .filter_map(|k| run_cell(loss, rtt, base + 7919 * k))
+                .take(seeds as usize)
+                .collect();
+            assert_eq!(runs.len() as u64, seeds, "handshakes kept failing");
+            rows.push(mean(&runs));
+            all.extend(runs);
         }
     }
     println!(
-        "{:>5} {:>5} {:>5} {:>8} {:>10} {:>9} {:>9} {:>8} {:>6} {:>6} {:>5} {:>7}",
+        "{:>5} {:>5} {:>5} {:>8} {:>10} {:>9} {:>9} {:>8} {:>6} {:>6} {:>5} {:>7} {:>4} {:>5} {:>5} {:>5}",
         "loss%",
         "rtt",
         "msgs",
@@ -233,11 +298,15 @@ fn loss_matrix() {
         "order",
         "none",
         "peak",
-        "srtt"
+        "srtt",
+        "rto",
+        "spur",
+        "undo",
+        "tlp"
     );
     for r in &rows {
         println!(
-            "{:>5.0} {:>5} {:>5} {:>8.2} {:>10.1} {:>9.3} {:>9.3} {:>8.3} {:>6} {:>6} {:>5} {:>7.1}",
+            "{:>5.0} {:>5} {:>5} {:>8.2} {:>10.1} {:>9.3} {:>9.3} {:>8.3} {:>6} {:>6} {:>5} {:>7.1} {:>4} {:>5} {:>5} {:>5}",
             r.loss * 100.0,
             r.rtt_ms,
             r.reliable_msgs,
@@ -249,10 +318,14 @@ fn loss_matrix() {
             r.order_delivered,
             r.none_delivered,
             r.peak_in_flight,
-            r.srtt_ms
+            r.srtt_ms,
+            r.rtos,
+            r.spurious,
+            r.undos,
+            r.probes
         );
     }
-    for r in &rows {
+    for r in &all {
         if r.loss == 0.0 {
             assert!(
                 r.sender_dgrams_per_msg <= 1.1,
@@ -262,11 +335,22 @@ fn loss_matrix() {
             );
             assert_eq!(r.retx_per_msg, 0.0, "retransmissions on a perfect link");
         }
-        // Bounded retransmissions: at most twice the expected number of
-        // transmissions lost, plus one spurious retransmission per reordered
-        // datagram (5% on the lossy rows), plus slack.
-        let reorder = if r.loss > 0.0 { 0.05 } else { 0.0 };
-        let bound = r.loss / (1.0 - r.loss) * 2.0 + reorder + 0.02;
+        // Bounded retransmissions: 1.5 times the expected number of
+        // transmissions lost (x = p / (1 - p) per message), plus slack for
+        // spurious ones. Reordering (5% of datagrams on the lossy rows) is
+        // learnt (adaptive packet threshold and time window, spurious-loss
+        // detection), so it costs far less than one retransmission per
+        // reordered datagram: 4 per 100 messages, 8 with RTT 0, where the
+        // reordering delay (1–11 ms) dwarfs the RTT. (Before adaptive
+        // reordering the bound was 2x + 0.07; measured over 30 seeds per
+        // cell with RUDP_MATRIX_SEEDS=30 the largest excess over x is
+        // 0.075 at RTT 0 and 0.19 at 30% loss.)
+        let slack = match (r.loss > 0.0, r.rtt_ms) {
+            (false, _) => 0.0,
+            (true, 0) => 0.08,
+            (true, _) => 0.04,
+        };
+        let bound = r.loss / (1.0 - r.loss) * 1.5 + slack;
         assert!(
             r.retx_per_msg <= bound,
             "loss {} rtt {}: {} retransmissions per message (bound {bound})",

@@ -54,7 +54,9 @@ pub struct RudpConfig {
     pub max_ack_delay: Duration,
     /// Ack at once after this many unacknowledged ack-eliciting packets. Default 2.
     pub ack_eliciting_threshold: u32,
-    /// A packet is lost once a packet this many numbers later was acked. Default 3.
+    /// A packet is lost once a packet this many numbers later was acked.
+    /// Default 3. This is the starting value: a connection raises it when it
+    /// finds losses were spurious (reordering), see `docs/rudp.md` §5.
     pub packet_threshold: u32,
     /// Consecutive retransmission timeouts before the peer is declared gone
     /// (`CloseReason::Timeout`). Default 8.

@@ -24,6 +24,33 @@ const GRANULARITY: Duration = Duration::from_millis(1);
 /// Numbers further apart than this are not compared against the first ever
 /// sent (wrapping would make "older than the first" meaningless).
 const OLD_LIMIT: u32 = 1 << 30;
+/// Largest packet-reordering threshold learnt from spurious losses: the
+/// ack bitmap covers 64 packets below the largest.
+const MAX_REORDER_THRESHOLD: u32 = 64;
+/// Consecutive retransmission timeouts from which the flight is declared
+/// lost and the congestion window collapses; the ones before only probe.
+const PERSISTENT_RTO: u32 = 2;
+/// Packets declared lost remembered for spurious-loss detection.
+const LOST_HISTORY: usize = 1024;
+/// Loss epochs in a row without a spurious loss after which the learnt
+/// reordering tolerance is forgotten (RACK keeps its window for 16
+/// recoveries, RFC 8985 §6.2).
+const REORDER_DECAY_EPOCHS: u32 = 16;
+
+/// A packet declared lost, kept a while to recognise a late ack for it.
+#[derive(Debug, Clone, Copy)]
+struct LostPacket {
+    pn: u32,
+    sent: Instant,
+    lost_at: Instant,
+    /// Largest sequence number of its reliable chunks, when some were not
+    /// yet acknowledged as it was declared lost: the cumulative ack passing
+    /// it sooner than a retransmission could arrive proves the original
+    /// did (how late packets beyond the reach of the ack bitmap are found).
+    top_seq: Option<u32>,
+    /// Loss epoch of the congestion controller it was counted in.
+    epoch: u32,
+}
 
 #[inline]
 fn later(now: Instant, d: Duration) -> Instant {
@@ -116,6 +143,20 @@ pub struct ConnectionStats {
     pub chunks_retransmitted: u64,
     /// Retransmission timeouts that fired.
     pub rto_count: u64,
+    /// Packets declared lost that were acknowledged afterwards (reordering
+    /// or a delay spike, not loss); each widens the reordering tolerance.
+    pub spurious_losses: u64,
+    /// Congestion-window reductions undone because every loss that caused
+    /// them turned out spurious.
+    pub cwnd_undos: u64,
+    /// Tail-loss probes sent (one packet before the RTO, see `docs/rudp.md`).
+    pub tail_probes: u64,
+    /// Current packet-reordering threshold (starts at
+    /// `RudpConfig::packet_threshold`, raised by spurious losses; `u32::MAX`
+    /// once reordering deeper than the ack bitmap was seen: time only).
+    pub reorder_threshold: u32,
+    /// Current extra reordering time window (zero until a spurious loss).
+    pub reorder_window: Duration,
     /// Messages queued by `send` / `send_set`.
     pub messages_sent: PerGuarantee,
     /// Messages handed to the application.
@@ -140,56 +181,122 @@ pub struct ConnectionStats {
 // ---------------------------------------------------------------------------
 // Send side
 
-/// A FIFO byte store with absolute offsets; released from the front,
-/// compacted lazily (amortised O(1) per byte).
+/// A FIFO byte store with absolute offsets, released from the front: a ring
+/// whose capacity is a power of two, in which no message straddles the end
+/// (a message that would is placed at the start of the next lap, leaving a
+/// gap), so every message is one contiguous slice. Releasing is O(1) and
+/// never moves bytes; growing copies the live bytes once.
 #[derive(Debug, Default)]
 struct ByteQueue {
+    /// The ring; `data.len()` is 0 or a power of two.
     data: Vec<u8>,
-    /// Absolute offset of `data[0]`.
-    base: u64,
-    /// Everything before this absolute offset is released.
-    released: u64,
+    /// Absolute offset of the oldest byte still held.
+    head: u64,
+    /// Absolute offset just past the newest byte.
+    tail: u64,
+    /// Message bytes held (gaps excluded).
+    bytes: usize,
 }
 
 impl ByteQueue {
+    const MIN_CAPACITY: usize = 4096;
+
+    /// Appends `bytes` contiguously; returns their absolute offset.
     fn push(&mut self, bytes: &[u8]) -> u64 {
-        let off = self.end();
-        self.data.extend_from_slice(bytes);
-        off
+        let n = bytes.len() as u64;
+        if n == 0 {
+            return self.tail;
+        }
+        loop {
+            let cap = self.data.len() as u64;
+            if cap > 0 {
+                let pos = self.tail & (cap - 1);
+                let start = if pos + n > cap {
+                    self.tail + (cap - pos)
+                } else {
+                    self.tail
+                };
+                if start + n - self.head <= cap {
+                    let p = (start & (cap - 1)) as usize;
+                    if let Some(dst) = self.data.get_mut(p..p + bytes.len()) {
+                        dst.copy_from_slice(bytes);
+                    }
+                    self.tail = start + n;
+                    self.bytes += bytes.len();
+                    return start;
+                }
+            }
+            self.grow((self.tail - self.head + 2 * n) as usize);
+        }
+    }
+
+    /// Grows to at least `need` bytes, keeping every live byte at its
+    /// absolute offset (capacities stay powers of two and only double, so a
+    /// message contiguous in the old ring is contiguous in the new one).
+    fn grow(&mut self, need: usize) {
+        let old = self.data.len();
+        let mut cap = old.max(Self::MIN_CAPACITY);
+        while cap < need {
+            cap *= 2;
+        }
+        if cap == old {
+            cap *= 2;
+        }
+        let mut data = vec![0u8; cap];
+        let mut p = self.head;
+        if old > 0 {
+            let old_mask = old as u64 - 1;
+            while p < self.tail {
+                // Up to the end of the old lap.
+                let lap_end = (p | old_mask) + 1;
+                let end = lap_end.min(self.tail);
+                let (src, dst) = ((p & old_mask) as usize, (p & (cap as u64 - 1)) as usize);
+                let len = (end - p) as usize;
+                if let (Some(d), Some(s)) =
+                    (data.get_mut(dst..dst + len), self.data.get(src..src + len))
+                {
+                    d.copy_from_slice(s);
+                }
+                p = end;
+            }
+        }
+        self.data = data;
     }
 
     fn end(&self) -> u64 {
-        self.base + self.data.len() as u64
+        self.tail
     }
 
     fn slice(&self, off: u64, len: usize) -> &[u8] {
-        let start = off.saturating_sub(self.base) as usize;
+        let cap = self.data.len() as u64;
+        let start = (off & cap.wrapping_sub(1)) as usize;
         let s = self.data.get(start..start + len);
-        debug_assert!(s.is_some(), "send buffer bookkeeping");
+        debug_assert!(
+            s.is_some() && off >= self.head && off + len as u64 <= self.tail,
+            "send buffer bookkeeping"
+        );
         s.unwrap_or(&[])
     }
 
+    /// Message bytes held.
     fn live_len(&self) -> usize {
-        (self.end() - self.released) as usize
+        self.bytes
     }
 
-    fn release_to(&mut self, off: u64) {
-        self.released = self.released.max(off.min(self.end()));
-        let n = (self.released - self.base) as usize;
-        if n == self.data.len() {
-            self.data.clear();
-            self.base = self.released;
-        } else if n >= 4096 && n * 2 >= self.data.len() {
-            self.data.drain(..n);
-            self.base = self.released;
+    /// Releases everything before `off`, of which `bytes` message bytes.
+    fn release_to(&mut self, off: u64, bytes: usize) {
+        self.head = self.head.max(off.min(self.tail));
+        self.bytes = self.bytes.saturating_sub(bytes);
+        if self.head == self.tail {
+            debug_assert_eq!(self.bytes, 0, "send buffer byte count");
+            self.bytes = 0;
         }
     }
 
     fn clear(&mut self) {
-        let end = self.end();
         self.data = Vec::new();
-        self.base = end;
-        self.released = end;
+        self.head = self.tail;
+        self.bytes = 0;
     }
 }
 
@@ -299,6 +406,27 @@ struct SentPacket {
     cwnd_limited: bool,
     /// Carried unreliable chunks (whose fate only an explicit ack tells).
     unreliable: bool,
+    /// Largest sequence number among its reliable chunks (None: none).
+    top_seq: Option<u32>,
+}
+
+/// What [`SendState::fill`] put into a packet.
+#[derive(Debug, Clone, Copy)]
+struct Filled {
+    /// New end of the packet.
+    end: usize,
+    /// An unreliable chunk was written.
+    unreliable: bool,
+    /// Largest sequence number among the reliable chunks written.
+    top_seq: Option<u32>,
+}
+
+#[inline]
+fn seq_max(a: Option<u32>, b: u32) -> Option<u32> {
+    Some(match a {
+        Some(a) if seq_gt(a, b) => a,
+        _ => b,
+    })
 }
 
 #[derive(Debug)]
@@ -422,8 +550,7 @@ impl SendState {
     }
 
     /// Packs chunks into `out[pos..]` (retransmissions, then unreliable
-    /// messages, then new reliable ones); returns the new end and whether an
-    /// unreliable chunk was written.
+    /// messages, then new reliable ones).
     fn fill(
         &mut self,
         out: &mut [u8],
@@ -431,8 +558,9 @@ impl SendState {
         frag_size: usize,
         window: u32,
         stats: &mut ConnectionStats,
-    ) -> (usize, bool) {
+    ) -> Filled {
         let mut unreliable = false;
+        let mut top_seq = None;
         // 1. Retransmissions.
         while let Some(&(seq, frag)) = self.retx.front() {
             let chunk = match self.msg(seq) {
@@ -457,6 +585,7 @@ impl SendState {
             pos += chunk.emit(dst).unwrap_or(0);
             self.retx.pop_front();
             self.chunk_log.push_back((seq, frag));
+            top_seq = seq_max(top_seq, seq);
             stats.chunks_retransmitted += 1;
         }
         // 2. Unreliable messages, each sent once.
@@ -492,11 +621,11 @@ impl SendState {
                 u.next_frag += 1;
                 stats.chunks_sent += 1;
             }
-            let end = u.offset + u64::from(u.len);
+            let (end, len) = (u.offset + u64::from(u.len), u.len as usize);
             self.unrel.pop_front();
             match self.unrel.front() {
-                Some(next) => self.ubuf.release_to(next.offset),
-                None => self.ubuf.release_to(end),
+                Some(next) => self.ubuf.release_to(next.offset, len),
+                None => self.ubuf.release_to(end, len),
             }
         }
         // 3. New reliable chunks, within the peer's receive window.
@@ -524,6 +653,7 @@ impl SendState {
             pos += chunk.emit(dst).unwrap_or(0);
             let count = m.frag_count;
             self.chunk_log.push_back((seq, frag));
+            top_seq = Some(seq);
             stats.chunks_sent += 1;
             self.cursor_frag += 1;
             if self.cursor_frag >= count {
@@ -531,7 +661,11 @@ impl SendState {
                 self.cursor_seq = self.cursor_seq.wrapping_add(1);
             }
         }
-        (pos, unreliable)
+        Filled {
+            end: pos,
+            unreliable,
+            top_seq,
+        }
     }
 
     fn ack_chunk(&mut self, seq: u32, frag: u16) {
@@ -545,17 +679,25 @@ impl SendState {
 
     /// Releases messages below the cumulative ack and fully acked ones at the front.
     fn advance_una(&mut self, cum: u32) {
-        while seq_lt(self.una, cum) && !self.msgs.is_empty() {
-            self.msgs.pop_front();
+        let mut freed = 0usize;
+        while seq_lt(self.una, cum) {
+            let Some(m) = self.msgs.pop_front() else {
+                break;
+            };
+            freed += m.len as usize;
             self.una = self.una.wrapping_add(1);
         }
         while self.msgs.front().is_some_and(|m| m.done) {
-            self.msgs.pop_front();
+            if let Some(m) = self.msgs.pop_front() {
+                freed += m.len as usize;
+            }
             self.una = self.una.wrapping_add(1);
         }
-        match self.msgs.front() {
-            Some(m) => self.buf.release_to(m.offset),
-            None => self.buf.release_to(self.buf.end()),
+        if freed > 0 || self.msgs.is_empty() {
+            match self.msgs.front() {
+                Some(m) => self.buf.release_to(m.offset, freed),
+                None => self.buf.release_to(self.buf.end(), freed),
+            }
         }
     }
 
@@ -825,7 +967,15 @@ struct RecvState {
     buffered: usize,
     order_latest: Option<u32>,
     partials: VecDeque<UnrelPartial>,
+    /// Lowest ackable packet number not yet named by any ack sent.
+    unreported: Option<u32>,
+    /// Acks taken before the bitmap would have dropped packets never
+    /// reported (more than 64 received between two acks sent), sent first.
+    ack_snapshots: VecDeque<AckRepr>,
 }
+
+/// Ack snapshots kept at most (see `RecvState::ack_snapshots`).
+const MAX_ACK_SNAPSHOTS: usize = 16;
 
 impl RecvState {
     fn new(next_deliver: u32) -> Self {
@@ -842,6 +992,37 @@ impl RecvState {
             buffered: 0,
             order_latest: None,
             partials: VecDeque::new(),
+            unreported: None,
+            ack_snapshots: VecDeque::new(),
+        }
+    }
+
+    /// Records an ackable packet. When it would push a packet that no ack
+    /// has named yet out of the 64-packet bitmap, the ack as it stands is
+    /// kept for sending first: every packet received is named by some ack,
+    /// however many arrive between two calls to `poll_transmit` (else the
+    /// sender, not hearing of them, would resend them).
+    fn insert_ackable(&mut self, pn: u32, now: Instant) {
+        if let (Some(u), Some(l)) = (self.unreported, self.ackable.largest) {
+            if seq_gt(pn, l) && seq_dist(u, pn) > 64 {
+                if let Some(a) = self.ack_repr(now) {
+                    if self.ack_snapshots.len() >= MAX_ACK_SNAPSHOTS {
+                        self.ack_snapshots.pop_front();
+                    }
+                    self.ack_snapshots.push_back(a);
+                }
+                self.unreported = None;
+            }
+        }
+        if self.ackable.insert(pn) {
+            self.largest_time = Some(now);
+        }
+        match (self.unreported, self.ackable.largest) {
+            (None, _) => self.unreported = Some(pn),
+            (Some(u), Some(l)) if seq_lt(pn, u) && seq_dist(pn, l) <= 64 => {
+                self.unreported = Some(pn);
+            }
+            _ => {}
         }
     }
 
@@ -862,6 +1043,7 @@ impl RecvState {
         self.ack_pending = false;
         self.ack_immediate = false;
         self.eliciting_unacked = 0;
+        self.unreported = None;
     }
 
     /// Checks a chunk against the limits without changing anything.
@@ -1192,12 +1374,29 @@ impl RttEstimator {
         (self.srtt + (self.rttvar * 4).max(GRANULARITY) + peer_max_ack_delay).clamp(min, max)
     }
 
-    fn loss_delay(&self) -> Duration {
-        (self.srtt.max(self.latest) * 9 / 8).max(GRANULARITY)
+    /// Time threshold of loss detection: 9/8 of the RTT (RFC 9002), or the
+    /// reordering window learnt from spurious losses, whichever is larger.
+    fn loss_delay(&self, reorder_window: Duration) -> Duration {
+        (self.srtt.max(self.latest) * 9 / 8)
+            .max(reorder_window)
+            .max(GRANULARITY)
     }
 }
 
-/// AIMD (NewReno-like) congestion window in packets.
+/// What a congestion-window reduction replaced, to undo it if every loss
+/// behind it turns out spurious.
+#[derive(Debug, Clone, Copy)]
+struct Undo {
+    cwnd: u32,
+    ssthresh: u32,
+    /// Packets declared lost in this epoch.
+    lost: u32,
+    /// Of those, acknowledged afterwards.
+    spurious: u32,
+}
+
+/// AIMD (NewReno-like) congestion window in packets, with undo of
+/// reductions caused by spurious losses (Eifel-style, RFC 3522 / RFC 4015).
 #[derive(Debug)]
 struct Congestion {
     cwnd: u32,
@@ -1206,6 +1405,12 @@ struct Congestion {
     recovery_start: Option<u32>,
     min: u32,
     max: u32,
+    /// Number of the current loss epoch (one reduction each).
+    epoch: u32,
+    undo: Option<Undo>,
+    /// Loss epochs in a row without a spurious loss (decays the
+    /// reordering tolerance).
+    clean_epochs: u32,
 }
 
 impl Congestion {
@@ -1217,7 +1422,53 @@ impl Congestion {
             recovery_start: None,
             min: cfg.min_cwnd,
             max: cfg.max_in_flight,
+            epoch: 0,
+            undo: None,
+            clean_epochs: 0,
         }
+    }
+
+    /// Starts a loss epoch: remembers what to restore.
+    fn new_epoch(&mut self, lost: u32) {
+        let clean = self.undo.is_none_or(|u| u.spurious == 0);
+        self.clean_epochs = if clean { self.clean_epochs + 1 } else { 0 };
+        self.epoch = self.epoch.wrapping_add(1);
+        self.undo = Some(Undo {
+            cwnd: self.cwnd,
+            ssthresh: self.ssthresh,
+            lost,
+            spurious: 0,
+        });
+    }
+
+    /// A packet lost without a reduction of its own (inside a recovery, or
+    /// by a retransmission timeout).
+    fn count_lost(&mut self) {
+        if let Some(u) = &mut self.undo {
+            u.lost += 1;
+        }
+    }
+
+    /// A packet of loss epoch `epoch` was acknowledged after all. Returns
+    /// true when the reduction of that epoch was undone.
+    fn on_spurious(&mut self, epoch: u32) -> bool {
+        if epoch != self.epoch {
+            return false;
+        }
+        let Some(u) = &mut self.undo else {
+            return false;
+        };
+        u.spurious += 1;
+        if u.spurious < u.lost {
+            return false;
+        }
+        let u = *u;
+        self.undo = None;
+        self.cwnd = self.cwnd.max(u.cwnd).min(self.max);
+        self.ssthresh = self.ssthresh.max(u.ssthresh);
+        self.recovery_start = None;
+        self.acc = 0;
+        true
     }
 
     fn in_recovery(&self, pn: u32) -> bool {
@@ -1242,15 +1493,20 @@ impl Congestion {
 
     fn on_loss(&mut self, pn: u32, next_pn: u32) {
         if self.in_recovery(pn) {
+            self.count_lost();
             return;
         }
+        self.new_epoch(1);
         self.cwnd = (self.cwnd / 2).max(self.min);
         self.ssthresh = self.cwnd;
         self.acc = 0;
         self.recovery_start = Some(next_pn);
     }
 
+    /// A retransmission timeout; the packets it declares lost are counted
+    /// with [`count_lost`](Self::count_lost).
     fn on_rto(&mut self, next_pn: u32) {
+        self.new_epoch(0);
         self.ssthresh = (self.cwnd / 2).max(self.min);
         self.cwnd = self.min;
         self.acc = 0;
@@ -1308,6 +1564,20 @@ pub struct Connection {
     cc: Congestion,
     rto_backoff: u32,
     consecutive_rto: u32,
+    /// Packet threshold of loss detection (adaptive, see `on_spurious_loss`).
+    reorder_threshold: u32,
+    /// Extra time threshold of loss detection learnt from spurious losses.
+    reorder_window: Duration,
+    /// Recently lost packets, increasing packet numbers.
+    lost_history: VecDeque<LostPacket>,
+    /// A probe is to be sent (one packet, cwnd permitting or not): a
+    /// tail-loss probe or the first retransmission timeout.
+    probe_pending: bool,
+    /// The pending probe repeats the oldest packet in flight (RTO) rather
+    /// than the newest (tail-loss probe) when there is no new data.
+    probe_oldest: bool,
+    /// A tail-loss probe was sent and nothing new was acknowledged since.
+    probe_sent: bool,
     last_recv: Instant,
     last_eliciting_sent: Instant,
     ping_pending: bool,
@@ -1317,7 +1587,7 @@ pub struct Connection {
     inbox: Inbox,
     /// The message most recently returned by `poll_event_ref`, kept alive
     /// for the borrow.
-    inbox_last: Option<(Guarantee, MsgData)>,
+    inbox_last: Option<Vec<u8>>,
     want_writable: bool,
     violations: u32,
     stats: ConnectionStats,
@@ -1360,6 +1630,12 @@ impl Connection {
             cc: Congestion::new(&cfg),
             rto_backoff: 0,
             consecutive_rto: 0,
+            reorder_threshold: cfg.packet_threshold,
+            reorder_window: Duration::ZERO,
+            lost_history: VecDeque::new(),
+            probe_pending: false,
+            probe_oldest: false,
+            probe_sent: false,
             last_recv: now,
             last_eliciting_sent: now,
             ping_pending: false,
@@ -1484,6 +1760,8 @@ impl Connection {
         s.rto = self.current_rto();
         s.cwnd = self.cc.cwnd;
         s.in_flight = self.tx.in_flight;
+        s.reorder_threshold = self.reorder_threshold;
+        s.reorder_window = self.reorder_window;
         s.messages_delivered = self.inbox.delivered;
         s
     }
@@ -1604,6 +1882,7 @@ impl Connection {
         self.tx.in_flight = 0;
         self.rx.window = VecDeque::new();
         self.rx.partials = VecDeque::new();
+        self.rx.ack_snapshots = VecDeque::new();
         self.rx.buffered = 0;
         self.inbox.events.push_back(PendingEvent::Closed(reason));
     }
@@ -1713,17 +1992,20 @@ impl Connection {
                     PacketType::Data | PacketType::Ping | PacketType::Ack
                 );
                 if numbered && !self.confirmed {
+                    // The handshake deadline gives way to the idle timeout.
                     self.confirmed = true;
-                }
-                if self.confirmed {
-                    self.last_recv = now;
                     self.timers
                         .set(Timer::Idle, later(now, self.cfg.idle_timeout));
+                }
+                if self.confirmed {
+                    // The idle timer is re-armed lazily: when it fires,
+                    // `handle_timeout` checks `last_recv`.
+                    self.last_recv = now;
                 }
             }
         }
         if self.state != State::Closed {
-            self.arm_rto();
+            self.arm_rto(false);
         }
         res
     }
@@ -1815,8 +2097,8 @@ impl Connection {
         }
         if rejected {
             self.stats.rejected_packets += 1;
-        } else if self.rx.ackable.insert(pn) {
-            self.rx.largest_time = Some(now);
+        } else {
+            self.rx.insert_ackable(pn, now);
         }
         // Ack scheduling: at once for reordering or every N packets, else delayed.
         self.rx.ack_pending = true;
@@ -1851,24 +2133,69 @@ impl Connection {
 
     /// Applies a validated ack.
     fn on_ack(&mut self, now: Instant, ack: &AckRepr) {
+        // The cumulative ack first: it releases most messages at once, and
+        // chunks below it need no individual acknowledgement.
+        if seq_gt(ack.cum_seq, self.tx.peer_cum) {
+            self.tx.peer_cum = ack.cum_seq;
+        }
+        let una = self.tx.una;
+        self.tx.advance_una(self.tx.peer_cum);
+        if una != self.tx.una && !self.lost_history.is_empty() {
+            self.check_cumulative_spurious(now);
+        }
         let mut newly_acked = false;
-        for i in 0..=64u32 {
-            if i > 0 && (ack.bitmap >> (i - 1)) & 1 == 0 {
-                continue;
-            }
+        // Merge cursor into `lost_history` (sorted by packet number) for the
+        // packet numbers of this ack, visited in decreasing order: entries
+        // `..lost_hi` are at or below the current one.
+        let mut lost_hi = self.lost_history.len();
+        // Bit `i` of `named`: packet `largest - i` (the largest, then the
+        // bitmap); visited set bit by set bit, newest first.
+        let mut named = (u128::from(ack.bitmap) << 1) | 1;
+        while named != 0 {
+            let i = named.trailing_zeros();
+            named &= named - 1;
             let pn = ack.largest.wrapping_sub(i);
-            if seq_lt(pn, self.tx.sent_base) {
-                break;
-            }
-            let idx = seq_dist(self.tx.sent_base, pn) as usize;
-            let Some(p) = self.tx.sent.get_mut(idx) else {
+            let p = if seq_lt(pn, self.tx.sent_base) {
+                // Older packets are resolved: only a spurious loss can be
+                // left to find among them.
+                if self.lost_history.front().is_none_or(|l| seq_lt(pn, l.pn)) {
+                    break;
+                }
+                None
+            } else {
+                let idx = seq_dist(self.tx.sent_base, pn) as usize;
+                self.tx
+                    .sent
+                    .get_mut(idx)
+                    .filter(|p| p.state == PktState::InFlight)
+            };
+            let Some(p) = p else {
+                while lost_hi > 0
+                    && self
+                        .lost_history
+                        .get(lost_hi - 1)
+                        .is_some_and(|l| seq_gt(l.pn, pn))
+                {
+                    lost_hi -= 1;
+                }
+                if lost_hi > 0
+                    && self
+                        .lost_history
+                        .get(lost_hi - 1)
+                        .is_some_and(|l| l.pn == pn)
+                {
+                    lost_hi -= 1;
+                    if let Some(lost) = self.lost_history.remove(lost_hi) {
+                        // Declared lost, yet acknowledged: reordering or a
+                        // delay spike, not loss.
+                        self.on_spurious_loss(now, lost, seq_dist(pn, ack.largest));
+                    }
+                }
                 continue;
             };
-            if p.state != PktState::InFlight {
-                continue;
-            }
             p.state = PktState::Acked;
-            let (start, end, time, cwnd_limited) = (p.log_start, p.log_end, p.time, p.cwnd_limited);
+            let (start, end, time, cwnd_limited, top) =
+                (p.log_start, p.log_end, p.time, p.cwnd_limited, p.top_seq);
             self.tx.in_flight = self.tx.in_flight.saturating_sub(1);
             newly_acked = true;
             if i == 0 {
@@ -1877,21 +2204,25 @@ impl Connection {
                     .update(sample, ack.delay(), self.peer_max_ack_delay);
             }
             self.cc.on_ack(pn, cwnd_limited);
-            for li in start..end {
-                if let Some((seq, frag)) = self.tx.log_entry(li) {
-                    self.tx.ack_chunk(seq, frag);
+            // When even the packet's largest sequence number is below `una`,
+            // every chunk in it is released already.
+            if top.is_some_and(|t| seq_ge(t, self.tx.una)) {
+                for li in start..end {
+                    if let Some((seq, frag)) = self.tx.log_entry(li) {
+                        self.tx.ack_chunk(seq, frag);
+                    }
                 }
             }
         }
         if self.tx.largest_acked.is_none_or(|l| seq_gt(ack.largest, l)) {
             self.tx.largest_acked = Some(ack.largest);
         }
-        if seq_gt(ack.cum_seq, self.tx.peer_cum) {
-            self.tx.peer_cum = ack.cum_seq;
-        }
         if newly_acked {
             self.consecutive_rto = 0;
             self.rto_backoff = 0;
+            self.probe_sent = false;
+            // The RTT or the backoff changed: the deadline may move forward.
+            self.arm_rto(true);
         }
         self.tx.advance_una(self.tx.peer_cum);
         self.tx.pop_resolved();
@@ -1900,7 +2231,7 @@ impl Connection {
         self.check_close_flush();
     }
 
-    fn mark_lost(&mut self, idx: usize, congestion: bool) {
+    fn mark_lost(&mut self, now: Instant, idx: usize, congestion: bool) {
         let Some(p) = self.tx.sent.get_mut(idx) else {
             return;
         };
@@ -1908,7 +2239,7 @@ impl Connection {
             return;
         }
         p.state = PktState::Lost;
-        let (start, end) = (p.log_start, p.log_end);
+        let (start, end, sent, top_seq) = (p.log_start, p.log_end, p.time, p.top_seq);
         let pn = self.tx.sent_base.wrapping_add(idx as u32);
         self.tx.in_flight = self.tx.in_flight.saturating_sub(1);
         self.stats.packets_lost += 1;
@@ -1922,7 +2253,85 @@ impl Connection {
         }
         if congestion {
             self.cc.on_loss(pn, self.tx.next_pn);
+            if self.cc.clean_epochs >= REORDER_DECAY_EPOCHS {
+                self.reorder_threshold = self.cfg.packet_threshold;
+                self.reorder_window = Duration::ZERO;
+            }
+        } else {
+            self.cc.count_lost();
         }
+        if self.lost_history.len() >= LOST_HISTORY {
+            self.lost_history.pop_front();
+        }
+        let una = self.tx.una;
+        self.lost_history.push_back(LostPacket {
+            pn,
+            sent,
+            lost_at: now,
+            top_seq: top_seq.filter(|&t| seq_ge(t, una)),
+            epoch: self.cc.epoch,
+        });
+    }
+
+    /// The cumulative ack moved: a lost packet whose reliable chunks it now
+    /// covers, sooner than one RTT after the loss was declared, was not
+    /// lost (the retransmission cannot have arrived yet).
+    fn check_cumulative_spurious(&mut self, now: Instant) {
+        let (Some(min_rtt), Some(largest)) = (self.rtt.min_rtt, self.tx.largest_acked) else {
+            return;
+        };
+        let una = self.tx.una;
+        // Only losses declared within the last minimum RTT qualify: scan
+        // from the newest (declared in time order) and stop at the first
+        // older one.
+        let mut i = self.lost_history.len();
+        while i > 0 {
+            i -= 1;
+            let Some(l) = self.lost_history.get(i) else {
+                break;
+            };
+            if now.saturating_duration_since(l.lost_at) >= min_rtt {
+                break;
+            }
+            if l.top_seq.is_some_and(|t| seq_lt(t, una)) {
+                let pn = l.pn;
+                if let Some(lost) = self.lost_history.remove(i) {
+                    self.on_spurious_loss(now, lost, seq_dist(pn, largest));
+                }
+            }
+        }
+    }
+
+    /// Widens the reordering tolerance to what `lost` needed (RACK, RFC
+    /// 8985 §6.2: packet threshold to the reordering degree seen — beyond
+    /// the ack bitmap, time only — and time window to the time it took),
+    /// and undoes the congestion-window cut when every loss of its epoch
+    /// was spurious.
+    fn on_spurious_loss(&mut self, now: Instant, lost: LostPacket, overtaken: u32) {
+        let pn = lost.pn;
+        self.stats.spurious_losses += 1;
+        let degree = overtaken.saturating_add(1);
+        self.reorder_threshold = if degree > MAX_REORDER_THRESHOLD {
+            u32::MAX
+        } else {
+            self.reorder_threshold.max(degree)
+        };
+        let took = now.saturating_duration_since(lost.sent);
+        let cap = self.current_rto().max(self.rtt.srtt * 2);
+        self.reorder_window = self.reorder_window.max(took + took / 8).min(cap);
+        if self.cc.on_spurious(lost.epoch) {
+            self.stats.cwnd_undos += 1;
+            debug!(
+                "rudp: {:08x} spurious loss: congestion window restored to {}",
+                self.conn_id, self.cc.cwnd
+            );
+        }
+        trace!(
+            "rudp: {:08x} packet {pn} was not lost: threshold {}, window {:?}",
+            self.conn_id,
+            self.reorder_threshold,
+            self.reorder_window
+        );
     }
 
     fn reliable_content_acked(&self, idx: usize) -> bool {
@@ -1953,7 +2362,7 @@ impl Connection {
             self.timers.stop(Timer::Loss);
             return;
         };
-        let delay = self.rtt.loss_delay();
+        let delay = self.rtt.loss_delay(self.reorder_window);
         loop {
             self.tx.pop_resolved();
             let pn = self.tx.sent_base;
@@ -1964,25 +2373,39 @@ impl Connection {
                 break;
             }
             let dist = seq_dist(pn, largest);
-            let by_count = dist >= self.cfg.packet_threshold;
+            // Beyond the ack bitmap the ack says nothing about this packet
+            // (a receiver that got more than 64 packets between two acks
+            // never names the older ones): if everything reliable in it is
+            // known delivered (cumulative or chunk acks), it was delivered;
+            // otherwise only time can tell, not packets acked after it.
+            let beyond = dist > 64;
+            if beyond && !p.unreliable && self.reliable_content_acked(0) {
+                self.mark_implicitly_acked(0);
+                continue;
+            }
+            let by_count = !beyond && dist >= self.reorder_threshold;
             let by_time = now.saturating_duration_since(p.time) >= delay;
             if !(by_count || by_time) {
                 break;
             }
-            // Beyond the ack bitmap the ack says nothing about this packet:
-            // if everything reliable in it is known delivered (cumulative or
-            // chunk acks), treat it as delivered rather than lost.
-            if dist > 64 && !p.unreliable && self.reliable_content_acked(0) {
-                self.mark_implicitly_acked(0);
-                continue;
-            }
-            self.mark_lost(0, true);
+            self.mark_lost(now, 0, true);
         }
         match self.tx.sent.front() {
             Some(p) if seq_lt(self.tx.sent_base, largest) => {
                 self.timers.set(Timer::Loss, later(p.time, delay));
             }
             _ => self.timers.stop(Timer::Loss),
+        }
+        // Acks name at most 64 packets below their largest, and the
+        // cumulative test needs an answer within the minimum RTT: older
+        // losses can no longer be found spurious.
+        let min_rtt = self.rtt.min_rtt.unwrap_or_default();
+        while self.lost_history.front().is_some_and(|l| {
+            seq_lt(l.pn, largest)
+                && seq_dist(l.pn, largest) > 64
+                && (l.top_seq.is_none() || now.saturating_duration_since(l.lost_at) >= min_rtt)
+        }) {
+            self.lost_history.pop_front();
         }
     }
 
@@ -2000,12 +2423,24 @@ impl Connection {
             "rudp: {:08x} retransmission timeout #{} ({} in flight)",
             self.conn_id, self.consecutive_rto, self.tx.in_flight
         );
+        self.rto_backoff = (self.rto_backoff + 1).min(MAX_BACKOFF_SHIFT);
+        if self.consecutive_rto < PERSISTENT_RTO {
+            // A probe, as QUIC's PTO (RFC 9002 §6.2): one packet regardless
+            // of the congestion window, nothing declared lost yet. If the
+            // flight was lost, the probe's ack reveals it (time threshold)
+            // and ordinary recovery halves the window; if it was only late,
+            // nothing is lost.
+            self.probe_pending = true;
+            self.probe_oldest = true;
+            return;
+        }
+        // Persistent: every packet in flight is lost, the window collapses.
+        self.cc.on_rto(self.tx.next_pn);
         for idx in 0..self.tx.sent.len() {
-            self.mark_lost(idx, false);
+            self.mark_lost(now, idx, false);
         }
         self.tx.pop_resolved();
-        self.cc.on_rto(self.tx.next_pn);
-        self.rto_backoff = (self.rto_backoff + 1).min(MAX_BACKOFF_SHIFT);
+        self.probe_pending = false;
         if self.tx.retx.is_empty() {
             // Nothing to resend (only pings were in flight): probe.
             self.ping_pending = true;
@@ -2013,17 +2448,81 @@ impl Connection {
         self.detect_lost(now);
     }
 
-    fn arm_rto(&mut self) {
-        if self.tx.in_flight == 0 || self.state != State::Established {
-            self.timers.stop(Timer::Rto);
-            return;
-        }
+    /// When the retransmission timer should fire: the backed-off RTO after
+    /// the last ack-eliciting packet.
+    fn rto_deadline(&self) -> Instant {
         let rto = self
             .current_rto()
             .saturating_mul(1 << self.rto_backoff.min(MAX_BACKOFF_SHIFT))
             .min(self.cfg.max_rto);
-        self.timers
-            .set(Timer::Rto, later(self.last_eliciting_sent, rto));
+        later(self.last_eliciting_sent, rto)
+    }
+
+    /// Arms (or stops) the retransmission timer.
+    ///
+    /// Lazy unless `exact`: an armed timer is left alone, because the
+    /// callers that are not exact can only push the true deadline back (a
+    /// packet was sent); the timer then fires early and
+    /// [`handle_timeout`](Self::handle_timeout) re-arms it at the true
+    /// deadline. This keeps timer arithmetic off the per-packet path.
+    /// Callers that may bring the deadline forward (an ack that reset the
+    /// backoff or changed the RTT) pass `exact`.
+    fn arm_rto(&mut self, exact: bool) {
+        if self.tx.in_flight == 0 || self.state != State::Established {
+            self.timers.stop(Timer::Rto);
+            self.timers.stop(Timer::Probe);
+            return;
+        }
+        if exact || !self.timers.is_set(Timer::Rto) {
+            let at = self.rto_deadline();
+            self.timers.set(Timer::Rto, at);
+        }
+        if exact || !self.timers.is_set(Timer::Probe) {
+            match self.probe_deadline() {
+                Some(at) => self.timers.set(Timer::Probe, at),
+                None => self.timers.stop(Timer::Probe),
+            }
+        }
+    }
+
+    /// When a tail-loss probe is due (RFC 8985 §7): two smoothed RTTs after
+    /// the last ack-eliciting packet, plus the peer's ack delay when a
+    /// single packet is in flight (its ack may be delayed); `None` when it
+    /// would not come before the RTO, before the first RTT sample, or when
+    /// a probe is already out.
+    fn probe_deadline(&self) -> Option<Instant> {
+        if self.probe_sent || !self.rtt.has_sample || self.tx.in_flight == 0 {
+            return None;
+        }
+        let mut pto = (self.rtt.srtt * 2).max(GRANULARITY * 2);
+        if self.tx.in_flight == 1 {
+            pto += self.peer_max_ack_delay;
+        }
+        let at = later(self.last_eliciting_sent, pto);
+        (at < self.rto_deadline()).then_some(at)
+    }
+
+    /// A probe without new data: sends the reliable chunks of the newest
+    /// (tail-loss probe) or oldest (retransmission timeout) packet in flight
+    /// again. The packet stays in flight; if it was lost, the probe repairs
+    /// it and the probe's ack reveals the loss.
+    fn queue_probe_retransmission(&mut self, oldest: bool) {
+        let carries = |p: &&SentPacket| p.state == PktState::InFlight && p.log_end > p.log_start;
+        let p = if oldest {
+            self.tx.sent.iter().find(carries)
+        } else {
+            self.tx.sent.iter().rev().find(carries)
+        };
+        let Some(p) = p else {
+            return;
+        };
+        for li in (p.log_start..p.log_end).rev() {
+            if let Some((seq, frag)) = self.tx.log_entry(li) {
+                if self.tx.msg(seq).is_some_and(|m| !m.frag_acked(frag)) {
+                    self.tx.retx.push_front((seq, frag));
+                }
+            }
+        }
     }
 
     fn check_writable(&mut self) {
@@ -2043,8 +2542,15 @@ impl Connection {
             return;
         }
         if self.timers.take_expired(Timer::Idle, now) {
-            self.close_now(CloseReason::Timeout);
-            return;
+            // Re-armed lazily (see `handle_packet`): the true deadline may
+            // be later than the one that fired.
+            let deadline = later(self.last_recv, self.cfg.idle_timeout);
+            if self.state == State::Established && self.confirmed && deadline > now {
+                self.timers.set(Timer::Idle, deadline);
+            } else {
+                self.close_now(CloseReason::Timeout);
+                return;
+            }
         }
         if self.timers.take_expired(Timer::Handshake, now)
             && matches!(self.state, State::Initial | State::Echo)
@@ -2060,16 +2566,38 @@ impl Connection {
         if self.timers.take_expired(Timer::Loss, now) {
             self.detect_lost(now);
         }
+        if self.timers.take_expired(Timer::Probe, now) {
+            match self.probe_deadline() {
+                Some(at) if now < at => self.timers.set(Timer::Probe, at),
+                Some(_) => {
+                    self.probe_pending = true;
+                    self.probe_oldest = false;
+                    self.probe_sent = true;
+                }
+                None => {}
+            }
+        }
         if self.timers.take_expired(Timer::Rto, now) {
-            self.on_rto(now);
-            if self.state == State::Closed {
-                return;
+            if self.tx.in_flight > 0 && now < self.rto_deadline() {
+                // Fired early (armed lazily): wait for the true deadline.
+                self.arm_rto(true);
+            } else {
+                self.on_rto(now);
+                if self.state == State::Closed {
+                    return;
+                }
             }
         }
         if self.timers.take_expired(Timer::Heartbeat, now) && self.state == State::Established {
-            self.ping_pending = true;
+            let deadline = later(self.last_eliciting_sent, self.cfg.heartbeat_interval);
+            if deadline > now {
+                // Armed lazily (see `on_packet_sent`).
+                self.timers.set(Timer::Heartbeat, deadline);
+            } else {
+                self.ping_pending = true;
+            }
         }
-        self.arm_rto();
+        self.arm_rto(false);
     }
 
     /// The next instant at which [`handle_timeout`](Self::handle_timeout)
@@ -2079,6 +2607,12 @@ impl Connection {
             return None;
         }
         self.timers.next()
+    }
+
+    /// Whether [`poll_timeout`](Self::poll_timeout) may have changed since
+    /// the last call (the endpoint re-files only those connections).
+    pub(crate) fn take_timeout_changed(&mut self) -> bool {
+        self.timers.take_changed()
     }
 
     // -- output ----------------------------------------------------------------
@@ -2140,6 +2674,16 @@ impl Connection {
             self.close_now(reason);
             return Some(n);
         }
+        if let Some(ack) = self.rx.ack_snapshots.pop_front() {
+            let n = PacketRepr::Ack {
+                conn_id: self.conn_id,
+                ack,
+            }
+            .emit(buf)
+            .ok()?;
+            self.stats.acks_sent += 1;
+            return Some(n);
+        }
         if self.accept_pending {
             let n = PacketRepr::Accept {
                 conn_id: self.conn_id,
@@ -2149,6 +2693,25 @@ impl Connection {
             .ok()?;
             self.accept_pending = false;
             return Some(n);
+        }
+        if self.probe_pending {
+            // One packet regardless of the congestion window: new data if
+            // there is any, else the newest packet's chunks, else a PING.
+            self.probe_pending = false;
+            if !self.probe_oldest {
+                self.stats.tail_probes += 1;
+            }
+            if buf.len() >= self.mtu {
+                if !self.tx.has_sendable(self.peer_window) {
+                    self.queue_probe_retransmission(self.probe_oldest);
+                }
+                if self.tx.has_sendable(self.peer_window) {
+                    if let Some(n) = self.build_data(now, buf) {
+                        return Some(n);
+                    }
+                }
+            }
+            self.ping_pending = true;
         }
         if buf.len() >= self.mtu
             && self.tx.in_flight < self.cc.cwnd
@@ -2173,7 +2736,7 @@ impl Connection {
             }
             self.stats.pings_sent += 1;
             let log_end = self.tx.chunk_log_end();
-            self.on_packet_sent(now, log_end, false);
+            self.on_packet_sent(now, log_end, false, None);
             return Some(n);
         }
         if self.rx.ack_pending && self.rx.ack_immediate {
@@ -2194,7 +2757,13 @@ impl Connection {
 
     fn build_data(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
         let out = buf.get_mut(..self.mtu)?;
-        let ack = self.rx.ack_repr(now);
+        // An ack rides along only when there is something new to ack: a
+        // repeated one costs 18 bytes and the peer a pass over its bitmap.
+        let ack = if self.rx.ack_pending {
+            self.rx.ack_repr(now)
+        } else {
+            None
+        };
         let start = field::PN_END
             + if ack.is_some() {
                 field::ACK_BLOCK_LEN
@@ -2202,16 +2771,17 @@ impl Connection {
                 0
             };
         let log_start = self.tx.chunk_log_end();
-        let (end, unreliable) = self.tx.fill(
+        let filled = self.tx.fill(
             out,
             start,
             self.frag_size,
             self.peer_window,
             &mut self.stats,
         );
-        if end == start {
+        if filled.end == start {
             return None;
         }
+        let end = filled.end;
         let flags = if ack.is_some() { FLAG_ACK } else { 0 };
         emit_header(out, PacketType::Data, flags, self.conn_id);
         emit_pn_ack(out, self.tx.next_pn, ack.as_ref());
@@ -2219,13 +2789,19 @@ impl Connection {
             self.rx.on_ack_sent();
             self.timers.stop(Timer::Ack);
         }
-        self.on_packet_sent(now, log_start, unreliable);
+        self.on_packet_sent(now, log_start, filled.unreliable, filled.top_seq);
         self.check_writable();
         self.check_close_flush();
         Some(end)
     }
 
-    fn on_packet_sent(&mut self, now: Instant, log_start: u64, unreliable: bool) {
+    fn on_packet_sent(
+        &mut self,
+        now: Instant,
+        log_start: u64,
+        unreliable: bool,
+        top_seq: Option<u32>,
+    ) {
         let cwnd_limited = (self.tx.in_flight + 1) * 2 >= self.cc.cwnd;
         self.tx.sent.push_back(SentPacket {
             time: now,
@@ -2234,6 +2810,7 @@ impl Connection {
             state: PktState::InFlight,
             cwnd_limited,
             unreliable,
+            top_seq,
         });
         trace!("rudp: {:08x} sent packet {}", self.conn_id, self.tx.next_pn);
         self.tx.next_pn = self.tx.next_pn.wrapping_add(1);
@@ -2242,9 +2819,13 @@ impl Connection {
         self.stats.peak_in_flight = self.stats.peak_in_flight.max(self.tx.in_flight);
         self.last_eliciting_sent = now;
         self.ping_pending = false;
-        self.timers
-            .set(Timer::Heartbeat, later(now, self.cfg.heartbeat_interval));
-        self.arm_rto();
+        // Heartbeat and RTO only move later here: both are re-armed lazily
+        // when they fire (see `handle_timeout`).
+        if !self.timers.is_set(Timer::Heartbeat) {
+            self.timers
+                .set(Timer::Heartbeat, later(now, self.cfg.heartbeat_interval));
+        }
+        self.arm_rto(false);
     }
 
     // -- events ----------------------------------------------------------------
@@ -2279,33 +2860,70 @@ impl Connection {
     /// The next event, borrowing message bytes from the connection (no
     /// allocation per message for in-order small messages).
     pub fn poll_event_ref(&mut self) -> Option<EventRef<'_>> {
-        let ev = match self.inbox.events.pop_front() {
-            Some(e) => e,
-            None => {
-                self.inbox.arena.clear();
-                return None;
-            }
+        let Some(ev) = self.inbox.events.pop_front() else {
+            self.inbox.arena.clear();
+            self.inbox_last = None;
+            return None;
         };
         Some(match ev {
+            PendingEvent::Message {
+                guarantee,
+                data: MsgData::Arena { start, len },
+            } => {
+                self.inbox.bytes -= len;
+                let data = self.inbox.arena.get(start..start + len).unwrap_or(&[]);
+                EventRef::Message { data, guarantee }
+            }
+            PendingEvent::Message {
+                guarantee,
+                data: MsgData::Owned(v),
+            } => {
+                self.inbox.bytes -= v.len();
+                let data: &[u8] = self.inbox_last.insert(v);
+                EventRef::Message { data, guarantee }
+            }
             PendingEvent::Connected => EventRef::Connected,
             PendingEvent::Writable => EventRef::Writable,
             PendingEvent::Closed(r) => EventRef::Closed(r),
-            PendingEvent::Message { guarantee, data } => {
-                let len = match &data {
-                    MsgData::Arena { len, .. } => *len,
-                    MsgData::Owned(v) => v.len(),
-                };
-                self.inbox.bytes -= len;
-                self.inbox_last = Some((guarantee, data));
-                let data: &[u8] = match &self.inbox_last {
-                    Some((_, MsgData::Owned(v))) => v,
-                    Some((_, MsgData::Arena { start, len })) => {
-                        self.inbox.arena.get(*start..*start + *len).unwrap_or(&[])
-                    }
-                    None => &[],
-                };
-                EventRef::Message { data, guarantee }
-            }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A model check of the send ring: messages of many sizes pushed and
+    /// released in FIFO order stay intact across laps and growth.
+    #[test]
+    fn byte_queue_keeps_messages_contiguous_across_laps_and_growth() {
+        let mut q = ByteQueue::default();
+        let mut rng = Rng::new(7);
+        let mut live: VecDeque<(u64, Vec<u8>)> = VecDeque::new();
+        let mut held = 0usize;
+        for round in 0..20_000u32 {
+            let push = live.is_empty() || rng.next_u32() % 3 != 0;
+            if push && held < 200_000 {
+                let len = match rng.next_u32() % 10 {
+                    0 => 0,
+                    1 => 5000 + (rng.next_u32() % 20_000) as usize,
+                    _ => 1 + (rng.next_u32() % 300) as usize,
+                };
+                let msg: Vec<u8> = (0..len).map(|i| (i as u32 ^ round) as u8).collect();
+                let off = q.push(&msg);
+                held += len;
+                live.push_back((off, msg));
+            } else if let Some((_, m)) = live.pop_front() {
+                held -= m.len();
+                let next = live.front().map_or(q.end(), |(o, _)| *o);
+                q.release_to(next, m.len());
+            }
+            assert_eq!(q.live_len(), held);
+            if round % 97 == 0 {
+                for (off, m) in &live {
+                    assert_eq!(q.slice(*off, m.len()), &m[..]);
+                }
+            }
+        }
     }
 }

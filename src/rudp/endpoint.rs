@@ -102,8 +102,11 @@ struct Slot {
 ///
 /// `poll_timeout` is O(1) amortised and `handle_timeout` is O(due
 /// connections × log n): connections are kept in a binary heap keyed by their
-/// next deadline, with lazy invalidation (an entry is skipped when the
-/// connection's deadline has changed since it was pushed).
+/// next deadline, with lazy invalidation: a deadline that moved earlier gets
+/// a new entry (the old one is skipped when popped); one that moved later
+/// (every packet sent pushes the retransmission timer back) costs nothing
+/// until its early entry reaches the top, where `poll_timeout` replaces it
+/// with the true deadline. `poll_timeout` is therefore exact.
 ///
 /// # Handshake
 ///
@@ -122,6 +125,9 @@ pub struct Endpoint {
     slots: Vec<Slot>,
     free: Vec<u32>,
     by_key: HashMap<(SocketAddr, u32), u32>,
+    /// The last `by_key` hit: datagrams come in batches from one peer, so
+    /// this spares most lookups (cleared when a connection is removed).
+    last_route: Option<((SocketAddr, u32), u32)>,
     heap: BinaryHeap<Reverse<(Instant, u32, u32)>>,
     transmit_queue: VecDeque<u32>,
     event_queue: VecDeque<u32>,
@@ -149,6 +155,7 @@ impl Endpoint {
             slots: Vec::new(),
             free: Vec::new(),
             by_key: HashMap::new(),
+            last_route: None,
             heap: BinaryHeap::new(),
             transmit_queue: VecDeque::new(),
             event_queue: VecDeque::new(),
@@ -270,6 +277,7 @@ impl Endpoint {
         };
         s.generation = s.generation.wrapping_add(1);
         self.by_key.remove(&(e.remote, e.conn.conn_id()));
+        self.last_route = None;
         self.free.push(idx);
         self.live -= 1;
         if e.half_open {
@@ -305,10 +313,18 @@ impl Endpoint {
             e.half_open = false;
             self.half_open -= 1;
         }
-        let t = e.conn.poll_timeout();
-        if t != e.scheduled {
-            e.scheduled = t;
-            if let Some(t) = t {
+        // Only a deadline earlier than the heap entry needs a new entry. A
+        // later one (the common case: every packet sent pushes the
+        // retransmission timer back) leaves the entry early; `poll_timeout`
+        // and `handle_timeout` correct it when it reaches the top.
+        let t = if e.conn.take_timeout_changed() || e.scheduled.is_none() {
+            e.conn.poll_timeout()
+        } else {
+            None
+        };
+        if let Some(t) = t {
+            if e.scheduled.is_none_or(|s| t < s) {
+                e.scheduled = Some(t);
                 self.heap.push(Reverse((t, idx, generation)));
             }
         }
@@ -375,8 +391,18 @@ impl Endpoint {
                 return Err(e.into());
             }
         };
-        let conn_id = pkt.conn_id();
-        if let Some(&idx) = self.by_key.get(&(from, conn_id)) {
+        let key = (from, pkt.conn_id());
+        let route = match self.last_route {
+            Some((k, idx)) if k == key => Some(idx),
+            _ => {
+                let r = self.by_key.get(&key).copied();
+                if let Some(idx) = r {
+                    self.last_route = Some((key, idx));
+                }
+                r
+            }
+        };
+        if let Some(idx) = route {
             let r = match self
                 .slots
                 .get_mut(idx as usize)
@@ -473,10 +499,31 @@ impl Endpoint {
     /// The earliest deadline over all connections.
     pub fn poll_timeout(&mut self) -> Option<Instant> {
         while let Some(&Reverse((t, idx, generation))) = self.heap.peek() {
-            if self.heap_entry_valid(t, idx, generation) {
-                return Some(t);
-            }
+            let actual = if self.heap_entry_valid(t, idx, generation) {
+                let e = self
+                    .slots
+                    .get_mut(idx as usize)
+                    .and_then(|s| s.entry.as_deref_mut());
+                match e {
+                    Some(e) => {
+                        let actual = e.conn.poll_timeout();
+                        if actual == Some(t) {
+                            return Some(t);
+                        }
+                        // The entry is early (see `refile`): replace it by
+                        // the connection's true deadline.
+                        e.scheduled = actual;
+                        actual
+                    }
+                    None => None,
+                }
+            } else {
+                None
+            };
             self.heap.pop();
+            if let Some(a) = actual {
+                self.heap.push(Reverse((a, idx, generation)));
+            }
         }
         None
     }
@@ -513,6 +560,22 @@ impl Endpoint {
         r
     }
 
+    /// Runs a send on `peer`'s connection. Queuing messages changes neither
+    /// timers nor events, so only the transmit queue needs the connection.
+    fn with_conn_send(
+        &mut self,
+        peer: PeerId,
+        f: impl FnOnce(&mut Connection) -> Result<(), SendError>,
+    ) -> Result<(), SendError> {
+        let e = self.entry_mut(peer).ok_or(SendError::UnknownPeer)?;
+        f(&mut e.conn)?;
+        if !e.in_transmit_queue {
+            e.in_transmit_queue = true;
+            self.transmit_queue.push_back(peer.index);
+        }
+        Ok(())
+    }
+
     /// Queues a message for `peer`.
     pub fn send(
         &mut self,
@@ -520,12 +583,12 @@ impl Endpoint {
         data: &[u8],
         guarantee: Guarantee,
     ) -> Result<(), SendError> {
-        self.with_conn(peer, |c| c.send(data, guarantee))
+        self.with_conn_send(peer, |c| c.send(data, guarantee))
     }
 
     /// Queues a message set for `peer` (see [`Connection::send_set`]).
     pub fn send_set(&mut self, peer: PeerId, msgs: &[&[u8]]) -> Result<(), SendError> {
-        self.with_conn(peer, |c| c.send_set(msgs))
+        self.with_conn_send(peer, |c| c.send_set(msgs))
     }
 
     /// Closes `peer` gracefully (see [`Connection::close`]). Unknown ids are ignored.
@@ -585,6 +648,15 @@ impl Endpoint {
     fn next_event_conn(&mut self) -> Option<u32> {
         loop {
             let idx = *self.event_queue.front()?;
+            // Fast path: the front connection still has events.
+            if self
+                .slots
+                .get(idx as usize)
+                .and_then(|s| s.entry.as_deref())
+                .is_some_and(|e| e.conn.has_pending_events())
+            {
+                return Some(idx);
+            }
             let state = self
                 .slots
                 .get_mut(idx as usize)
@@ -632,11 +704,12 @@ impl Endpoint {
     /// allocation per message). The borrow ends at the next call.
     pub fn poll_event_ref(&mut self) -> Option<(PeerId, EventRef<'_>)> {
         let idx = self.next_event_conn()?;
-        let peer = self.peer_id(idx);
-        let e = self
-            .slots
-            .get_mut(idx as usize)
-            .and_then(|s| s.entry.as_deref_mut())?;
+        let slot = self.slots.get_mut(idx as usize)?;
+        let peer = PeerId {
+            index: idx,
+            generation: slot.generation,
+        };
+        let e = slot.entry.as_deref_mut()?;
         Some((peer, e.conn.poll_event_ref()?))
     }
 }

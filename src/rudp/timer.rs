@@ -18,21 +18,41 @@ pub(crate) enum Timer {
     Heartbeat = 4,
     /// Idle timeout (and handshake deadline): close with `Timeout`.
     Idle = 5,
+    /// Tail-loss probe: send one probe packet before the RTO fires.
+    Probe = 6,
 }
 
-/// Deadlines, one slot per [`Timer`].
+/// Deadlines, one slot per [`Timer`], with the earliest cached (the owner
+/// asks for it after every datagram).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct TimerTable {
-    deadlines: [Option<Instant>; 6],
+    deadlines: [Option<Instant>; 7],
+    /// The earliest of `deadlines`.
+    earliest: Option<Instant>,
+    /// `earliest` changed since the last [`take_changed`](Self::take_changed).
+    changed: bool,
 }
 
 impl TimerTable {
     pub(crate) fn set(&mut self, t: Timer, at: Instant) {
-        self.deadlines[t as usize] = Some(at);
+        let old = self.deadlines[t as usize].replace(at);
+        if old == Some(at) {
+            return;
+        }
+        if old.is_some() && old == self.earliest {
+            self.recompute();
+        } else if self.earliest.is_none_or(|e| at < e) {
+            self.earliest = Some(at);
+            self.changed = true;
+        }
     }
 
     pub(crate) fn stop(&mut self, t: Timer) {
-        self.deadlines[t as usize] = None;
+        if let Some(old) = self.deadlines[t as usize].take() {
+            if Some(old) == self.earliest {
+                self.recompute();
+            }
+        }
     }
 
     pub(crate) fn is_set(&self, t: Timer) -> bool {
@@ -40,19 +60,35 @@ impl TimerTable {
     }
 
     pub(crate) fn stop_all(&mut self) {
-        self.deadlines = [None; 6];
+        self.deadlines = [None; 7];
+        self.recompute();
+    }
+
+    fn recompute(&mut self) {
+        let e = self.deadlines.iter().flatten().min().copied();
+        if e != self.earliest {
+            self.earliest = e;
+            self.changed = true;
+        }
     }
 
     /// Earliest deadline of all.
+    #[inline]
     pub(crate) fn next(&self) -> Option<Instant> {
-        self.deadlines.iter().flatten().min().copied()
+        self.earliest
+    }
+
+    /// Whether [`next`](Self::next) changed since the last call.
+    #[inline]
+    pub(crate) fn take_changed(&mut self) -> bool {
+        core::mem::take(&mut self.changed)
     }
 
     /// Clears and returns `t` if it is due at `now`.
     pub(crate) fn take_expired(&mut self, t: Timer, now: Instant) -> bool {
         match self.deadlines[t as usize] {
             Some(d) if d <= now => {
-                self.deadlines[t as usize] = None;
+                self.stop(t);
                 true
             }
             _ => false,
@@ -79,5 +115,32 @@ mod tests {
         assert!(t.is_set(Timer::Rto));
         t.stop_all();
         assert_eq!(t.next(), None);
+    }
+
+    #[test]
+    fn cached_earliest_follows_every_change() {
+        let now = Instant::now();
+        let ms = |n| now + Duration::from_millis(n);
+        let mut t = TimerTable::default();
+        assert!(!t.take_changed());
+        t.set(Timer::Rto, ms(5));
+        assert!(t.take_changed());
+        t.set(Timer::Idle, ms(9));
+        assert!(
+            !t.take_changed(),
+            "a later timer does not move the earliest"
+        );
+        assert_eq!(t.next(), Some(ms(5)));
+        t.set(Timer::Rto, ms(7)); // the earliest moves later
+        assert_eq!(t.next(), Some(ms(7)));
+        assert!(t.take_changed());
+        t.set(Timer::Ack, ms(1));
+        t.stop(Timer::Ack);
+        assert_eq!(t.next(), Some(ms(7)));
+        assert!(t.take_expired(Timer::Rto, ms(8)));
+        assert_eq!(t.next(), Some(ms(9)));
+        t.stop(Timer::Idle);
+        assert_eq!(t.next(), None);
+        assert!(t.take_changed());
     }
 }

@@ -533,11 +533,11 @@ pub struct ChunkRepr<'a> {
 
 impl<'a> ChunkRepr<'a> {
     /// Parses one chunk from the start of `b`; returns it and its encoded length.
+    #[inline]
     pub fn parse(b: &'a [u8]) -> Result<(Self, usize), WireError> {
-        if b.len() < field::C_BASE_LEN {
+        let Some(&[flags, s0, s1, s2, s3, l0, l1]) = b.get(..field::C_BASE_LEN) else {
             return Err(WireError::Truncated);
-        }
-        let flags = b[field::C_FLAGS];
+        };
         if flags & !(CHUNK_GUARANTEE_MASK | CHUNK_FRAG | CHUNK_SET) != 0 {
             return Err(WireError::Malformed("reserved chunk flag set"));
         }
@@ -547,17 +547,29 @@ impl<'a> ChunkRepr<'a> {
             2 => Guarantee::Delivery,
             _ => return Err(WireError::Malformed("invalid guarantee")),
         };
-        let seq = get_u32(b, field::C_SEQ);
-        let len = get_u16(b, field::C_LEN) as usize;
+        let seq = u32::from_be_bytes([s0, s1, s2, s3]);
+        let len = usize::from(u16::from_be_bytes([l0, l1]));
         let mut pos = field::C_BASE_LEN;
+        // The common case: a whole Delivery/None/Order message.
+        if flags & (CHUNK_FRAG | CHUNK_SET) == 0 {
+            let payload = b.get(pos..pos + len).ok_or(WireError::Truncated)?;
+            let chunk = ChunkRepr {
+                guarantee,
+                seq,
+                frag: None,
+                set: None,
+                payload,
+            };
+            return Ok((chunk, pos + len));
+        }
         let frag = if flags & CHUNK_FRAG != 0 {
-            let f = b
-                .get(pos..pos + field::C_EXT_LEN)
-                .ok_or(WireError::Truncated)?;
+            let Some(&[i0, i1, c0, c1]) = b.get(pos..pos + field::C_EXT_LEN) else {
+                return Err(WireError::Truncated);
+            };
             pos += field::C_EXT_LEN;
             let fi = FragInfo {
-                index: get_u16(f, 0..2),
-                count: get_u16(f, 2..4),
+                index: u16::from_be_bytes([i0, i1]),
+                count: u16::from_be_bytes([c0, c1]),
             };
             if fi.count < 2 || fi.index >= fi.count {
                 return Err(WireError::Malformed("fragment index/count"));
@@ -570,13 +582,13 @@ impl<'a> ChunkRepr<'a> {
             if guarantee != Guarantee::Delivery {
                 return Err(WireError::Malformed("set on unreliable chunk"));
             }
-            let s = b
-                .get(pos..pos + field::C_EXT_LEN)
-                .ok_or(WireError::Truncated)?;
+            let Some(&[i0, i1, n0, n1]) = b.get(pos..pos + field::C_EXT_LEN) else {
+                return Err(WireError::Truncated);
+            };
             pos += field::C_EXT_LEN;
             let si = SetInfo {
-                index: get_u16(s, 0..2),
-                len: get_u16(s, 2..4),
+                index: u16::from_be_bytes([i0, i1]),
+                len: u16::from_be_bytes([n0, n1]),
             };
             if si.len == 0 || si.index >= si.len {
                 return Err(WireError::Malformed("set index/len"));
@@ -605,16 +617,22 @@ impl<'a> ChunkRepr<'a> {
     }
 
     /// Encoded length.
+    #[inline]
     pub fn buffer_len(&self) -> usize {
         Self::header_len(self.frag.is_some(), self.set.is_some()) + self.payload.len()
     }
 
     /// Writes the chunk at the start of `b`; returns its length.
+    #[inline]
     pub fn emit(&self, b: &mut [u8]) -> Result<usize, WireError> {
-        let total = self.buffer_len();
-        if b.len() < total || self.payload.len() > usize::from(u16::MAX) {
+        let plen = self.payload.len();
+        let hlen = Self::header_len(self.frag.is_some(), self.set.is_some());
+        if plen > usize::from(u16::MAX) {
             return Err(WireError::BufferTooSmall);
         }
+        let Some(b) = b.get_mut(..hlen + plen) else {
+            return Err(WireError::BufferTooSmall);
+        };
         let mut flags = match self.guarantee {
             Guarantee::None => 0,
             Guarantee::Order => 1,
@@ -626,22 +644,28 @@ impl<'a> ChunkRepr<'a> {
         if self.set.is_some() {
             flags |= CHUNK_SET;
         }
-        b[field::C_FLAGS] = flags;
-        b[field::C_SEQ].copy_from_slice(&self.seq.to_be_bytes());
-        b[field::C_LEN].copy_from_slice(&(self.payload.len() as u16).to_be_bytes());
+        let (head, body) = b.split_at_mut(hlen);
+        let seq = self.seq.to_be_bytes();
+        let len = (plen as u16).to_be_bytes();
+        if let Some(base) = head.get_mut(..field::C_BASE_LEN) {
+            base.copy_from_slice(&[flags, seq[0], seq[1], seq[2], seq[3], len[0], len[1]]);
+        }
         let mut pos = field::C_BASE_LEN;
-        if let Some(f) = self.frag {
-            b[pos..pos + 2].copy_from_slice(&f.index.to_be_bytes());
-            b[pos + 2..pos + 4].copy_from_slice(&f.count.to_be_bytes());
+        for ext in [
+            self.frag.map(|f| (f.index, f.count)),
+            self.set.map(|s| (s.index, s.len)),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let (x, y) = (ext.0.to_be_bytes(), ext.1.to_be_bytes());
+            if let Some(e) = head.get_mut(pos..pos + field::C_EXT_LEN) {
+                e.copy_from_slice(&[x[0], x[1], y[0], y[1]]);
+            }
             pos += field::C_EXT_LEN;
         }
-        if let Some(s) = self.set {
-            b[pos..pos + 2].copy_from_slice(&s.index.to_be_bytes());
-            b[pos + 2..pos + 4].copy_from_slice(&s.len.to_be_bytes());
-            pos += field::C_EXT_LEN;
-        }
-        b[pos..pos + self.payload.len()].copy_from_slice(self.payload);
-        Ok(total)
+        body.copy_from_slice(self.payload);
+        Ok(hlen + plen)
     }
 }
 
@@ -654,6 +678,7 @@ pub struct Chunks<'a> {
 impl<'a> Chunks<'a> {
     /// Validates that `bytes` is a sequence of one or more well-formed chunks
     /// that exactly fills it.
+    #[inline]
     pub fn new_checked(bytes: &'a [u8]) -> Result<Self, WireError> {
         if bytes.is_empty() {
             return Err(WireError::Malformed("data packet without chunks"));
@@ -693,6 +718,7 @@ pub struct ChunkIter<'a> {
 
 impl<'a> Iterator for ChunkIter<'a> {
     type Item = ChunkRepr<'a>;
+    #[inline]
     fn next(&mut self) -> Option<ChunkRepr<'a>> {
         if self.rest.is_empty() {
             return None;
