@@ -361,7 +361,8 @@ pub trait TruncatingRecvMsgWithFullSize: TruncatingRecvMsg {
     ) -> io::Result<FullSizeResult<Self::Addr>>;
 }
 
-/// Receives whole messages: never truncates (see the [module docs](self)).
+/// Receives whole messages: never truncates (see the [crate docs](crate#what-you-get)
+/// and `RecvResult`).
 pub trait RecvMsg {
     /// The sender's address type.
     type Addr;

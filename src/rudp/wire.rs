@@ -9,7 +9,7 @@
 //! by [`Chunks`], which is validated as a whole when the packet is parsed.
 //!
 //! Parsing is total: any `&[u8]` gives `Ok` or `Err`, never a panic.
-//! The byte layout is specified in `docs/rudp.md`; the constants in [`field`]
+//! The byte layout is specified in `docs/rudp.md`; the constants in `field`
 //! are that specification in code. All integers are big-endian.
 
 use core::fmt;
