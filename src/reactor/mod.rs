@@ -24,6 +24,7 @@ use crate::recv::{recv_msg_fd, MsgBuf, RecvResult, MAX_UDP_PAYLOAD};
 use crate::sys;
 use crate::timer::Timers;
 
+mod listener;
 mod rudp;
 #[cfg(target_os = "linux")]
 mod seqpacket;
@@ -306,12 +307,12 @@ impl Sock {
         match self {
             Sock::Udp(s) => registry.deregister(s),
             Sock::UnixDgram(s) => registry.deregister(s),
-            Sock::TcpListener(l) if l.paused => Ok(()),
+            Sock::TcpListener(l) if l.gate.is_paused() => Ok(()),
             Sock::TcpListener(l) => registry.deregister(&mut l.listener),
             Sock::Tcp(c) => registry.deregister(&mut c.stream),
             Sock::Rudp(r) => registry.deregister(&mut r.sock),
             #[cfg(target_os = "linux")]
-            Sock::SeqListener(l) if l.paused => Ok(()),
+            Sock::SeqListener(l) if l.gate.is_paused() => Ok(()),
             #[cfg(target_os = "linux")]
             Sock::SeqListener(l) => registry.deregister(&mut l.listener),
             #[cfg(target_os = "linux")]
@@ -821,11 +822,11 @@ impl Ctx {
             self.closed.push((id, reason));
         }
         if let Some(lid) = listener {
-            self.listener_conn_closed(lid);
+            listener::conn_closed(self, lid);
         }
         // An fd was freed: listeners that ran out of fds may accept again.
         while let Some(lid) = self.paused_listeners.pop() {
-            self.resume_listener(lid);
+            listener::resume(self, lid);
         }
     }
 
@@ -851,26 +852,6 @@ impl Ctx {
                 io::ErrorKind::Unsupported,
                 "passing fds through the reactor is implemented on Linux only",
             )))
-        }
-    }
-
-    /// One fewer connection for listener `lid`; it may accept again.
-    fn listener_conn_closed(&mut self, lid: SocketId) {
-        match self.live_entry(lid).map(|e| e.kind) {
-            Ok(SocketKind::TcpListener) => tcp::conn_closed(self, lid),
-            #[cfg(target_os = "linux")]
-            Ok(SocketKind::SeqpacketListener) => seqpacket::conn_closed(self, lid),
-            _ => {}
-        }
-    }
-
-    /// Accepting resumes on a paused listener (if below its cap).
-    fn resume_listener(&mut self, lid: SocketId) {
-        match self.live_entry(lid).map(|e| e.kind) {
-            Ok(SocketKind::TcpListener) => tcp::resume_listener(self, lid),
-            #[cfg(target_os = "linux")]
-            Ok(SocketKind::SeqpacketListener) => seqpacket::resume(self, lid),
-            _ => {}
         }
     }
 
@@ -1566,7 +1547,7 @@ impl Reactor {
                 TimerTarget::FrameIdle(id) => tcp::frame_idle_due(cx, handler, id, cx.now()),
                 TimerTarget::ResumeAccept(lid) => {
                     cx.paused_listeners.retain(|&l| l != lid);
-                    cx.resume_listener(lid);
+                    listener::resume(cx, lid);
                 }
                 TimerTarget::Rudp(id) => {
                     let now = cx.now();
@@ -1679,11 +1660,11 @@ fn serve_readable<H: Handler + ?Sized>(
         _ => return,
     };
     let more = match kind {
-        SocketKind::TcpListener => tcp::drain_listener(cx, handler, id),
+        SocketKind::TcpListener => listener::drain(cx, handler, id),
         SocketKind::Tcp => tcp::drain_conn(cx, &mut bufs.rbuf, handler, id, trust_short_read),
         SocketKind::Rudp => rudp::drain(cx, &mut bufs.rbuf, &mut bufs.scratch, handler, id),
         #[cfg(target_os = "linux")]
-        SocketKind::SeqpacketListener => seqpacket::drain_listener(cx, handler, id),
+        SocketKind::SeqpacketListener => listener::drain(cx, handler, id),
         #[cfg(target_os = "linux")]
         SocketKind::Seqpacket => seqpacket::drain_conn(cx, bufs, handler, id),
         _ => drain_dgram(cx, bufs, handler, id),

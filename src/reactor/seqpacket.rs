@@ -12,9 +12,8 @@ use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::Path;
 
-use mio::Interest;
-
-use super::{finish_callback, token_of, BoundPath, Bufs, Ctx, Sock};
+use super::listener::{Accept, AcceptGate};
+use super::{finish_callback, BoundPath, Bufs, Ctx, Sock};
 use crate::addr::{PeerAddr, UnixAddr};
 use crate::error::Error;
 use crate::handler::{CloseReason, Handler, SeqMessage, SocketId};
@@ -68,9 +67,31 @@ pub(super) struct SeqListenerState {
     pub(super) listener: UnixSeqpacketListener,
     max_message_len: usize,
     send_buffer_size: usize,
-    max_connections: Option<usize>,
-    pub(super) conns: usize,
-    pub(super) paused: bool,
+    pub(super) gate: AcceptGate,
+}
+
+impl Accept for SeqListenerState {
+    fn accept_one(&mut self, lid: SocketId) -> io::Result<(Sock, usize, PeerAddr)> {
+        let (sock, peer) = self.listener.accept()?;
+        set_send_buffer(&sock, self.send_buffer_size);
+        let conn = SeqConn {
+            sock,
+            listener: Some(lid),
+        };
+        Ok((
+            Sock::Seq(Box::new(conn)),
+            self.max_message_len,
+            PeerAddr::Unix(peer),
+        ))
+    }
+
+    fn gate(&mut self) -> &mut AcceptGate {
+        &mut self.gate
+    }
+
+    fn source(&mut self) -> &mut dyn mio::event::Source {
+        &mut self.listener
+    }
 }
 
 /// One seqpacket connection.
@@ -112,9 +133,7 @@ impl Ctx {
             listener,
             max_message_len: max,
             send_buffer_size: opts.send_buffer_size.unwrap_or_else(|| room_for(max)),
-            max_connections: opts.max_connections,
-            conns: 0,
-            paused: false,
+            gate: AcceptGate::new(opts.max_connections),
         };
         self.insert(Sock::SeqListener(Box::new(state)), max, bound)
     }
@@ -240,130 +259,6 @@ fn close_reason(e: io::Error) -> CloseReason {
         Some(libc::ECONNRESET) | Some(libc::EPIPE) => CloseReason::Reset,
         _ => CloseReason::Error(e),
     }
-}
-
-/// Accepts until `WouldBlock`, the budget, the cap, or fds run out.
-pub(super) fn drain_listener<H: Handler + ?Sized>(
-    cx: &mut Ctx,
-    handler: &mut H,
-    lid: SocketId,
-) -> bool {
-    for _ in 0..cx.config.read_budget {
-        let Some(Sock::SeqListener(l)) = cx.live_entry_mut(lid).and_then(|e| e.sock.as_mut())
-        else {
-            return false;
-        };
-        if l.paused {
-            return false;
-        }
-        if l.max_connections.is_some_and(|max| l.conns >= max) {
-            pause(cx, lid, false);
-            return false;
-        }
-        match l.listener.accept() {
-            Ok((sock, peer)) => {
-                l.conns += 1;
-                let max = l.max_message_len;
-                set_send_buffer(&sock, l.send_buffer_size);
-                let conn = SeqConn {
-                    sock,
-                    listener: Some(lid),
-                };
-                match cx.insert(Sock::Seq(Box::new(conn)), max, None) {
-                    Ok(cid) => {
-                        cx.callbacks += 1;
-                        handler.on_accept(cx, lid, cid, &PeerAddr::Unix(peer));
-                        finish_callback(cx, handler);
-                    }
-                    Err(e) => {
-                        conn_closed(cx, lid);
-                        cx.callbacks += 1;
-                        handler.on_error(cx, lid, e);
-                        finish_callback(cx, handler);
-                    }
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EMFILE)
-                        | Some(libc::ENFILE)
-                        | Some(libc::ENOBUFS)
-                        | Some(libc::ENOMEM)
-                ) =>
-            {
-                log::warn!("{lid}: accept: {e}; pausing accepts until a socket closes");
-                pause(cx, lid, true);
-                cx.callbacks += 1;
-                handler.on_error(cx, lid, Error::Io(e));
-                finish_callback(cx, handler);
-                return false;
-            }
-            Err(e) => log::debug!("{lid}: accept: {e}"),
-        }
-    }
-    true
-}
-
-/// Stops accepting (deregistered: no events, no spinning).
-fn pause(cx: &mut Ctx, lid: SocketId, out_of_fds: bool) {
-    let Ctx {
-        sockets,
-        poll,
-        timers,
-        paused_listeners,
-        ..
-    } = cx;
-    let Some(Sock::SeqListener(l)) = sockets
-        .get_mut(lid.index as usize)
-        .and_then(|e| e.sock.as_mut())
-    else {
-        return;
-    };
-    if !l.paused {
-        l.paused = true;
-        if let Err(e) = poll.registry().deregister(&mut l.listener) {
-            log::warn!("{lid}: deregister: {e}");
-        }
-    }
-    if out_of_fds && !paused_listeners.contains(&lid) {
-        paused_listeners.push(lid);
-        timers.insert(
-            std::time::Instant::now() + super::tcp::ACCEPT_RETRY,
-            super::TimerTarget::ResumeAccept(lid),
-        );
-    }
-}
-
-/// Starts accepting again if paused and below the cap.
-pub(super) fn resume(cx: &mut Ctx, lid: SocketId) {
-    let Ctx { sockets, poll, .. } = cx;
-    let Some(Sock::SeqListener(l)) = sockets
-        .get_mut(lid.index as usize)
-        .and_then(|e| e.sock.as_mut())
-    else {
-        return;
-    };
-    if !l.paused || l.max_connections.is_some_and(|max| l.conns >= max) {
-        return;
-    }
-    l.paused = false;
-    if let Err(e) = poll
-        .registry()
-        .register(&mut l.listener, token_of(lid), Interest::READABLE)
-    {
-        log::warn!("{lid}: register: {e}");
-        l.paused = true;
-    }
-}
-
-/// A connection `lid` accepted closed: one fewer, maybe resume.
-pub(super) fn conn_closed(cx: &mut Ctx, lid: SocketId) {
-    if let Some(Sock::SeqListener(l)) = cx.live_entry_mut(lid).and_then(|e| e.sock.as_mut()) {
-        l.conns = l.conns.saturating_sub(1);
-    }
-    resume(cx, lid);
 }
 
 /// Reads messages until `WouldBlock` or the budget; `true` if the budget

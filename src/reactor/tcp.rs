@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use mio::Interest;
 use socket2::SockRef;
 
+use super::listener::{Accept, AcceptGate};
 use super::{finish_callback, token_of, Ctx, Sock, TimerTarget};
 use crate::addr::PeerAddr;
 use crate::error::Error;
@@ -40,10 +41,6 @@ use crate::timer::TimerKey;
 /// Frames up to this size sent inside a callback are coalesced in the
 /// output arena; larger ones are written at once when nothing is queued.
 pub(crate) const COALESCE_MAX: usize = 16 * 1024;
-
-/// How long an accept paused by `EMFILE`/`ENFILE` waits before trying again
-/// (it also resumes as soon as this reactor closes any socket).
-pub(super) const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 /// A queue that drained keeps at most this much capacity for next time.
 const KEEP_QUEUE_CAPACITY: usize = 4096;
@@ -182,12 +179,28 @@ impl TcpConn {
 pub(super) struct TcpListenerState {
     pub(super) listener: mio::net::TcpListener,
     opts: TcpOptions,
-    /// Connections it accepted that are still open.
-    pub(super) conns: usize,
-    /// Deregistered: at `max_connections`, or out of fds.
-    pub(super) paused: bool,
-    /// Paused by `EMFILE`/`ENFILE` (resumes when any socket closes).
-    pub(super) out_of_fds: bool,
+    pub(super) gate: AcceptGate,
+}
+
+impl Accept for TcpListenerState {
+    fn accept_one(&mut self, lid: SocketId) -> io::Result<(Sock, usize, PeerAddr)> {
+        let (stream, peer) = self.listener.accept()?;
+        if self.opts.nodelay {
+            if let Err(e) = stream.set_nodelay(true) {
+                log::debug!("{lid}: TCP_NODELAY: {e}");
+            }
+        }
+        let conn = TcpConn::new(stream, &self.opts, false, Some(lid));
+        Ok((Sock::Tcp(Box::new(conn)), 0, PeerAddr::Inet(peer)))
+    }
+
+    fn gate(&mut self) -> &mut AcceptGate {
+        &mut self.gate
+    }
+
+    fn source(&mut self) -> &mut dyn mio::event::Source {
+        &mut self.listener
+    }
 }
 
 /// One connection's run of bytes in the output arena.
@@ -233,9 +246,7 @@ impl Ctx {
                     let state = TcpListenerState {
                         listener: l,
                         opts: opts.clone(),
-                        conns: 0,
-                        paused: false,
-                        out_of_fds: false,
+                        gate: AcceptGate::new(opts.max_connections),
                     };
                     return self.insert(Sock::TcpListener(Box::new(state)), 0, None);
                 }
@@ -482,149 +493,6 @@ fn bind_listener(
     s.bind(&addr.into())?;
     s.listen(backlog)?;
     Ok(mio::net::TcpListener::from_std(s.into()))
-}
-
-/// Accepts until `WouldBlock`, the budget, the connection cap, or fds run out.
-pub(super) fn drain_listener<H: Handler + ?Sized>(
-    cx: &mut Ctx,
-    handler: &mut H,
-    lid: SocketId,
-) -> bool {
-    for _ in 0..cx.config.read_budget {
-        let Some(Sock::TcpListener(l)) = cx.live_entry_mut(lid).and_then(|e| e.sock.as_mut())
-        else {
-            return false;
-        };
-        if l.paused {
-            return false;
-        }
-        if l.opts.max_connections.is_some_and(|max| l.conns >= max) {
-            log::debug!(
-                "{lid}: {} connections, at the cap: accepting paused",
-                l.conns
-            );
-            pause_listener(cx, lid, false);
-            return false;
-        }
-        match l.listener.accept() {
-            Ok((stream, peer)) => {
-                let opts = l.opts.clone();
-                l.conns += 1;
-                if opts.nodelay {
-                    if let Err(e) = stream.set_nodelay(true) {
-                        log::debug!("{lid}: TCP_NODELAY: {e}");
-                    }
-                }
-                let conn = TcpConn::new(stream, &opts, false, Some(lid));
-                match cx.insert(Sock::Tcp(Box::new(conn)), 0, None) {
-                    Ok(cid) => {
-                        cx.callbacks += 1;
-                        handler.on_accept(cx, lid, cid, &PeerAddr::Inet(peer));
-                        finish_callback(cx, handler);
-                    }
-                    Err(e) => {
-                        if let Some(Sock::TcpListener(l)) =
-                            cx.live_entry_mut(lid).and_then(|e| e.sock.as_mut())
-                        {
-                            l.conns -= 1;
-                        }
-                        cx.callbacks += 1;
-                        handler.on_error(cx, lid, e);
-                        finish_callback(cx, handler);
-                    }
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EMFILE)
-                        | Some(libc::ENFILE)
-                        | Some(libc::ENOBUFS)
-                        | Some(libc::ENOMEM)
-                ) =>
-            {
-                log::warn!("{lid}: accept: {e}; pausing accepts until a socket closes (retry in {ACCEPT_RETRY:?})");
-                pause_listener(cx, lid, true);
-                cx.callbacks += 1;
-                handler.on_error(cx, lid, Error::Io(e));
-                finish_callback(cx, handler);
-                return false;
-            }
-            // The peer gave up before we accepted (ECONNABORTED), or a
-            // per-connection error: nothing to do for the listener.
-            Err(e) => log::debug!("{lid}: accept: {e}"),
-        }
-    }
-    true
-}
-
-/// Stops accepting: deregisters the listener (no events, no spinning).
-fn pause_listener(cx: &mut Ctx, lid: SocketId, out_of_fds: bool) {
-    let Ctx {
-        sockets,
-        poll,
-        timers,
-        paused_listeners,
-        ..
-    } = cx;
-    let Some(Sock::TcpListener(l)) = sockets
-        .get_mut(lid.index as usize)
-        .and_then(|e| e.sock.as_mut())
-    else {
-        return;
-    };
-    if !l.paused {
-        l.paused = true;
-        if let Err(e) = poll.registry().deregister(&mut l.listener) {
-            log::warn!("{lid}: deregister: {e}");
-        }
-    }
-    if out_of_fds && !l.out_of_fds {
-        l.out_of_fds = true;
-        paused_listeners.push(lid);
-        timers.insert(
-            Instant::now() + ACCEPT_RETRY,
-            TimerTarget::ResumeAccept(lid),
-        );
-    }
-}
-
-/// Starts accepting again (the new registration reports a pending backlog
-/// at once: epoll checks readiness when a source is added).
-pub(super) fn resume_listener(cx: &mut Ctx, lid: SocketId) {
-    let Ctx { sockets, poll, .. } = cx;
-    let Some(Sock::TcpListener(l)) = sockets
-        .get_mut(lid.index as usize)
-        .and_then(|e| e.sock.as_mut())
-    else {
-        return;
-    };
-    if !l.paused {
-        return;
-    }
-    if l.opts.max_connections.is_some_and(|max| l.conns >= max) {
-        return;
-    }
-    l.paused = false;
-    l.out_of_fds = false;
-    if let Err(e) = poll
-        .registry()
-        .register(&mut l.listener, token_of(lid), Interest::READABLE)
-    {
-        log::warn!("{lid}: register: {e}");
-        l.paused = true;
-    }
-}
-
-/// A connection accepted by `lid` closed: one fewer, maybe resume.
-pub(super) fn conn_closed(cx: &mut Ctx, lid: SocketId) {
-    if let Some(Sock::TcpListener(l)) = cx.live_entry_mut(lid).and_then(|e| e.sock.as_mut()) {
-        l.conns = l.conns.saturating_sub(1);
-        if l.paused && !l.out_of_fds {
-            resume_listener(cx, lid);
-        }
-    }
 }
 
 /// Reads `id` until `WouldBlock`, the budget, or — when `trust_short_read`
