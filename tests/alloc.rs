@@ -1,5 +1,6 @@
 //! A counting global allocator: the reactor's steady state allocates
-//! nothing per message, and timer set/cancel cycles do not grow the heap.
+//! nothing per datagram (UDP, Unix) or TCP frame received and echoed, and
+//! timer set/cancel cycles do not grow the heap.
 //!
 //! Only allocations made on the measuring thread while its flag is set are
 //! counted, so the test harness's other threads do not disturb the counts.
@@ -8,11 +9,13 @@ mod util;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::net::UdpSocket;
+use std::io::{Read, Write};
+use std::net::{TcpStream, UdpSocket};
 use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
 
-use msgloop::{Ctx, Datagram, Handler, Reactor, SocketId, UnixAddr};
+use msgloop::framing::FrameConfig;
+use msgloop::{CloseReason, Ctx, Datagram, Handler, PeerAddr, Reactor, SocketId, UnixAddr};
 
 struct Counting;
 
@@ -255,4 +258,110 @@ fn timer_set_cancel_cycles_do_not_grow_the_heap() {
         "{counts:?}: allocation per cycle"
     );
     assert_eq!(reactor.reactor_stats().pending_timers, keep.len());
+}
+
+// ---- TCP frames ----------------------------------------------------------
+
+/// Echoes every frame on the connection it accepted; counts without
+/// allocating.
+#[derive(Default)]
+struct FrameEcho {
+    conn: Option<SocketId>,
+    echoed: u64,
+    errors: u64,
+    closed: u64,
+}
+
+impl Handler for FrameEcho {
+    fn on_accept(&mut self, _cx: &mut Ctx, _l: SocketId, conn: SocketId, _peer: &PeerAddr) {
+        self.conn = Some(conn);
+    }
+
+    fn on_frame(&mut self, cx: &mut Ctx, conn: SocketId, frame: &[u8]) {
+        match cx.send_frame(conn, frame) {
+            Ok(()) => self.echoed += 1,
+            Err(_) => self.errors += 1,
+        }
+    }
+
+    fn on_close(&mut self, _cx: &mut Ctx, _sock: SocketId, _reason: CloseReason) {
+        self.closed += 1;
+    }
+}
+
+const FRAME_PAYLOAD: usize = 64;
+const WIRE: usize = 4 + FRAME_PAYLOAD;
+
+/// One round trip: the client writes a 64-byte frame, the reactor runs
+/// until the echo went out, the client reads the 68-byte reply.
+fn tcp_round_trip(reactor: &mut Reactor, echo: &mut FrameEcho, client: &mut TcpStream, i: u32) {
+    let mut frame = [0u8; WIRE];
+    frame[..4].copy_from_slice(&(FRAME_PAYLOAD as u32).to_be_bytes());
+    frame[4..8].copy_from_slice(&i.to_be_bytes());
+    frame[8..].fill(i as u8);
+    client.write_all(&frame).unwrap();
+    let want = echo.echoed + 1;
+    let mut calls = 0;
+    while echo.echoed < want {
+        reactor
+            .run_once(echo, Some(Duration::from_secs(1)))
+            .expect("run_once");
+        calls += 1;
+        assert!(
+            calls < 100 && echo.errors == 0 && echo.closed == 0,
+            "echo failed"
+        );
+    }
+    let mut reply = [0u8; WIRE];
+    client.read_exact(&mut reply).unwrap();
+    assert!(reply == frame, "round trip {i}: the echo differs");
+}
+
+#[test]
+fn tcp_echo_allocates_nothing_per_frame() {
+    let _g = util::serial();
+    let _fds = util::FdCheck::new();
+    let mut reactor = Reactor::new().unwrap();
+    let l = reactor
+        .listen_tcp("127.0.0.1:0", FrameConfig::new())
+        .unwrap();
+    let addr = reactor.local_addr(l).unwrap().as_inet().unwrap();
+    let mut client = TcpStream::connect(addr).unwrap();
+    client.set_nodelay(true).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut echo = FrameEcho::default();
+    for _ in 0..100 {
+        if echo.conn.is_some() {
+            break;
+        }
+        reactor
+            .run_once(&mut echo, Some(Duration::from_millis(50)))
+            .unwrap();
+    }
+    let conn = echo.conn.expect("not accepted");
+    // Warm up: buffers reach their steady size.
+    for i in 0..100 {
+        tcp_round_trip(&mut reactor, &mut echo, &mut client, i);
+    }
+    let counts = measure(|| {
+        for i in 100..1100 {
+            tcp_round_trip(&mut reactor, &mut echo, &mut client, i);
+        }
+    });
+    assert_eq!(echo.echoed, 1100);
+    assert_eq!(
+        counts,
+        Counts {
+            allocs: 0,
+            reallocs: 0,
+            net_bytes: 0
+        },
+        "1,000 TCP echo round trips must not allocate"
+    );
+    let st = reactor.stats(conn).unwrap();
+    assert_eq!(st.messages_in, 1100);
+    assert_eq!(st.messages_out, 1100);
+    assert_eq!(reactor.buffered_bytes(conn).unwrap(), 0);
 }
