@@ -76,12 +76,21 @@ fn measure(count: &AtomicU64) -> f64 {
     (count.load(Ordering::Relaxed) - c0) as f64 / t0.elapsed().as_secs_f64()
 }
 
-fn free_port() -> io::Result<u16> {
+/// A port free for UDP (and nothing else bound to it now).
+fn free_udp_port() -> io::Result<u16> {
     Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// A port free for a TCP listener: a probe listener that never had a
+/// connection leaves no TIME_WAIT behind.
+fn free_tcp_port() -> io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
 fn udp_run(shards: usize) -> io::Result<f64> {
-    let port = free_port()?;
+    let port = free_udp_port()?;
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let (count, stop, threads) = start_shards(shards, move |r| {
         let opts = DgramOptions {
@@ -113,7 +122,7 @@ fn udp_run(shards: usize) -> io::Result<f64> {
 }
 
 fn tcp_run(shards: usize) -> io::Result<f64> {
-    let port = free_port()?;
+    let port = free_tcp_port()?;
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let (count, stop, threads) = start_shards(shards, move |r| {
         let opts = TcpOptions {

@@ -264,7 +264,7 @@ fn read_frame(s: &mut TcpStream, buf: &mut [u8]) -> io::Result<()> {
 pub(crate) fn run(rounds: usize, want: &dyn Fn(&str) -> bool) -> io::Result<()> {
     if want("tcp_frames_64") {
         let (batch, per_batch) = encode_batch(64, 64 * 1024);
-        let batches = 400; // ~385,000 frames per round
+        let batches = 4000; // ~3.85 million frames (about 250 MB) per round
         let frames = per_batch * batches as u64;
         let (a, b, r) = paired(
             rounds,
