@@ -937,13 +937,25 @@ impl Ctx {
     }
 
     /// The earliest moment `run_once` has work to do by itself (a timer),
-    /// or `Instant` now if sockets cut off by their read budget wait to be
-    /// served. A host with its own poll loop sleeps until then at most.
+    /// or `Instant` now if work is pending (sockets cut off by their read
+    /// budget, callbacks or output owed). A host with its own poll loop
+    /// sleeps until then at most.
     pub fn next_deadline(&mut self) -> Option<Instant> {
-        if !self.carry.is_empty() {
+        if self.has_work_now() {
             return Some(Instant::now());
         }
         self.timers.next_deadline()
+    }
+
+    /// Work the next pass must do at once, without waiting for an event:
+    /// sockets cut off by their read budget, `on_close` callbacks owed,
+    /// output not yet flushed, a wake-up lost to a panic.
+    fn has_work_now(&self) -> bool {
+        !self.carry.is_empty()
+            || !self.closed.is_empty()
+            || !self.out_segs.is_empty()
+            || !self.rudp_flushed.is_empty()
+            || self.wake_pending
     }
 
     /// A [`Waker`] for this reactor (the same one each call).
@@ -1589,12 +1601,7 @@ impl Drop for Reactor {
 }
 
 fn compute_wait(cx: &mut Ctx, timeout: Option<Duration>) -> Option<Duration> {
-    if !cx.carry.is_empty()
-        || !cx.closed.is_empty()
-        || !cx.out_segs.is_empty()
-        || !cx.rudp_flushed.is_empty()
-        || cx.wake_pending
-    {
+    if cx.has_work_now() {
         return Some(Duration::ZERO);
     }
     let mut wait = timeout;
