@@ -175,8 +175,17 @@ pub(crate) fn run(rounds: usize, want: &dyn Fn(&str) -> bool) -> io::Result<()> 
         }
         let (mut a, mut b, mut r, mut dgr, mut retx) = (vec![], vec![], vec![], vec![], vec![]);
         for _ in 0..rounds.min(3) {
-            let (rate, datagrams, retransmitted) = rudp_run(size, g)?;
-            let base = raw_run(size)?;
+            let side = super::SIDE.get().cloned().flatten();
+            let (rate, datagrams, retransmitted) = if side.as_deref() == Some("baseline") {
+                (f64::NAN, 0, 0)
+            } else {
+                rudp_run(size, g)?
+            };
+            let base = if side.as_deref() == Some("msgloop") {
+                f64::NAN
+            } else {
+                raw_run(size)?
+            };
             a.push(rate);
             b.push(base);
             r.push(rate / base);
