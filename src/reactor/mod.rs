@@ -520,32 +520,8 @@ impl Ctx {
         addr: A,
         opts: &DgramOptions,
     ) -> Result<SocketId, Error> {
-        let mut last = None;
-        for a in addr.to_socket_addrs()? {
-            let sock = match Socket::new(
-                Domain::for_address(a),
-                Type::DGRAM.nonblocking().cloexec(),
-                None,
-            ) {
-                Ok(s) => s,
-                Err(e) => {
-                    last = Some(e);
-                    continue;
-                }
-            };
-            if a.is_ipv6() {
-                // Dual-stack if the system allows it; harmless otherwise.
-                let _ = sock.set_only_v6(false);
-            }
-            apply_buffers(&sock, opts)?;
-            match sock.bind(&a.into()) {
-                Ok(()) => return self.add_udp_with(sock, opts),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(Error::Io(last.unwrap_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidInput, "no address to bind")
-        })))
+        let sock = bind_udp_socket(addr, opts)?;
+        self.add_udp_with(sock, opts)
     }
 
     /// Adopts a UDP socket you created and configured (with socket2, or a
@@ -1115,6 +1091,38 @@ fn check_type(socket: &Socket, want: Type, op: &'static str) -> Result<(), Error
         )));
     }
     Ok(())
+}
+
+/// A non-blocking UDP socket bound to the first of `addr` that binds,
+/// with `opts` applied before binding (dual-stack for IPv6 where allowed).
+pub(crate) fn bind_udp_socket<A: ToSocketAddrs>(
+    addr: A,
+    opts: &DgramOptions,
+) -> io::Result<Socket> {
+    let mut last = None;
+    for a in addr.to_socket_addrs()? {
+        let sock = match Socket::new(
+            Domain::for_address(a),
+            Type::DGRAM.nonblocking().cloexec(),
+            None,
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                last = Some(e);
+                continue;
+            }
+        };
+        if a.is_ipv6() {
+            // Dual-stack if the system allows it; harmless otherwise.
+            let _ = sock.set_only_v6(false);
+        }
+        apply_buffers(&sock, opts)?;
+        match sock.bind(&a.into()) {
+            Ok(()) => return Ok(sock),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address to bind")))
 }
 
 fn apply_buffers(sock: &Socket, opts: &DgramOptions) -> io::Result<()> {

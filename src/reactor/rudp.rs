@@ -19,9 +19,7 @@ use std::time::Instant;
 
 use socket2::SockAddr;
 
-use socket2::{Domain, Socket, Type};
-
-use super::{apply_buffers, finish_callback, Ctx, DgramOptions, Sock, TimerTarget};
+use super::{bind_udp_socket, finish_callback, Ctx, DgramOptions, Sock, TimerTarget};
 use crate::error::Error;
 use crate::handler::{Handler, PeerId, SocketId};
 use crate::rudp::{
@@ -92,40 +90,18 @@ impl Ctx {
         opts: &DgramOptions,
     ) -> Result<SocketId, Error> {
         let config = config.sanitized();
-        let mut last = None;
-        for a in addr.to_socket_addrs()? {
-            let sock = match Socket::new(
-                Domain::for_address(a),
-                Type::DGRAM.nonblocking().cloexec(),
-                None,
-            ) {
-                Ok(s) => s,
-                Err(e) => {
-                    last = Some(e);
-                    continue;
-                }
-            };
-            apply_buffers(&sock, opts)?;
-            if let Err(e) = sock.bind(&a.into()) {
-                last = Some(e);
-                continue;
-            }
-            let sock = mio::net::UdpSocket::from_std(sock.into());
-            let slot = (config.mtu + 1).max(1500);
-            let seed = seed_from(&sock, self.next_gen);
-            let rs = RudpSock {
-                sock,
-                ep: Endpoint::new(config, seed),
-                timer: None,
-                dirty: false,
-                slot,
-                seed_counter: 0,
-            };
-            return self.insert(Sock::Rudp(Box::new(rs)), 0, None);
-        }
-        Err(Error::Io(last.unwrap_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidInput, "no address to bind")
-        })))
+        let sock = mio::net::UdpSocket::from_std(bind_udp_socket(addr, opts)?.into());
+        let slot = (config.mtu + 1).max(1500);
+        let seed = seed_from(&sock, self.next_gen);
+        let rs = RudpSock {
+            sock,
+            ep: Endpoint::new(config, seed),
+            timer: None,
+            dirty: false,
+            slot,
+            seed_counter: 0,
+        };
+        self.insert(Sock::Rudp(Box::new(rs)), 0, None)
     }
 
     /// Starts a reliable-UDP connection from `sock` to `remote`. The id is

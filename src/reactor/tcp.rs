@@ -438,15 +438,23 @@ fn queue_remainder(c: &mut TcpConn, mut written: usize, header: &[u8], parts: &[
 }
 
 fn arm_if_queued(poll: &mio::Poll, c: &mut TcpConn, id: SocketId) {
-    if c.queued() > 0 && !c.write_armed {
-        c.write_armed = true;
-        let interest = c.interest();
-        if let Err(e) = poll
-            .registry()
-            .reregister(&mut c.stream, token_of(id), interest)
-        {
-            log::warn!("{id}: reregister: {e}");
-        }
+    if c.queued() > 0 {
+        set_write_armed(poll, c, id, true);
+    }
+}
+
+/// Registers or drops WRITABLE interest (no system call if unchanged).
+fn set_write_armed(poll: &mio::Poll, c: &mut TcpConn, id: SocketId, on: bool) {
+    if c.write_armed == on {
+        return;
+    }
+    c.write_armed = on;
+    let interest = c.interest();
+    if let Err(e) = poll
+        .registry()
+        .reregister(&mut c.stream, token_of(id), interest)
+    {
+        log::warn!("{id}: reregister: {e}");
     }
 }
 
@@ -694,21 +702,10 @@ pub(super) fn conn_writable<H: Handler + ?Sized>(cx: &mut Ctx, handler: &mut H, 
         return;
     }
     if c.queued() > 0 {
-        if !c.write_armed {
-            arm_if_queued(poll, c, id);
-        }
+        arm_if_queued(poll, c, id);
         return;
     }
-    if c.write_armed {
-        c.write_armed = false;
-        let interest = c.interest();
-        if let Err(e) = poll
-            .registry()
-            .reregister(&mut c.stream, token_of(id), interest)
-        {
-            log::warn!("{id}: reregister: {e}");
-        }
-    }
+    set_write_armed(poll, c, id, false);
     if c.notify_writable && c.pending == 0 {
         c.notify_writable = false;
         cx.callbacks += 1;
@@ -832,17 +829,10 @@ fn flush_conn(cx: &mut Ctx, id: SocketId, out: &[u8], segs: &[Seg]) -> io::Resul
             return Ok(());
         }
     }
-    if c.notify_writable && !c.write_armed {
+    if c.notify_writable {
         // A send was refused while these frames waited: the queue is empty
         // now, so the owed on_writable comes with the next writable edge.
-        c.write_armed = true;
-        let interest = c.interest();
-        if let Err(e) = poll
-            .registry()
-            .reregister(&mut c.stream, token_of(id), interest)
-        {
-            log::warn!("{id}: reregister: {e}");
-        }
+        set_write_armed(poll, c, id, true);
     }
     Ok(())
 }
