@@ -574,6 +574,63 @@ fn thousand_empty_messages_then_close_give_1000_messages_then_one_end_of_stream(
     assert_eq!(r.socket_count(), 1, "only the listener is left");
 }
 
+/// Messages are read two per system call; with odd budgets a batch is cut
+/// short, and a message, a message with fds and the end of the stream can
+/// share one read. Order, fds and exactly one close must hold at any budget.
+#[test]
+fn every_budget_keeps_order_fds_and_one_end_of_stream() {
+    let _g = util::serial();
+    let _fds = FdCheck::new();
+    for budget in [1usize, 2, 3, 64] {
+        let mut r = Reactor::with_config(util::config(|c| c.read_budget = budget)).unwrap();
+        let baseline = util::open_fds();
+        let (a, b) = UnixSeqpacket::pair().unwrap();
+        let conn = r.add_seqpacket(b).unwrap();
+        let mut h = Rec::default();
+        let files = dev_null(2);
+        for i in 0..9u8 {
+            if i % 3 == 1 {
+                a.send_with_fds(&[i; 3], &borrowed(&files)).unwrap();
+            } else {
+                a.send(&vec![i; usize::from(i)]).unwrap();
+            }
+        }
+        drop(a);
+        util::run_until(&mut r, &mut h, |_, h| h.close_count() == 1, 100);
+        settle(&mut r, &mut h, 2);
+        let got: Vec<(Vec<u8>, usize)> = h
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                Ev::Message { data, fds, .. } => Some((data.clone(), *fds)),
+                _ => None,
+            })
+            .collect();
+        let want: Vec<(Vec<u8>, usize)> = (0..9u8)
+            .map(|i| {
+                if i % 3 == 1 {
+                    (vec![i; 3], 2)
+                } else {
+                    (vec![i; usize::from(i)], 0)
+                }
+            })
+            .collect();
+        assert_eq!(got, want, "budget {budget}");
+        let closes = h.closes(conn);
+        assert!(
+            matches!(closes[..], [CloseReason::EndOfStream]),
+            "budget {budget}: {closes:?}"
+        );
+        drop(files);
+        assert_eq!(
+            util::open_fds(),
+            baseline,
+            "budget {budget}: unclaimed fds closed"
+        );
+        assert_eq!(r.reactor_stats().totals.fds_closed_unclaimed, 6);
+    }
+}
+
 // ---- passing fds ---------------------------------------------------------------
 
 #[test]
@@ -857,6 +914,7 @@ fn message_over_the_quota_with_fds_is_dropped_reported_and_closes_its_fds() {
     );
     let st = r.stats(conn).unwrap();
     assert_eq!((st.dropped_over_quota, st.messages_in), (1, 1));
+    assert_eq!(st.fds_closed_unclaimed, 5, "counted as closed unclaimed");
     assert!(r.contains(conn));
 }
 

@@ -2,14 +2,15 @@
 //!
 //! - `seqpacket_pingpong`: 64 B round trips over a seqpacket pair, both ends
 //!   in one reactor. Baseline: the same pair (`UnixSeqpacket::pair`) in a
-//!   plain `mio::Poll` with plain `recv`/`send` system calls.
+//!   plain `mio::Poll`, reading each message the way a hand-written server
+//!   must to do the same job — `recvmsg` with room for credentials and
+//!   descriptors (nix), end of stream told from an empty message by the
+//!   missing credentials — until `WouldBlock`.
+//! - `seqpacket_pingpong_plain_recv` (reported with it): the same loop with
+//!   plain `recv`, which can neither receive descriptors nor tell an empty
+//!   message from end of stream: what the kernel's ancillary path costs.
 //! - `seqpacket_oneway`: 64 B messages/s from a blocking sender thread.
-//!   Baseline: a raw blocking `recv` loop.
-//!
-//! msgloop reads every seqpacket message with `recvmsg` and a control
-//! buffer — that is what tells an empty message from the end of the stream
-//! (`SO_PASSCRED`) and receives passed descriptors — so the baselines, with
-//! plain `recv`, do strictly less work.
+//!   Baseline: a raw blocking `recv` loop (again strictly less work).
 
 use std::io::{self, Read};
 use std::os::fd::AsRawFd;
@@ -71,14 +72,46 @@ struct MioSide {
     server: Socket,
     client: Socket,
     buf: Vec<u8>,
+    /// `Some`: read with `recvmsg` into this control buffer; `None`: `recv`.
+    control: Option<Vec<u8>>,
 }
 
-fn recv_nb(s: &Socket, buf: &mut [u8]) -> io::Result<Option<usize>> {
-    match (&*s).read(buf) {
+/// One non-blocking read: `Some(len)`, or `None` on `WouldBlock`.
+fn recv_nb(s: &Socket, buf: &mut [u8], control: Option<&mut Vec<u8>>) -> io::Result<Option<usize>> {
+    let res = match control {
+        None => (&*s).read(buf),
+        Some(control) => recv_ancillary(s, buf, control),
+    };
+    match res {
         Ok(n) => Ok(Some(n)),
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+/// What a hand-written seqpacket reader does per message to receive
+/// descriptors and credentials and to tell end of stream from an empty
+/// message (`SO_PASSCRED` is set on the pair): `recvmsg` with a control
+/// buffer, then a walk over the control messages.
+fn recv_ancillary(s: &Socket, buf: &mut [u8], control: &mut [u8]) -> io::Result<usize> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut iov = [io::IoSliceMut::new(buf)];
+    let flags = MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT;
+    let msg = recvmsg::<()>(s.as_raw_fd(), &mut iov, Some(control), flags)?;
+    let mut creds = false;
+    for c in msg.cmsgs()? {
+        match c {
+            ControlMessageOwned::ScmCredentials(_) => creds = true,
+            ControlMessageOwned::ScmRights(_) => {
+                return Err(io::Error::other("baseline: no descriptors are sent"))
+            }
+            _ => {}
+        }
+    }
+    if msg.bytes == 0 && !creds {
+        return Err(io::Error::other("baseline: unexpected end of stream"));
+    }
+    Ok(msg.bytes)
 }
 
 impl Side for MioSide {
@@ -94,11 +127,12 @@ impl Side for MioSide {
             }
             for ev in self.events.iter() {
                 if ev.token() == Token(0) {
-                    while let Some(k) = recv_nb(&self.server, &mut self.buf)? {
+                    while let Some(k) = recv_nb(&self.server, &mut self.buf, self.control.as_mut())?
+                    {
                         self.server.send(&self.buf[..k])?;
                     }
                 } else {
-                    while recv_nb(&self.client, &mut self.buf)?.is_some() {
+                    while recv_nb(&self.client, &mut self.buf, self.control.as_mut())?.is_some() {
                         remaining -= 1;
                         if remaining > 0 {
                             self.client.send(&PAYLOAD)?;
@@ -120,6 +154,29 @@ fn raw_pair() -> io::Result<(Socket, Socket)> {
     a.set_nonblocking(true)?;
     b.set_nonblocking(true)?;
     Ok((a, b))
+}
+
+fn mio_side(control: Option<Vec<u8>>) -> io::Result<MioSide> {
+    let (server, client) = raw_pair()?;
+    let poll = Poll::new()?;
+    poll.registry().register(
+        &mut SourceFd(&server.as_raw_fd()),
+        Token(0),
+        Interest::READABLE,
+    )?;
+    poll.registry().register(
+        &mut SourceFd(&client.as_raw_fd()),
+        Token(1),
+        Interest::READABLE,
+    )?;
+    Ok(MioSide {
+        poll,
+        events: Events::with_capacity(64),
+        server,
+        client,
+        buf: vec![0; 65536],
+        control,
+    })
 }
 
 struct CountMessages(u64);
@@ -200,25 +257,10 @@ pub(crate) fn run(rounds: usize, slices: usize, want: &dyn Fn(&str) -> bool) -> 
                 remaining: 0,
             },
         };
-        let (server, client) = raw_pair()?;
-        let poll = Poll::new()?;
-        poll.registry().register(
-            &mut SourceFd(&server.as_raw_fd()),
-            Token(0),
-            Interest::READABLE,
-        )?;
-        poll.registry().register(
-            &mut SourceFd(&client.as_raw_fd()),
-            Token(1),
-            Interest::READABLE,
-        )?;
-        let mut base = MioSide {
-            poll,
-            events: Events::with_capacity(64),
-            server,
-            client,
-            buf: vec![0; 65536],
-        };
+        // Room for credentials and the most descriptors Linux passes, as
+        // msgloop has.
+        let room = nix::cmsg_space!(libc::ucred, [std::os::fd::RawFd; msgloop::SCM_MAX_FD]);
+        let mut base = mio_side(Some(room))?;
         let (a, b, r) = interleave(slices, SLICE_ROUND_TRIPS, &mut ours, &mut base)?;
         report(
             "seqpacket_pingpong",
@@ -226,7 +268,17 @@ pub(crate) fn run(rounds: usize, slices: usize, want: &dyn Fn(&str) -> bool) -> 
             b,
             r,
             "round_trips/s",
-            &format!("payload=64 slices={slices}x{SLICE_ROUND_TRIPS}"),
+            &format!("payload=64 slices={slices}x{SLICE_ROUND_TRIPS} baseline=mio_recvmsg"),
+        );
+        let mut plain = mio_side(None)?;
+        let (a, b, r) = interleave(slices, SLICE_ROUND_TRIPS, &mut ours, &mut plain)?;
+        report(
+            "seqpacket_pingpong_plain_recv",
+            a,
+            b,
+            r,
+            "round_trips/s",
+            &format!("payload=64 slices={slices}x{SLICE_ROUND_TRIPS} baseline=mio_recv"),
         );
     }
     if want("seqpacket_oneway") {

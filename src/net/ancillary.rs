@@ -94,7 +94,7 @@ impl From<UCred> for cmsg::Cred {
 /// assert_eq!(AncillaryBuf::with_max_fds(4).max_fds(), 4);
 /// ```
 pub struct AncillaryBuf {
-    words: Vec<u64>,
+    pub(crate) words: Vec<u64>,
     max_fds: usize,
 }
 
@@ -199,7 +199,7 @@ impl RecvAncillary {
         self.fds.is_empty() && self.creds.is_none()
     }
 
-    fn from_received(r: &mut cmsg::Received) -> RecvAncillary {
+    pub(crate) fn from_received(r: &mut cmsg::Received) -> RecvAncillary {
         RecvAncillary {
             fds: mem::take(&mut r.fds),
             creds: r.creds.map(UCred::from),

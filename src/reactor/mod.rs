@@ -1321,6 +1321,13 @@ struct Bufs {
     /// Control-message room for received fds and credentials.
     #[cfg(target_os = "linux")]
     anc: crate::net::AncillaryBuf,
+    /// Seqpacket reads take two messages per `recvmmsg`: the second one's
+    /// buffer (as large as `rbuf`; allocated with the first seqpacket
+    /// read) and control room.
+    #[cfg(target_os = "linux")]
+    rbuf2: Vec<u8>,
+    #[cfg(target_os = "linux")]
+    anc2: crate::net::AncillaryBuf,
 }
 
 impl fmt::Debug for Reactor {
@@ -1395,6 +1402,10 @@ impl Reactor {
                 scratch: Vec::new(),
                 #[cfg(target_os = "linux")]
                 anc: crate::net::AncillaryBuf::new(),
+                #[cfg(target_os = "linux")]
+                rbuf2: Vec::new(),
+                #[cfg(target_os = "linux")]
+                anc2: crate::net::AncillaryBuf::new(),
             },
             events,
             carry_now: Vec::new(),
@@ -1681,7 +1692,7 @@ fn serve_readable<H: Handler + ?Sized>(
         #[cfg(target_os = "linux")]
         SocketKind::SeqpacketListener => listener::drain(cx, handler, id),
         #[cfg(target_os = "linux")]
-        SocketKind::Seqpacket => seqpacket::drain_conn(cx, bufs, handler, id),
+        SocketKind::Seqpacket => seqpacket::drain_conn(cx, bufs, handler, id, trust_short_read),
         _ => drain_dgram(cx, bufs, handler, id),
     };
     if more {

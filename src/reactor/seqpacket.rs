@@ -1,8 +1,8 @@
 //! Unix seqpacket sockets in the reactor (Linux): listeners, connections,
 //! messages with credentials and passed file descriptors.
 //!
-//! Every message is read with `recvmsg` and a control buffer
-//! (`MSG_CMSG_CLOEXEC`), so passed descriptors become `OwnedFd`s the
+//! Messages are read two at a time with `recvmmsg`, each with a control
+//! buffer (`MSG_CMSG_CLOEXEC`), so passed descriptors become `OwnedFd`s the
 //! handler may take; the rest are closed when the callback returns. Because
 //! our sockets set `SO_PASSCRED`, every real message carries credentials
 //! and a 0-byte read without them is the end of the stream: an empty
@@ -18,9 +18,11 @@ use crate::addr::{PeerAddr, UnixAddr};
 use crate::error::Error;
 use crate::handler::{CloseReason, Handler, SeqMessage, SocketId};
 use crate::net::{
-    self, BindOptions, MsgKind, SendAncillary, UCred, UnixSeqpacket, UnixSeqpacketListener,
+    self, BindOptions, MsgKind, RecvAncillary, SendAncillary, UCred, UnixSeqpacket,
+    UnixSeqpacketListener,
 };
-use crate::recv::{MsgBuf, RecvResult};
+use crate::recv::QuotaExceeded;
+use crate::sys::cmsg;
 
 /// Options for seqpacket listeners and connections:
 /// `SeqpacketOptions { unlink_stale: true, ..SeqpacketOptions::default() }`.
@@ -261,67 +263,135 @@ fn close_reason(e: io::Error) -> CloseReason {
     }
 }
 
-/// Reads messages until `WouldBlock` or the budget; `true` if the budget
-/// ran out.
+/// Messages read per `recvmmsg`. Two is enough for the point of it: a
+/// read that returns fewer than asked shows the queue empty, so a drain
+/// ends without a second system call to see `WouldBlock`.
+const BATCH: usize = 2;
+
+/// Reads messages until the queue is empty or the budget is spent; `true`
+/// if the budget ran out.
+///
+/// A `recvmmsg` that returns fewer messages than asked found the queue
+/// empty — or met an error the kernel keeps for the next call, which only
+/// happens with the peer's close or reset, whose readiness event carries
+/// `RDHUP`/`ERR`. So a short read ends the drain only when the event had
+/// neither (`trust_short_read`); otherwise reading goes on to `WouldBlock`.
 pub(super) fn drain_conn<H: Handler + ?Sized>(
     cx: &mut Ctx,
     bufs: &mut Bufs,
     handler: &mut H,
     id: SocketId,
+    trust_short_read: bool,
 ) -> bool {
-    for _ in 0..cx.config.read_budget {
-        let Some(entry) = cx.live_entry_mut(id) else {
+    let mut budget = cx.config.read_budget;
+    if bufs.rbuf2.len() < bufs.rbuf.len() {
+        // Untouched zeroed pages: resident only once written.
+        bufs.rbuf2 = vec![0; bufs.rbuf.len()];
+    }
+    while budget > 0 {
+        let Some(entry) = cx.live_entry(id).ok() else {
             return false;
         };
         let Some(Sock::Seq(c)) = entry.sock.as_ref() else {
             return false;
         };
-        let mut buf = MsgBuf::borrowed(&mut bufs.rbuf).with_quota(Some(entry.max_msg));
-        let res = net::recv_with_ancillary(
-            c.sock.as_raw_fd(),
-            MsgKind::Seqpacket,
-            &mut buf,
-            &mut bufs.anc,
-            None,
+        let fd = c.sock.as_raw_fd();
+        let max = entry.max_msg;
+        let want = BATCH.min(budget);
+        let res = cmsg::recvmmsg(
+            fd,
+            &mut [&mut bufs.rbuf[..], &mut bufs.rbuf2[..]][..want],
+            &mut [&mut bufs.anc.words[..], &mut bufs.anc2.words[..]][..want],
         );
-        match res {
-            Ok((RecvResult::Fit(()) | RecvResult::Spilled(()), mut anc)) => {
-                entry.stats.messages_in += 1;
-                entry.stats.bytes_in += buf.len() as u64;
-                cx.callbacks += 1;
-                let msg = SeqMessage {
-                    data: buf.filled(),
-                    anc: &mut anc,
-                };
-                handler.on_message(cx, id, msg);
-                let unclaimed = anc.fds().len() as u64;
-                drop(anc); // closes what the handler did not take
-                if unclaimed > 0 {
-                    if let Some(e) = cx.live_entry_mut(id) {
-                        e.stats.fds_closed_unclaimed += unclaimed;
-                    }
-                }
-                finish_callback(cx, handler);
-            }
-            Ok((RecvResult::QuotaExceeded(q, ()), _anc)) => {
-                entry.stats.dropped_over_quota += 1;
-                cx.callbacks += 1;
-                handler.on_error(cx, id, Error::QuotaExceeded(q));
-                finish_callback(cx, handler);
-            }
-            Ok((RecvResult::EndOfStream, _)) => {
-                cx.close_now(id, CloseReason::EndOfStream);
-                finish_callback(cx, handler);
-                return false;
-            }
+        let (asked, got) = match res {
+            Ok(r) => r,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                budget -= 1; // an EINTR storm must not spin here
+                continue;
+            }
             Err(e) => {
                 cx.close_now(id, close_reason(e));
                 finish_callback(cx, handler);
                 return false;
             }
+        };
+        let mut n = 0;
+        for (i, r) in got.into_iter().enumerate() {
+            let Some(r) = r else { break };
+            n += 1;
+            budget = budget.saturating_sub(1);
+            let data = if i == 0 {
+                &bufs.rbuf[..]
+            } else {
+                &bufs.rbuf2[..]
+            };
+            if !deliver(cx, handler, id, data, r, max) {
+                return false; // closed: the rest of the batch (fds) is dropped
+            }
+        }
+        if n < asked && trust_short_read {
+            return false;
         }
     }
+    true
+}
+
+/// Hands one received message to the handler (or reports it over quota,
+/// or closes on end of stream); `false` once the connection is closed.
+fn deliver<H: Handler + ?Sized>(
+    cx: &mut Ctx,
+    handler: &mut H,
+    id: SocketId,
+    buf: &[u8],
+    mut r: cmsg::Received,
+    max: usize,
+) -> bool {
+    let Some(entry) = cx.live_entry_mut(id) else {
+        return false; // closed by the previous message's callback
+    };
+    // SO_PASSCRED puts credentials on every message; end of stream is the
+    // only 0-byte read without them.
+    if r.len == 0 && r.creds.is_none() {
+        cx.close_now(id, CloseReason::EndOfStream);
+        finish_callback(cx, handler);
+        return false;
+    }
+    let size = if r.truncated {
+        r.len.max(buf.len() + 1)
+    } else {
+        r.len
+    };
+    let mut anc = RecvAncillary::from_received(&mut r);
+    if size > max {
+        // Consumed and reported, never delivered; its descriptors close.
+        entry.stats.dropped_over_quota += 1;
+        entry.stats.fds_closed_unclaimed += anc.fds().len() as u64;
+        drop(anc);
+        cx.callbacks += 1;
+        handler.on_error(
+            cx,
+            id,
+            Error::QuotaExceeded(QuotaExceeded { size, quota: max }),
+        );
+        finish_callback(cx, handler);
+        return true;
+    }
+    entry.stats.messages_in += 1;
+    entry.stats.bytes_in += size as u64;
+    cx.callbacks += 1;
+    let msg = SeqMessage {
+        data: &buf[..size],
+        anc: &mut anc,
+    };
+    handler.on_message(cx, id, msg);
+    let unclaimed = anc.fds().len() as u64;
+    drop(anc); // closes what the handler did not take
+    if unclaimed > 0 {
+        if let Some(e) = cx.live_entry_mut(id) {
+            e.stats.fds_closed_unclaimed += unclaimed;
+        }
+    }
+    finish_callback(cx, handler);
     true
 }

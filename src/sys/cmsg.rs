@@ -220,35 +220,120 @@ pub(crate) fn recvmsg(
             return Err(e);
         }
     };
-    // Take ownership of the passed descriptors first: nothing below may
-    // return early before they are owned.
-    let used = (msg.msg_controllen as usize).min(control_bytes);
-    // SAFETY: `control` is `control_bytes` initialised bytes (u64s) that we
-    // borrow mutably; viewing a prefix as `u8`s is valid (no alignment or
-    // validity requirement) and the view ends before `control` is used again.
+    let r = take_received(
+        control,
+        msg.msg_controllen as usize,
+        msg.msg_flags,
+        n,
+        buf.len(),
+    );
+    if let Some(a) = addr {
+        a.len = msg.msg_namelen;
+    }
+    Ok(r)
+}
+
+/// Turns what one `recvmsg` (or one `recvmmsg` entry) wrote into a
+/// [`Received`]: the descriptors in the first `controllen` bytes of
+/// `control` become owned, the credentials are parsed.
+///
+/// Must be called right after the system call that filled `control`, and
+/// once per call: it takes ownership of the descriptor numbers there.
+fn take_received(
+    control: &[u64],
+    controllen: usize,
+    msg_flags: libc::c_int,
+    n: usize,
+    buf_len: usize,
+) -> Received {
+    let used = controllen.min(mem::size_of_val(control));
+    // SAFETY: `control` is `size_of_val(control)` initialised bytes (u64s)
+    // and `used` is no more; viewing a prefix as `u8`s is valid (no
+    // alignment or validity requirement) while `control` is borrowed.
     let control_bytes = unsafe { std::slice::from_raw_parts(control.as_ptr().cast::<u8>(), used) };
     let mut fds = Vec::new();
     let summary = parse(control_bytes, |raw| {
         if raw >= 0 {
             // SAFETY: these bytes were written by the kernel during the
-            // recvmsg above: each SCM_RIGHTS number is a descriptor it just
-            // installed in our table for this message. Nothing else knows
-            // it yet, and each is taken exactly once (the walk visits every
-            // entry once).
+            // system call the caller has just made: each SCM_RIGHTS number
+            // is a descriptor it installed in our table for this message.
+            // Nothing else knows it yet, and each is taken exactly once
+            // (the walk visits every entry once; callers call this once).
             fds.push(unsafe { OwnedFd::from_raw_fd(raw) });
         }
     });
-    if let Some(a) = addr {
-        a.len = msg.msg_namelen;
-    }
-    Ok(Received {
+    Received {
         len: n,
-        truncated: n > buf.len() || msg.msg_flags & libc::MSG_TRUNC != 0,
-        ctrunc: msg.msg_flags & libc::MSG_CTRUNC != 0,
+        truncated: n > buf_len || msg_flags & libc::MSG_TRUNC != 0,
+        ctrunc: msg_flags & libc::MSG_CTRUNC != 0,
         fds,
         creds: summary.creds,
         malformed: summary.malformed,
-    })
+    }
+}
+
+/// The most messages [`recvmmsg`] reads in one call.
+pub(crate) const MAX_RECV_BATCH: usize = 2;
+
+/// One non-blocking `recvmmsg(fd, ..., MSG_TRUNC | MSG_CMSG_CLOEXEC)`: up to
+/// `min(bufs.len(), controls.len(), MAX_RECV_BATCH)` messages, message `i`
+/// into `bufs[i]` with its control data in `controls[i]`. Returns how many
+/// were asked for and what arrived, in order (`Some` for a prefix): fewer
+/// than asked means the kernel found the queue empty — or hit an error,
+/// which it keeps for the next call.
+///
+/// Every descriptor of every message received is owned by the result.
+pub(crate) fn recvmmsg(
+    fd: RawFd,
+    bufs: &mut [&mut [u8]],
+    controls: &mut [&mut [u64]],
+) -> io::Result<(usize, [Option<Received>; MAX_RECV_BATCH])> {
+    let n = bufs.len().min(controls.len()).min(MAX_RECV_BATCH);
+    let mut received: [Option<Received>; MAX_RECV_BATCH] = Default::default();
+    if n == 0 {
+        return Ok((0, received));
+    }
+    // SAFETY: plain C structs; all-zero is a valid value.
+    let mut iovs: [libc::iovec; MAX_RECV_BATCH] = unsafe { mem::zeroed() };
+    // SAFETY: as above.
+    let mut hdrs: [libc::mmsghdr; MAX_RECV_BATCH] = unsafe { mem::zeroed() };
+    for i in 0..n {
+        iovs[i] = libc::iovec {
+            iov_base: bufs[i].as_mut_ptr().cast(),
+            iov_len: bufs[i].len(),
+        };
+        let h = &mut hdrs[i].msg_hdr;
+        h.msg_iov = &mut iovs[i];
+        h.msg_iovlen = 1;
+        let room = mem::size_of_val(&*controls[i]);
+        if room > 0 {
+            h.msg_control = controls[i].as_mut_ptr().cast();
+            h.msg_controllen = room as _;
+        }
+    }
+    // SAFETY: the first `n` headers point at iovecs over distinct, mutably
+    // borrowed buffers and at distinct, mutably borrowed, u64-aligned
+    // control buffers of the declared sizes; all outlive the call. A null
+    // timeout with MSG_DONTWAIT never blocks.
+    let flags = libc::MSG_DONTWAIT | libc::MSG_TRUNC | libc::MSG_CMSG_CLOEXEC;
+    let got = syscall!(recvmmsg(
+        fd,
+        hdrs.as_mut_ptr(),
+        n as libc::c_uint,
+        flags,
+        std::ptr::null_mut()
+    ))? as usize;
+    for (i, slot) in received.iter_mut().enumerate().take(got.min(n)) {
+        let h = &hdrs[i];
+        *slot = Some(take_received(
+            controls[i],
+            h.msg_hdr.msg_controllen as usize,
+            h.msg_hdr.msg_flags,
+            h.msg_len as usize,
+            bufs[i].len(),
+        ));
+    }
+    Ok((n, received))
 }
 
 /// Writes one control message header and its data at `off` of `control`;
