@@ -42,9 +42,10 @@ pub fn send_batch<S: AsFd>(
     to: Option<&SockAddr>,
 ) -> io::Result<usize> {
     let n = payloads.len().min(MAX_BATCH);
-    let mut items: [(&[u8], Option<&SockAddr>); MAX_BATCH] = [(&[], None); MAX_BATCH];
+    let dest = to.map(sys::RawDest::Sock);
+    let mut items: [(&[u8], Option<&sys::RawDest<'_>>); MAX_BATCH] = [(&[], None); MAX_BATCH];
     for (item, p) in items.iter_mut().zip(&payloads[..n]) {
-        *item = (p, to);
+        *item = (p, dest.as_ref());
     }
     sys::mmsg::send_batch(socket.as_fd().as_raw_fd(), &items[..n])
 }
@@ -80,17 +81,12 @@ pub fn recv_batch<S: AsFd>(
     meta: &mut [RecvMeta],
 ) -> io::Result<usize> {
     let n = bufs.len().min(meta.len()).min(MAX_BATCH);
-    let mut raw: [sys::mmsg::BatchMeta; MAX_BATCH] =
-        std::array::from_fn(|_| sys::mmsg::BatchMeta {
-            len: 0,
-            truncated: false,
-            addr: sys::empty_sockaddr(),
-        });
-    let got = sys::mmsg::recv_batch(socket.as_fd().as_raw_fd(), &mut bufs[..n], &mut raw[..n])?;
-    for (m, r) in meta.iter_mut().zip(raw.iter_mut()).take(got) {
+    let mut raw = [const { std::mem::MaybeUninit::uninit() }; MAX_BATCH];
+    let got = sys::mmsg::recv_batch(socket.as_fd().as_raw_fd(), &mut bufs[..n], &mut raw)?;
+    for (m, r) in meta.iter_mut().zip(got) {
         m.len = r.len;
         m.truncated = r.truncated;
-        m.addr = std::mem::replace(&mut r.addr, sys::empty_sockaddr());
+        m.addr = r.addr.to_sock_addr();
     }
-    Ok(got)
+    Ok(got.len())
 }

@@ -20,14 +20,30 @@ struct App {
     sent: u64,
     size: usize,
     echo: bool,
+    /// The receiving side panics (once) in the callback for this sequence
+    /// number, after recording the message.
+    panic_at: Option<u64>,
+}
+
+/// Message `seq` of `size` bytes: the sequence number, then bytes derived
+/// from it, so that a message delivered with someone else's bytes shows.
+fn message(seq: u64, size: usize) -> Vec<u8> {
+    let mut msg: Vec<u8> = (0..size.max(8))
+        .map(|i| {
+            (i as u64)
+                .wrapping_mul(31)
+                .wrapping_add(seq.wrapping_mul(7)) as u8
+        })
+        .collect();
+    msg[..8].copy_from_slice(&seq.to_le_bytes());
+    msg
 }
 
 impl App {
     fn pump(&mut self, cx: &mut Ctx) {
         let Some(peer) = self.client else { return };
         while self.sent < self.to_send {
-            let mut msg = vec![0u8; self.size.max(8)];
-            msg[..8].copy_from_slice(&self.sent.to_le_bytes());
+            let msg = message(self.sent, self.size);
             match cx.send_rudp(peer, &msg, Guarantee::Delivery) {
                 Ok(()) => self.sent += 1,
                 Err(Error::RudpSend(SendError::QueueFull)) => break,
@@ -53,6 +69,13 @@ impl Handler for App {
             cx.send_rudp(peer, msg, g).expect("echo");
         }
         self.received.push((peer, msg.to_vec(), g));
+        if Some(peer) != self.client && msg.len() >= 8 {
+            let seq = u64::from_le_bytes(msg[..8].try_into().unwrap());
+            if self.panic_at == Some(seq) {
+                self.panic_at = None;
+                panic!("handler bug at message {seq}");
+            }
+        }
     }
     fn on_peer_closed(&mut self, _cx: &mut Ctx, peer: PeerId, reason: CloseReason) {
         self.closed.push((peer, reason));
@@ -149,7 +172,7 @@ fn a_window_full_of_messages_arrives_exactly_once_in_order() {
         Duration::from_secs(20),
     );
     for (i, (_, m, g)) in app.received.iter().enumerate() {
-        assert_eq!(u64::from_le_bytes(m[..8].try_into().unwrap()), i as u64);
+        assert_eq!(*m, message(i as u64, 64), "message {i}");
         assert_eq!(*g, Guarantee::Delivery);
     }
     assert!(
@@ -159,6 +182,105 @@ fn a_window_full_of_messages_arrives_exactly_once_in_order() {
     let (stats, peers) = r.rudp_stats(server).unwrap();
     assert_eq!(peers, 1);
     assert_eq!(stats.malformed, 0);
+}
+
+/// Messages are handed to the handler straight from the receive buffer.
+/// A handler that panics in the middle of a batch (the default: the panic
+/// leaves `run_once`) must not cost the rest of the batch, nor have it
+/// delivered with the bytes of datagrams read later into that buffer.
+#[test]
+fn a_panic_in_the_middle_of_a_batch_loses_and_corrupts_nothing() {
+    let _g = util::serial();
+    let _fds = util::FdCheck::new();
+    let mut r = Reactor::new().unwrap();
+    let server = r.bind_rudp("127.0.0.1:0", RudpConfig::default()).unwrap();
+    let client = r.bind_rudp("127.0.0.1:0", RudpConfig::default()).unwrap();
+    let addr = r.local_addr(server).unwrap().as_inet().unwrap();
+    let mut app = App {
+        to_send: 3_000,
+        size: 1000,
+        panic_at: Some(1_234),
+        ..App::default()
+    };
+    app.client = Some(r.rudp_connect(client, addr).unwrap());
+    let start = Instant::now();
+    let mut panics = 0;
+    while app.received.len() < 3_000 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{}",
+            app.received.len()
+        );
+        let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            r.run_once(&mut app, Some(Duration::from_millis(20)))
+        }));
+        match step {
+            Ok(res) => {
+                res.expect("run_once");
+            }
+            Err(_) => panics += 1,
+        }
+    }
+    assert_eq!(panics, 1);
+    for (i, (_, m, _)) in app.received.iter().enumerate() {
+        assert_eq!(*m, message(i as u64, 1000), "message {i}");
+    }
+    assert_eq!(app.received.len(), 3_000, "nothing twice");
+}
+
+/// `connect_rudp` gives the client a socket of its own, connected to the
+/// server: strangers' datagrams never reach the endpoint, and the socket
+/// refuses peers at other addresses with a typed error.
+#[test]
+fn connect_rudp_gives_the_client_a_connected_socket_of_its_own() {
+    let _g = util::serial();
+    let _fds = util::FdCheck::new();
+    let mut r = Reactor::new().unwrap();
+    let s1 = r.bind_rudp("127.0.0.1:0", RudpConfig::default()).unwrap();
+    let s2 = r.bind_rudp("127.0.0.1:0", RudpConfig::default()).unwrap();
+    let a1 = r.local_addr(s1).unwrap().as_inet().unwrap();
+    let a2 = r.local_addr(s2).unwrap().as_inet().unwrap();
+    let mut app = App::default();
+    let p1 = r.connect_rudp(a1, RudpConfig::default()).unwrap();
+    assert!(p1.sock != s1 && p1.sock != s2, "a socket of its own");
+    let port = r.local_addr(p1.sock).unwrap().as_inet().unwrap().port();
+    drive(
+        &mut r,
+        &mut app,
+        |a| a.connected.len() == 2,
+        Duration::from_secs(5),
+    );
+
+    let stranger = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    stranger.send_to(b"junk", ("127.0.0.1", port)).unwrap();
+    r.send_rudp(p1, b"one", Guarantee::Delivery).unwrap();
+    drive(
+        &mut r,
+        &mut app,
+        |a| a.received.len() == 1,
+        Duration::from_secs(5),
+    );
+    r.run_once(&mut app, Some(Duration::from_millis(20)))
+        .unwrap();
+    let (stats, peers) = r.rudp_stats(p1.sock).unwrap();
+    assert_eq!(
+        (stats.malformed, peers),
+        (0, 1),
+        "the kernel dropped the stranger's datagram"
+    );
+
+    match r.rudp_connect(p1.sock, a2) {
+        Err(Error::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput),
+        other => panic!("{other:?}"),
+    }
+    // The same socket, unconnected, does see strangers: the junk is counted.
+    stranger.send_to(b"junk", a1).unwrap();
+    let start = Instant::now();
+    while r.rudp_stats(s1).unwrap().0.malformed == 0 && start.elapsed() < Duration::from_secs(2) {
+        r.run_once(&mut app, Some(Duration::from_millis(20)))
+            .unwrap();
+    }
+    assert_eq!(r.rudp_stats(s1).unwrap().0.malformed, 1);
 }
 
 #[test]

@@ -18,6 +18,8 @@ const INIT: u32 = 1000;
 fn cfg() -> RudpConfig {
     RudpConfig {
         initial_sequence: Some(INIT),
+        // Some cases queue a few MiB up front, without a writable loop.
+        max_send_queue_bytes: 8 << 20,
         ..RudpConfig::default()
     }
 }

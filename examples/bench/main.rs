@@ -87,8 +87,9 @@ fn die(msg: &str) -> ! {
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
+    v.retain(|x| !x.is_nan()); // one side skipped with --side
     if v.is_empty() {
-        return f64::NAN; // one side skipped with --side
+        return f64::NAN;
     }
     v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
     v[v.len() / 2]

@@ -76,7 +76,6 @@ impl Handler for Run {
 fn rudp_run(size: usize, guarantee: Guarantee) -> io::Result<(f64, u64, u64)> {
     let mut r = Reactor::new()?;
     let server = r.bind_rudp("127.0.0.1:0", RudpConfig::default())?;
-    let client_sock = r.bind_rudp("127.0.0.1:0", RudpConfig::default())?;
     let server_addr = r.local_addr(server)?.as_inet().expect("udp");
     let mut app = Run {
         guarantee,
@@ -89,7 +88,8 @@ fn rudp_run(size: usize, guarantee: Guarantee) -> io::Result<(f64, u64, u64)> {
         buf: vec![0x5a; size],
     };
     let start = Instant::now();
-    app.client = Some(r.rudp_connect(client_sock, server_addr)?);
+    // The client's own socket, as a client connects.
+    app.client = Some(r.connect_rudp(server_addr, RudpConfig::default())?);
     let mut last_progress = (0u64, Instant::now());
     loop {
         r.run_once(&mut app, Some(Duration::from_millis(50)))?;
@@ -174,7 +174,7 @@ pub(crate) fn run(rounds: usize, want: &dyn Fn(&str) -> bool) -> io::Result<()> 
             continue;
         }
         let (mut a, mut b, mut r, mut dgr, mut retx) = (vec![], vec![], vec![], vec![], vec![]);
-        for _ in 0..rounds.min(3) {
+        for _ in 0..rounds {
             let side = super::SIDE.get().cloned().flatten();
             let (rate, datagrams, retransmitted) = if side.as_deref() == Some("baseline") {
                 (f64::NAN, 0, 0)

@@ -1461,6 +1461,14 @@ impl Reactor {
         for index in cx.to_free.drain(..) {
             cx.sockets.remove(index);
         }
+        // Reliable-UDP messages not yet delivered may still lie in the
+        // receive buffer, which the next pass reuses: copy them out (they
+        // are delivered on the next pass).
+        for entry in cx.sockets.iter_mut().map(|(_, e)| e) {
+            if let Some(Sock::Rudp(rs)) = entry.sock.as_mut() {
+                rs.ep.materialize(&self.bufs.rbuf);
+            }
+        }
         if self.events.iter().any(|ev| ev.token() == WAKER_TOKEN) {
             cx.wake_pending = true;
         }
@@ -1595,7 +1603,7 @@ impl Reactor {
         // Sending can end a reliable-UDP connection (its CLOSE went out):
         // report such events now, and send what the handler sends back.
         while let Some(id) = cx.rudp_flushed.pop() {
-            rudp::deliver_events(cx, &mut bufs.scratch, handler, id);
+            rudp::deliver_events(cx, &[], &mut bufs.scratch, handler, id);
             rudp::flush_dirty(cx);
         }
         tcp::flush_output(cx, handler);
@@ -1688,7 +1696,14 @@ fn serve_readable<H: Handler + ?Sized>(
     let more = match kind {
         SocketKind::TcpListener => listener::drain(cx, handler, id),
         SocketKind::Tcp => tcp::drain_conn(cx, &mut bufs.rbuf, handler, id, trust_short_read),
-        SocketKind::Rudp => rudp::drain(cx, &mut bufs.rbuf, &mut bufs.scratch, handler, id),
+        SocketKind::Rudp => rudp::drain(
+            cx,
+            &mut bufs.rbuf,
+            &mut bufs.scratch,
+            handler,
+            id,
+            trust_short_read,
+        ),
         #[cfg(target_os = "linux")]
         SocketKind::SeqpacketListener => listener::drain(cx, handler, id),
         #[cfg(target_os = "linux")]

@@ -17,14 +17,12 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::AsRawFd;
 use std::time::Instant;
 
-use socket2::SockAddr;
-
 use super::{bind_udp_socket, finish_callback, Ctx, DgramOptions, Sock, TimerTarget};
 use crate::error::Error;
 use crate::handler::{Handler, PeerId, SocketId};
 use crate::rudp::{
-    CloseReason as PeerCloseReason, ConnectionStats, Endpoint, EndpointStats, EventRef, Guarantee,
-    RudpConfig,
+    CloseReason as PeerCloseReason, ConnectionStats, Endpoint, EndpointStats, Guarantee, MsgRef,
+    RawEvent, RudpConfig,
 };
 use crate::sys;
 use crate::timer::TimerKey;
@@ -48,6 +46,9 @@ pub(super) struct RudpSock {
     /// Datagram slot size for receiving: the largest datagram accepted.
     slot: usize,
     seed_counter: u64,
+    /// The address the UDP socket is connected to, if it is: datagrams to
+    /// it go without an address (the kernel keeps the route).
+    connected: Option<SocketAddr>,
 }
 
 impl RudpSock {
@@ -55,6 +56,11 @@ impl RudpSock {
         self.timer.map(|(k, _)| k)
     }
 }
+
+/// The largest [`RudpConfig::mtu`] sent with don't-fragment: what fits a
+/// 1,500-byte Ethernet path under IPv6 and UDP headers.
+#[cfg(target_os = "linux")]
+const DONT_FRAGMENT_MTU: usize = 1500 - 40 - 8;
 
 /// Why a datagram socket could not take more this pass.
 fn log_send_error(id: SocketId, e: &io::Error, dropped: usize) {
@@ -90,7 +96,17 @@ impl Ctx {
         opts: &DgramOptions,
     ) -> Result<SocketId, Error> {
         let config = config.sanitized();
-        let sock = mio::net::UdpSocket::from_std(bind_udp_socket(addr, opts)?.into());
+        let sock = bind_udp_socket(addr, opts)?;
+        // Datagrams that fit any Ethernet path go with don't-fragment (and
+        // no per-datagram IP ID); larger ones may still need fragments.
+        #[cfg(target_os = "linux")]
+        if config.mtu <= DONT_FRAGMENT_MTU {
+            let ipv6 = sock.local_addr()?.is_ipv6();
+            if let Err(e) = sys::set_dont_fragment(sock.as_raw_fd(), ipv6) {
+                log::debug!("reliable UDP: don't-fragment: {e}");
+            }
+        }
+        let sock = mio::net::UdpSocket::from_std(sock.into());
         let slot = (config.mtu + 1).max(1500);
         let seed = seed_from(&sock, self.next_gen);
         let rs = RudpSock {
@@ -100,6 +116,7 @@ impl Ctx {
             dirty: false,
             slot,
             seed_counter: 0,
+            connected: None,
         };
         self.insert(Sock::Rudp(Box::new(rs)), 0, None)
     }
@@ -111,10 +128,52 @@ impl Ctx {
     pub fn rudp_connect(&mut self, sock: SocketId, remote: SocketAddr) -> Result<PeerId, Error> {
         let now = self.now();
         let rs = self.rudp_mut(sock, "rudp_connect")?;
+        if rs.connected.is_some_and(|to| to != remote) {
+            return Err(Error::Io(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a socket from connect_rudp talks to one address; use bind_rudp for more",
+            )));
+        }
         rs.seed_counter += 1;
         let peer = rs.ep.connect(now, remote).map_err(Error::Rudp)?;
         self.mark_rudp_dirty(sock);
         Ok(PeerId { sock, peer })
+    }
+
+    /// Connects to a reliable-UDP server at `remote` from a socket of its
+    /// own — the client's call, like [`connect_tcp`](Ctx::connect_tcp).
+    ///
+    /// The new socket (`peer.sock`) is bound to an ephemeral port, accepts
+    /// no peers, and its UDP socket is connected to `remote`: the kernel
+    /// routes each datagram without a lookup and drops datagrams from
+    /// anyone else. It stays open when the peer closes; close it with
+    /// [`close`](Ctx::close) when done.
+    pub fn connect_rudp(
+        &mut self,
+        remote: SocketAddr,
+        config: RudpConfig,
+    ) -> Result<PeerId, Error> {
+        let local: SocketAddr = match remote {
+            SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+            SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+        };
+        let config = RudpConfig {
+            accept_incoming: false,
+            ..config
+        };
+        let sock = self.bind_rudp(local, config)?;
+        let connected = self.rudp_mut(sock, "connect_rudp").and_then(|rs| {
+            rs.sock.connect(remote)?;
+            rs.connected = Some(remote);
+            Ok(())
+        });
+        match connected.and_then(|()| self.rudp_connect(sock, remote)) {
+            Ok(peer) => Ok(peer),
+            Err(e) => {
+                let _ = self.close(sock);
+                Err(e)
+            }
+        }
     }
 
     /// Sends one message to a reliable-UDP peer with `guarantee`.
@@ -259,14 +318,21 @@ fn seed_from(sock: &mio::net::UdpSocket, salt: u32) -> u64 {
     h.finish()
 }
 
-/// Reads datagrams into the endpoint until `WouldBlock` or the budget;
-/// delivers the events they caused. `true` if the budget ran out.
+/// Reads datagrams into the endpoint until the queue is empty or the
+/// budget is spent; delivers the events they caused. `true` if the budget
+/// ran out.
+///
+/// A `recvmmsg` that returns fewer datagrams than asked found the queue
+/// empty (or met an ICMP error, which comes with its own `ERR` event): with
+/// `trust_short_read` (the event had no `ERR`/`RDHUP`) that ends the drain
+/// without one more call to see `WouldBlock`.
 pub(super) fn drain<H: Handler + ?Sized>(
     cx: &mut Ctx,
     rbuf: &mut [u8],
     scratch: &mut Vec<u8>,
     handler: &mut H,
     id: SocketId,
+    trust_short_read: bool,
 ) -> bool {
     let mut more = true;
     for _ in 0..cx.config.read_budget.div_ceil(BATCH).max(1) {
@@ -284,7 +350,12 @@ pub(super) fn drain<H: Handler + ?Sized>(
             std::array::from_fn(|_| chunks.next().unwrap_or(&mut []));
         let mut meta = [(0usize, false, UNSPECIFIED); BATCH];
         let got = match recv_batch(rs, &mut bufs[..n_slots], &mut meta) {
-            Ok(got) => got,
+            Ok(got) => {
+                if got < n_slots && trust_short_read {
+                    more = false;
+                }
+                got
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 more = false;
                 0
@@ -295,13 +366,18 @@ pub(super) fn drain<H: Handler + ?Sized>(
                 0
             }
         };
-        for (buf, &(len, truncated, from)) in bufs.iter().zip(&meta).take(got) {
+        for (i, (buf, &(len, truncated, from))) in bufs.iter().zip(&meta).take(got).enumerate() {
             if truncated {
                 // Larger than any datagram the protocol sends: not ours.
                 entry.stats.dropped_truncated += 1;
                 continue;
             }
-            if let Err(e) = rs.ep.handle_datagram(now, from, &buf[..len]) {
+            // Messages that lie whole in the datagram stay in `rbuf` until
+            // `deliver_events` below hands them over: no copy.
+            if let Err(e) = rs
+                .ep
+                .handle_datagram_in_place(now, from, &buf[..len], i * slot)
+            {
                 log::trace!("{id}: datagram from {from}: {e}");
             }
         }
@@ -309,7 +385,7 @@ pub(super) fn drain<H: Handler + ?Sized>(
             rs.dirty = true;
             cx.rudp_dirty.push(id);
         }
-        deliver_events(cx, scratch, handler, id);
+        deliver_events(cx, rbuf, scratch, handler, id);
         if !more {
             break;
         }
@@ -331,22 +407,12 @@ fn recv_batch(
 ) -> io::Result<usize> {
     #[cfg(target_os = "linux")]
     {
-        let mut raw: [sys::mmsg::BatchMeta; BATCH] =
-            std::array::from_fn(|_| sys::mmsg::BatchMeta {
-                len: 0,
-                truncated: false,
-                addr: sys::empty_sockaddr(),
-            });
-        let n = bufs.len().min(BATCH);
-        let got = sys::mmsg::recv_batch(rs.sock.as_raw_fd(), &mut bufs[..n], &mut raw[..n])?;
-        for (out, m) in meta.iter_mut().zip(&raw[..got]) {
-            *out = (
-                m.len,
-                m.truncated,
-                m.addr.as_socket().unwrap_or(UNSPECIFIED),
-            );
+        let mut raw = [const { std::mem::MaybeUninit::uninit() }; BATCH];
+        let got = sys::mmsg::recv_batch(rs.sock.as_raw_fd(), bufs, &mut raw)?;
+        for (out, m) in meta.iter_mut().zip(got) {
+            *out = (m.len, m.truncated, m.addr.to_inet().unwrap_or(UNSPECIFIED));
         }
-        Ok(got)
+        Ok(got.len())
     }
     #[cfg(not(target_os = "linux"))]
     {
@@ -370,16 +436,20 @@ fn recv_batch(
     }
 }
 
-/// Hands every pending endpoint event of `id` to the handler.
+/// Hands every pending endpoint event of `id` to the handler. `rbuf` is
+/// the receive buffer the endpoint's datagrams were just handled in place
+/// from (messages still there are read from it); empty where none were.
 pub(super) fn deliver_events<H: Handler + ?Sized>(
     cx: &mut Ctx,
+    rbuf: &[u8],
     scratch: &mut Vec<u8>,
     handler: &mut H,
     id: SocketId,
 ) {
     enum Ev {
         Connected,
-        Message(Guarantee),
+        /// The bytes are in `scratch`, or at this range of `rbuf`.
+        Message(Guarantee, Option<std::ops::Range<usize>>),
         Writable,
         Closed(PeerCloseReason),
     }
@@ -390,23 +460,40 @@ pub(super) fn deliver_events<H: Handler + ?Sized>(
         let Some(Sock::Rudp(rs)) = entry.sock.as_mut() else {
             return;
         };
-        let (peer, ev) = match rs.ep.poll_event_ref() {
+        let (peer, ev) = match rs.ep.poll_event_raw() {
             None => return,
-            Some((peer, EventRef::Message { data, guarantee })) => {
-                scratch.clear();
-                scratch.extend_from_slice(data);
+            Some((peer, RawEvent::Message { data, guarantee })) => {
+                let (len, at) = match data {
+                    MsgRef::InPlace { offset, len } => (len, Some(offset..offset + len)),
+                    MsgRef::Bytes(data) => {
+                        // Reassembled, reordered or retained: borrowed from
+                        // the endpoint, so copied out for the callback.
+                        scratch.clear();
+                        scratch.extend_from_slice(data);
+                        (data.len(), None)
+                    }
+                };
                 entry.stats.messages_in += 1;
-                entry.stats.bytes_in += data.len() as u64;
-                (peer, Ev::Message(guarantee))
+                entry.stats.bytes_in += len as u64;
+                (peer, Ev::Message(guarantee, at))
             }
-            Some((peer, EventRef::Connected)) => (peer, Ev::Connected),
-            Some((peer, EventRef::Writable)) => (peer, Ev::Writable),
-            Some((peer, EventRef::Closed(r))) => (peer, Ev::Closed(r)),
+            Some((peer, RawEvent::Connected)) => (peer, Ev::Connected),
+            Some((peer, RawEvent::Writable)) => (peer, Ev::Writable),
+            Some((peer, RawEvent::Closed(r))) => (peer, Ev::Closed(r)),
         };
         let peer = PeerId { sock: id, peer };
         cx.callbacks += 1;
         match ev {
-            Ev::Message(g) => handler.on_rudp(cx, peer, scratch, g),
+            Ev::Message(g, None) => handler.on_rudp(cx, peer, scratch, g),
+            Ev::Message(g, Some(at)) => match rbuf.get(at) {
+                Some(msg) => handler.on_rudp(cx, peer, msg, g),
+                None => {
+                    // A broken internal invariant, never peer input: say so
+                    // loudly rather than deliver the wrong bytes.
+                    debug_assert!(false, "in-place message outside the receive buffer");
+                    log::error!("{peer}: a message was lost (receive buffer reused)");
+                }
+            },
             Ev::Connected => handler.on_peer_connected(cx, peer),
             Ev::Writable => handler.on_rudp_writable(cx, peer),
             Ev::Closed(r) => handler.on_peer_closed(cx, peer, r),
@@ -432,7 +519,7 @@ pub(super) fn timeout_due<H: Handler + ?Sized>(
         rs.dirty = true;
         cx.rudp_dirty.push(id);
     }
-    deliver_events(cx, scratch, handler, id);
+    deliver_events(cx, &[], scratch, handler, id);
 }
 
 /// Writes the pending datagrams of every dirty endpoint and re-arms their
@@ -471,7 +558,7 @@ fn flush(cx: &mut Ctx, id: SocketId) {
     }
     loop {
         // Fill up to BATCH datagrams, then send them with one call.
-        let mut dests: [Option<SockAddr>; BATCH] = std::array::from_fn(|_| None);
+        let mut dests: [Option<sys::RawDest<'static>>; BATCH] = [const { None }; BATCH];
         let mut lens = [0usize; BATCH];
         let mut n = 0;
         {
@@ -480,7 +567,10 @@ fn flush(cx: &mut Ctx, id: SocketId) {
                 let Some(buf) = slots.next() else { break };
                 match rs.ep.poll_transmit(now, buf) {
                     Some(t) => {
-                        dests[n] = Some(SockAddr::from(t.dest));
+                        // To the connected peer: no address (the kernel's
+                        // cached route).
+                        dests[n] =
+                            (rs.connected != Some(t.dest)).then(|| sys::RawDest::inet(&t.dest));
                         lens[n] = t.len;
                         n += 1;
                     }
@@ -491,7 +581,7 @@ fn flush(cx: &mut Ctx, id: SocketId) {
         if n == 0 {
             break;
         }
-        let mut items: [(&[u8], Option<&SockAddr>); BATCH] = [(&[], None); BATCH];
+        let mut items: [(&[u8], Option<&sys::RawDest<'_>>); BATCH] = [(&[], None); BATCH];
         for (i, (chunk, dest)) in rudp_tx.chunks(mtu).zip(dests.iter()).take(n).enumerate() {
             items[i] = (&chunk[..lens[i]], dest.as_ref());
         }
@@ -525,7 +615,7 @@ fn flush(cx: &mut Ctx, id: SocketId) {
 
 fn send_batch(
     sock: &mio::net::UdpSocket,
-    items: &[(&[u8], Option<&SockAddr>)],
+    items: &[(&[u8], Option<&sys::RawDest<'_>>)],
 ) -> io::Result<usize> {
     #[cfg(target_os = "linux")]
     {
@@ -533,10 +623,9 @@ fn send_batch(
     }
     #[cfg(not(target_os = "linux"))]
     {
-        let (buf, dest) = items[0];
-        let dest = dest
-            .and_then(SockAddr::as_socket)
-            .ok_or(io::ErrorKind::InvalidInput)?;
-        sys::send_to(sock.as_raw_fd(), buf, &sys::RawDest::inet(&dest)).map(|_| 1)
+        match items[0] {
+            (buf, Some(dest)) => sys::send_to(sock.as_raw_fd(), buf, dest).map(|_| 1),
+            (buf, None) => sys::send(sock.as_raw_fd(), buf).map(|_| 1),
+        }
     }
 }

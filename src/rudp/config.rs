@@ -18,14 +18,19 @@ pub(crate) const FRAG_OVERHEAD: usize =
 #[derive(Debug, Clone, PartialEq)]
 pub struct RudpConfig {
     /// Largest UDP payload sent and accepted. Default 1,200 bytes; clamped to
-    /// 128..=65,507. Both ends use the smaller of their two values.
+    /// 128..=65,507. Both ends use the smaller of their two values. In the
+    /// reactor (Linux), sockets whose `mtu` fits a 1,500-byte Ethernet path
+    /// (at most 1,452) send with don't-fragment, as QUIC does.
     pub mtu: usize,
     /// Largest message accepted for sending and for receiving. Default 1 MiB.
     /// Clamped to at most what 65,535 fragments can carry.
     pub max_message_len: usize,
     /// Bound on queued-but-unacknowledged bytes per connection (reliable
-    /// messages until acked, unreliable ones until sent). Default 4 MiB; at
-    /// least `max_message_len`.
+    /// messages until acked, unreliable ones until sent). Default 2 MiB:
+    /// room for the largest window (`max_in_flight` packets, about 1.2 MB)
+    /// and for refilling it; more only queues latency and memory (and a
+    /// send queue that outgrows the CPU cache costs throughput). At least
+    /// `max_message_len`.
     pub max_send_queue_bytes: usize,
     /// Bound on queued-but-unacknowledged messages per connection. Default 16,384.
     pub max_send_queue_messages: usize,
@@ -97,7 +102,7 @@ impl Default for RudpConfig {
         RudpConfig {
             mtu: 1200,
             max_message_len: 1 << 20,
-            max_send_queue_bytes: 4 << 20,
+            max_send_queue_bytes: 2 << 20,
             max_send_queue_messages: 16_384,
             recv_window: 8192,
             max_recv_buffer_bytes: 8 << 20,

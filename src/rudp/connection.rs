@@ -899,8 +899,47 @@ enum ChunkOutcome {
 /// Data handed to the application, waiting in the event queue.
 #[derive(Debug)]
 enum MsgData {
-    Arena { start: usize, len: usize },
+    Arena {
+        start: usize,
+        len: usize,
+    },
     Owned(Vec<u8>),
+    /// Still in the caller's receive buffer, at `offset` (a packet handled
+    /// with [`Connection::handle_packet_in_place`]): not copied at all.
+    InPlace {
+        offset: usize,
+        len: usize,
+    },
+}
+
+/// A packet being handled where it lies in the caller's receive buffer:
+/// the address and length of its bytes, and their offset in that buffer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct InPlace {
+    pub(crate) base: usize,
+    pub(crate) len: usize,
+    pub(crate) origin: usize,
+}
+
+/// A message's bytes as [`Connection::poll_event_raw`] gives them.
+#[derive(Debug)]
+pub(crate) enum MsgRef<'a> {
+    /// Here.
+    Bytes(&'a [u8]),
+    /// In the caller's receive buffer, `buf[offset..offset + len]`.
+    InPlace { offset: usize, len: usize },
+}
+
+/// [`EventRef`] with message bytes possibly left in the caller's buffer.
+#[derive(Debug)]
+pub(crate) enum RawEvent<'a> {
+    Connected,
+    Message {
+        data: MsgRef<'a>,
+        guarantee: Guarantee,
+    },
+    Writable,
+    Closed(CloseReason),
 }
 
 #[derive(Debug)]
@@ -919,10 +958,28 @@ struct Inbox {
     /// Message bytes waiting in `events`.
     bytes: usize,
     delivered: PerGuarantee,
+    /// Set while a packet is handled in place: messages that lie whole in
+    /// it are queued by position instead of copied.
+    place: Option<InPlace>,
 }
 
 impl Inbox {
     fn deliver_slice(&mut self, g: Guarantee, data: &[u8]) {
+        if let Some(p) = self.place {
+            let at = (data.as_ptr() as usize).wrapping_sub(p.base);
+            if at <= p.len && data.len() <= p.len - at {
+                self.bytes += data.len();
+                self.delivered.add(g);
+                self.events.push_back(PendingEvent::Message {
+                    guarantee: g,
+                    data: MsgData::InPlace {
+                        offset: p.origin + at,
+                        len: data.len(),
+                    },
+                });
+                return;
+            }
+        }
         if self.events.is_empty() {
             self.arena.clear();
         }
@@ -2850,6 +2907,13 @@ impl Connection {
                         .get(start..start + len)
                         .unwrap_or(&[])
                         .to_vec(),
+                    MsgData::InPlace { len, .. } => {
+                        // Only the reactor handles packets in place, and it
+                        // polls with `poll_event_raw`.
+                        debug_assert!(false, "in-place message polled by copy");
+                        log::error!("rudp: a {len} B message left in a receive buffer was lost");
+                        Vec::new()
+                    }
                 };
                 self.inbox.bytes -= data.len();
                 Event::Message { data, guarantee }
@@ -2860,32 +2924,95 @@ impl Connection {
     /// The next event, borrowing message bytes from the connection (no
     /// allocation per message for in-order small messages).
     pub fn poll_event_ref(&mut self) -> Option<EventRef<'_>> {
+        Some(match self.poll_event_raw()? {
+            RawEvent::Connected => EventRef::Connected,
+            RawEvent::Writable => EventRef::Writable,
+            RawEvent::Closed(r) => EventRef::Closed(r),
+            RawEvent::Message { data, guarantee } => EventRef::Message {
+                data: match data {
+                    MsgRef::Bytes(d) => d,
+                    MsgRef::InPlace { len, .. } => {
+                        // As in `poll_event`: only the reactor's path makes these.
+                        debug_assert!(false, "in-place message polled by reference");
+                        log::error!("rudp: a {len} B message left in a receive buffer was lost");
+                        &[]
+                    }
+                },
+                guarantee,
+            },
+        })
+    }
+
+    /// The next event; a message handled in place is left where it is
+    /// ([`MsgRef::InPlace`]): the caller reads it from its buffer, which
+    /// must still hold what [`handle_packet_in_place`](Self::handle_packet_in_place)
+    /// saw.
+    pub(crate) fn poll_event_raw(&mut self) -> Option<RawEvent<'_>> {
         let Some(ev) = self.inbox.events.pop_front() else {
             self.inbox.arena.clear();
             self.inbox_last = None;
             return None;
         };
         Some(match ev {
-            PendingEvent::Message {
-                guarantee,
-                data: MsgData::Arena { start, len },
-            } => {
-                self.inbox.bytes -= len;
-                let data = self.inbox.arena.get(start..start + len).unwrap_or(&[]);
-                EventRef::Message { data, guarantee }
+            PendingEvent::Message { guarantee, data } => {
+                let data = match data {
+                    MsgData::Arena { start, len } => {
+                        self.inbox.bytes -= len;
+                        MsgRef::Bytes(self.inbox.arena.get(start..start + len).unwrap_or(&[]))
+                    }
+                    MsgData::Owned(v) => {
+                        self.inbox.bytes -= v.len();
+                        MsgRef::Bytes(self.inbox_last.insert(v))
+                    }
+                    MsgData::InPlace { offset, len } => {
+                        self.inbox.bytes -= len;
+                        MsgRef::InPlace { offset, len }
+                    }
+                };
+                RawEvent::Message { data, guarantee }
             }
-            PendingEvent::Message {
-                guarantee,
-                data: MsgData::Owned(v),
-            } => {
-                self.inbox.bytes -= v.len();
-                let data: &[u8] = self.inbox_last.insert(v);
-                EventRef::Message { data, guarantee }
-            }
-            PendingEvent::Connected => EventRef::Connected,
-            PendingEvent::Writable => EventRef::Writable,
-            PendingEvent::Closed(r) => EventRef::Closed(r),
+            PendingEvent::Connected => RawEvent::Connected,
+            PendingEvent::Writable => RawEvent::Writable,
+            PendingEvent::Closed(r) => RawEvent::Closed(r),
         })
+    }
+
+    /// Like [`handle_packet`](Self::handle_packet) for a packet that stays
+    /// in the caller's receive buffer (`place`) until the events it causes
+    /// are polled: messages lying whole in it are queued by position, not
+    /// copied. Before that buffer is reused, every such event must be
+    /// polled with [`poll_event_raw`](Self::poll_event_raw) or copied with
+    /// [`materialize`](Self::materialize).
+    pub(crate) fn handle_packet_in_place(
+        &mut self,
+        now: Instant,
+        pkt: &PacketRepr<'_>,
+        len: usize,
+        place: InPlace,
+    ) -> Result<(), RudpError> {
+        self.inbox.place = Some(place);
+        let r = self.handle_packet(now, pkt, len);
+        self.inbox.place = None;
+        r
+    }
+
+    /// Copies every queued in-place message out of `buf` (the caller's
+    /// receive buffer, still holding the packets) into the connection.
+    pub(crate) fn materialize(&mut self, buf: &[u8]) {
+        let Inbox { events, arena, .. } = &mut self.inbox;
+        for ev in events.iter_mut() {
+            if let PendingEvent::Message { data, .. } = ev {
+                if let MsgData::InPlace { offset, len } = *data {
+                    let bytes = buf.get(offset..offset + len).unwrap_or(&[]);
+                    let start = arena.len();
+                    arena.extend_from_slice(bytes);
+                    *data = MsgData::Arena {
+                        start,
+                        len: bytes.len(),
+                    };
+                }
+            }
+        }
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use log::{debug, trace};
 
-use super::connection::Connection;
+use super::connection::{Connection, InPlace, RawEvent};
 use super::rng::{siphash24, Rng};
 use super::wire::{field, PacketRepr};
 use super::{ConnectionStats, Event, EventRef, Guarantee, RudpConfig, RudpError, SendError};
@@ -383,6 +383,33 @@ impl Endpoint {
         from: SocketAddr,
         data: &[u8],
     ) -> Result<(), RudpError> {
+        self.handle(now, from, data, None)
+    }
+
+    /// Like [`handle_datagram`](Self::handle_datagram) for a datagram that
+    /// stays in the caller's receive buffer, at `origin`, until the events
+    /// it causes are polled: messages lying whole in it are not copied.
+    /// Before that buffer is reused, poll every event with
+    /// [`poll_event_raw`](Self::poll_event_raw) (reading in-place messages
+    /// from the buffer) or copy them out with
+    /// [`materialize`](Self::materialize).
+    pub(crate) fn handle_datagram_in_place(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        data: &[u8],
+        origin: usize,
+    ) -> Result<(), RudpError> {
+        self.handle(now, from, data, Some(origin))
+    }
+
+    fn handle(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        data: &[u8],
+        origin: Option<usize>,
+    ) -> Result<(), RudpError> {
         self.stats.datagrams_received += 1;
         let pkt = match PacketRepr::parse(data) {
             Ok(p) => p,
@@ -408,7 +435,17 @@ impl Endpoint {
                 .get_mut(idx as usize)
                 .and_then(|s| s.entry.as_deref_mut())
             {
-                Some(e) => e.conn.handle_packet(now, &pkt, data.len()),
+                Some(e) => match origin {
+                    None => e.conn.handle_packet(now, &pkt, data.len()),
+                    Some(origin) => {
+                        let place = InPlace {
+                            base: data.as_ptr() as usize,
+                            len: data.len(),
+                            origin,
+                        };
+                        e.conn.handle_packet_in_place(now, &pkt, data.len(), place)
+                    }
+                },
                 None => Err(RudpError::UnknownConnection),
             };
             if let Err(RudpError::ProtocolViolation(_)) = r {
@@ -703,13 +740,41 @@ impl Endpoint {
     /// Like [`poll_event`](Self::poll_event) but borrows message bytes (no
     /// allocation per message). The borrow ends at the next call.
     pub fn poll_event_ref(&mut self) -> Option<(PeerId, EventRef<'_>)> {
+        let (peer, conn) = self.next_event_connection()?;
+        Some((peer, conn.poll_event_ref()?))
+    }
+
+    /// The connection whose events come next, and its id.
+    fn next_event_connection(&mut self) -> Option<(PeerId, &mut Connection)> {
         let idx = self.next_event_conn()?;
         let slot = self.slots.get_mut(idx as usize)?;
         let peer = PeerId {
             index: idx,
             generation: slot.generation,
         };
-        let e = slot.entry.as_deref_mut()?;
-        Some((peer, e.conn.poll_event_ref()?))
+        Some((peer, &mut slot.entry.as_deref_mut()?.conn))
+    }
+
+    /// Like [`poll_event_ref`](Self::poll_event_ref), leaving messages of
+    /// datagrams handled in place in the caller's buffer
+    /// ([`MsgRef::InPlace`]).
+    pub(crate) fn poll_event_raw(&mut self) -> Option<(PeerId, RawEvent<'_>)> {
+        let (peer, conn) = self.next_event_connection()?;
+        Some((peer, conn.poll_event_raw()?))
+    }
+
+    /// Copies every message still queued in place out of `buf` (the
+    /// receive buffer given to [`handle_datagram_in_place`](Self::handle_datagram_in_place),
+    /// unchanged since) into the connections, so that `buf` may be reused.
+    pub(crate) fn materialize(&mut self, buf: &[u8]) {
+        for &idx in &self.event_queue {
+            if let Some(e) = self
+                .slots
+                .get_mut(idx as usize)
+                .and_then(|s| s.entry.as_deref_mut())
+            {
+                e.conn.materialize(buf);
+            }
+        }
     }
 }

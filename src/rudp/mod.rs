@@ -59,6 +59,7 @@ pub mod wire;
 
 pub use config::RudpConfig;
 pub use connection::{Connection, ConnectionStats, PerGuarantee, Side};
+pub(crate) use connection::{MsgRef, RawEvent};
 pub use endpoint::{Endpoint, EndpointStats, PeerId, Transmit};
 pub use error::{RudpError, SendError};
 

@@ -4,40 +4,54 @@ use std::io;
 use std::mem;
 use std::os::fd::RawFd;
 
-use socket2::{SockAddr, SockAddrStorage};
+use std::mem::MaybeUninit;
+
+use super::{RawAddr, RawDest};
 
 /// The most datagrams one call moves; larger batches are cut to this.
 pub(crate) const MAX_BATCH: usize = 64;
 
+/// One `msghdr` over one iovec (everything else zero: no control data).
+fn header(iov: *mut libc::iovec) -> libc::mmsghdr {
+    // SAFETY: `mmsghdr` is a plain C struct; all-zero is a valid value (and
+    // keeps any private padding zero).
+    let mut h: libc::mmsghdr = unsafe { mem::zeroed() };
+    h.msg_hdr.msg_iov = iov;
+    h.msg_hdr.msg_iovlen = 1;
+    h
+}
+
 /// Sends up to [`MAX_BATCH`] datagrams with one `sendmmsg`. Each datagram
 /// goes to its own address, or to the connected peer when it has none.
 /// Returns how many the kernel took (a prefix of `msgs`).
-pub(crate) fn send_batch(fd: RawFd, msgs: &[(&[u8], Option<&SockAddr>)]) -> io::Result<usize> {
+///
+/// Only the `msgs.len()` headers in use are written: a call costs what it
+/// sends, not [`MAX_BATCH`].
+pub(crate) fn send_batch(fd: RawFd, msgs: &[(&[u8], Option<&RawDest<'_>>)]) -> io::Result<usize> {
     let n = msgs.len().min(MAX_BATCH);
     if n == 0 {
         return Ok(0);
     }
-    // SAFETY: iovec and mmsghdr are plain C structs; all-zero is valid.
-    let mut iovs: [libc::iovec; MAX_BATCH] = unsafe { mem::zeroed() };
-    // SAFETY: as above.
-    let mut hdrs: [libc::mmsghdr; MAX_BATCH] = unsafe { mem::zeroed() };
+    let mut iovs = [const { MaybeUninit::<libc::iovec>::uninit() }; MAX_BATCH];
+    let mut hdrs = [const { MaybeUninit::<libc::mmsghdr>::uninit() }; MAX_BATCH];
     for (i, (buf, addr)) in msgs[..n].iter().enumerate() {
-        iovs[i] = libc::iovec {
+        let iov = iovs[i].write(libc::iovec {
             iov_base: buf.as_ptr() as *mut libc::c_void,
             iov_len: buf.len(),
-        };
-        hdrs[i].msg_hdr.msg_iov = &mut iovs[i];
-        hdrs[i].msg_hdr.msg_iovlen = 1;
+        });
+        let h = hdrs[i].write(header(iov));
         if let Some(a) = addr {
-            hdrs[i].msg_hdr.msg_name = a.as_ptr() as *mut libc::c_void;
-            hdrs[i].msg_hdr.msg_namelen = a.len();
+            let (name, len) = a.as_ptr_len();
+            h.msg_hdr.msg_name = name as *mut libc::c_void;
+            h.msg_hdr.msg_namelen = len;
         }
     }
-    // SAFETY: the first `n` headers point at iovecs over live, borrowed
-    // payloads and at live addresses; the kernel only reads them.
+    // SAFETY: the first `n` headers are initialised (above) and point at
+    // iovecs over live, borrowed payloads and at live addresses; the kernel
+    // only reads them, and reads no header past `n`.
     let sent = syscall!(sendmmsg(
         fd,
-        hdrs.as_mut_ptr(),
+        hdrs.as_mut_ptr().cast::<libc::mmsghdr>(),
         n as libc::c_uint,
         super::SEND_FLAGS
     ))?;
@@ -45,67 +59,74 @@ pub(crate) fn send_batch(fd: RawFd, msgs: &[(&[u8], Option<&SockAddr>)]) -> io::
 }
 
 /// What [`recv_batch`] reports for one datagram.
-#[derive(Debug, Clone)]
 pub(crate) struct BatchMeta {
     /// Bytes stored in the buffer.
     pub(crate) len: usize,
     /// The datagram did not fit its buffer and was cut.
     pub(crate) truncated: bool,
-    /// The sender.
-    pub(crate) addr: SockAddr,
+    /// The sender, as the kernel wrote it.
+    pub(crate) addr: RawAddr,
+}
+
+impl BatchMeta {
+    pub(crate) const fn new() -> BatchMeta {
+        BatchMeta {
+            len: 0,
+            truncated: false,
+            addr: RawAddr::new(),
+        }
+    }
 }
 
 /// Receives up to `min(bufs.len(), meta.len(), MAX_BATCH)` datagrams with
-/// one non-blocking `recvmmsg`; returns how many arrived (at least one, or an
-/// error such as `WouldBlock`).
-pub(crate) fn recv_batch(
+/// one non-blocking `recvmmsg`; returns what arrived (at least one, or an
+/// error such as `WouldBlock`), as the initialised prefix of `meta`. The
+/// kernel writes each sender's address straight into its `meta` entry;
+/// nothing is zeroed or copied beforehand.
+pub(crate) fn recv_batch<'m>(
     fd: RawFd,
     bufs: &mut [&mut [u8]],
-    meta: &mut [BatchMeta],
-) -> io::Result<usize> {
+    meta: &'m mut [MaybeUninit<BatchMeta>],
+) -> io::Result<&'m [BatchMeta]> {
     let n = bufs.len().min(meta.len()).min(MAX_BATCH);
     if n == 0 {
-        return Ok(0);
+        return Ok(&[]);
     }
-    // SAFETY: plain C structs; all-zero is valid.
-    let mut iovs: [libc::iovec; MAX_BATCH] = unsafe { mem::zeroed() };
-    // SAFETY: as above.
-    let mut hdrs: [libc::mmsghdr; MAX_BATCH] = unsafe { mem::zeroed() };
-    // SAFETY: as above.
-    let mut names: [libc::sockaddr_storage; MAX_BATCH] = unsafe { mem::zeroed() };
+    let mut iovs = [const { MaybeUninit::<libc::iovec>::uninit() }; MAX_BATCH];
+    let mut hdrs = [const { MaybeUninit::<libc::mmsghdr>::uninit() }; MAX_BATCH];
     for i in 0..n {
-        iovs[i] = libc::iovec {
+        let iov = iovs[i].write(libc::iovec {
             iov_base: bufs[i].as_mut_ptr().cast(),
             iov_len: bufs[i].len(),
-        };
-        hdrs[i].msg_hdr.msg_iov = &mut iovs[i];
-        hdrs[i].msg_hdr.msg_iovlen = 1;
-        hdrs[i].msg_hdr.msg_name = (&mut names[i] as *mut libc::sockaddr_storage).cast();
-        hdrs[i].msg_hdr.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        });
+        let h = hdrs[i].write(header(iov));
+        let m = meta[i].write(BatchMeta::new());
+        let (name, namelen) = m.addr.as_out();
+        h.msg_hdr.msg_name = name;
+        h.msg_hdr.msg_namelen = namelen;
     }
-    // SAFETY: the first `n` headers point at iovecs over distinct, mutably
-    // borrowed buffers and at address storage of the declared size; all
-    // outlive the call. A null timeout with MSG_DONTWAIT never blocks.
+    // SAFETY: the first `n` headers are initialised (above) and point at
+    // iovecs over distinct, mutably borrowed buffers and at address storage
+    // of the declared size in distinct, mutably borrowed `meta` entries; all
+    // outlive the call, and the kernel touches no header past `n`. A null
+    // timeout with MSG_DONTWAIT never blocks.
     let got = syscall!(recvmmsg(
         fd,
-        hdrs.as_mut_ptr(),
+        hdrs.as_mut_ptr().cast::<libc::mmsghdr>(),
         n as libc::c_uint,
         libc::MSG_DONTWAIT,
         std::ptr::null_mut()
     ))? as usize;
+    let got = got.min(n);
     for i in 0..got {
-        let h = &hdrs[i];
-        let mut storage = SockAddrStorage::zeroed();
-        // SAFETY: `sockaddr_storage` is one of the platform's sockaddr types
-        // and fits the storage (socket2 asserts it).
-        unsafe { *storage.view_as::<libc::sockaddr_storage>() = names[i] };
-        // SAFETY: the kernel initialised `msg_namelen` bytes of the address.
-        let addr = unsafe { SockAddr::new(storage, h.msg_hdr.msg_namelen) };
-        meta[i] = BatchMeta {
-            len: (h.msg_len as usize).min(bufs[i].len()),
-            truncated: h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
-            addr,
-        };
+        // SAFETY: header `i < n` and meta entry `i` were initialised above
+        // (the kernel only wrote lengths, flags and the address bytes).
+        let (h, m) = unsafe { (hdrs[i].assume_init_ref(), meta[i].assume_init_mut()) };
+        m.len = (h.msg_len as usize).min(bufs[i].len());
+        m.truncated = h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+        m.addr.set_len(h.msg_hdr.msg_namelen);
     }
-    Ok(got)
+    // SAFETY: the first `got <= n` entries of `meta` are initialised (above);
+    // `MaybeUninit<T>` has the layout of `T`; the view borrows `meta`.
+    Ok(unsafe { std::slice::from_raw_parts(meta.as_ptr().cast::<BatchMeta>(), got) })
 }

@@ -59,11 +59,27 @@ pub(crate) struct RawAddr {
 }
 
 impl RawAddr {
-    pub(crate) fn new() -> RawAddr {
+    pub(crate) const fn new() -> RawAddr {
         RawAddr {
             storage: MaybeUninit::uninit(),
             len: 0,
         }
+    }
+
+    /// Where the kernel may write an address: pointer and room. Follow the
+    /// call with [`set_len`](RawAddr::set_len) with what it reported.
+    pub(crate) fn as_out(&mut self) -> (*mut libc::c_void, libc::socklen_t) {
+        self.len = 0;
+        (
+            self.storage.as_mut_ptr().cast(),
+            mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t,
+        )
+    }
+
+    /// Records how many bytes of the storage the kernel wrote (clamped to
+    /// the storage: a longer length means the address was cut).
+    pub(crate) fn set_len(&mut self, len: libc::socklen_t) {
+        self.len = len.min(mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t);
     }
 
     fn family(&self) -> Option<libc::sa_family_t> {
@@ -260,6 +276,46 @@ pub(crate) fn send_to(fd: RawFd, buf: &[u8], dest: &RawDest<'_>) -> io::Result<u
         len
     ))?;
     Ok(n as usize)
+}
+
+/// Sets "don't fragment" on a UDP socket's datagrams without consulting
+/// the kernel's path-MTU cache (`IP_PMTUDISC_PROBE`, and the IPv6
+/// counterpart on IPv6 sockets), as QUIC stacks do: a protocol that sizes
+/// its own datagrams never wants IP fragments, and the kernel then skips
+/// generating an IP ID per datagram. Best effort.
+#[cfg(target_os = "linux")]
+pub(crate) fn set_dont_fragment(fd: RawFd, ipv6: bool) -> io::Result<()> {
+    let set = |level: libc::c_int, opt: libc::c_int, val: libc::c_int| {
+        // SAFETY: `val` is a live c_int and we pass its exact size.
+        syscall!(setsockopt(
+            fd,
+            level,
+            opt,
+            (&val as *const libc::c_int).cast(),
+            mem::size_of::<libc::c_int>() as libc::socklen_t,
+        ))
+        .map(drop)
+    };
+    if ipv6 {
+        set(
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MTU_DISCOVER,
+            libc::IPV6_PMTUDISC_PROBE,
+        )?;
+        // IPv4-mapped traffic of a dual-stack socket; refused on v6-only ones.
+        let _ = set(
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_PROBE,
+        );
+        Ok(())
+    } else {
+        set(
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_PROBE,
+        )
+    }
 }
 
 /// `send(fd, buf, SEND_FLAGS)` on a connected socket.
