@@ -348,10 +348,8 @@ pub(crate) fn recv_once(
 ) -> io::Result<Once> {
     let cap = buf.capacity();
     let mut r = cmsg::recvmsg(fd, buf.storage_mut(), control, peek, addr)?;
+    let eof = kind == MsgKind::Seqpacket && r.is_seqpacket_eof();
     let anc = RecvAncillary::from_received(&mut r);
-    // SO_PASSCRED puts credentials on every message; end of stream is the
-    // only 0-byte read without them.
-    let eof = kind == MsgKind::Seqpacket && r.len == 0 && anc.creds.is_none();
     buf.set_len(r.len.min(cap));
     Ok(Once {
         full: r.len,

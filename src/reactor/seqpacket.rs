@@ -266,7 +266,7 @@ fn close_reason(e: io::Error) -> CloseReason {
 /// Messages read per `recvmmsg`. Two is enough for the point of it: a
 /// read that returns fewer than asked shows the queue empty, so a drain
 /// ends without a second system call to see `WouldBlock`.
-const BATCH: usize = 2;
+const BATCH: usize = cmsg::MAX_RECV_BATCH;
 
 /// Reads messages until the queue is empty or the budget is spent; `true`
 /// if the budget ran out.
@@ -350,18 +350,12 @@ fn deliver<H: Handler + ?Sized>(
     let Some(entry) = cx.live_entry_mut(id) else {
         return false; // closed by the previous message's callback
     };
-    // SO_PASSCRED puts credentials on every message; end of stream is the
-    // only 0-byte read without them.
-    if r.len == 0 && r.creds.is_none() {
+    if r.is_seqpacket_eof() {
         cx.close_now(id, CloseReason::EndOfStream);
         finish_callback(cx, handler);
         return false;
     }
-    let size = if r.truncated {
-        r.len.max(buf.len() + 1)
-    } else {
-        r.len
-    };
+    let size = r.size(buf.len());
     let mut anc = RecvAncillary::from_received(&mut r);
     if size > max {
         // Consumed and reported, never delivered; its descriptors close.

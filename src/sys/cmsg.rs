@@ -173,6 +173,25 @@ pub(crate) struct Received {
     pub(crate) malformed: bool,
 }
 
+impl Received {
+    /// End of stream on a seqpacket socket with `SO_PASSCRED`: every real
+    /// message carries credentials, so a 0-byte read without them is the
+    /// end (Linux reads both as 0 bytes).
+    pub(crate) fn is_seqpacket_eof(&self) -> bool {
+        self.len == 0 && self.creds.is_none()
+    }
+
+    /// The message's size as far as it is known from a buffer of `cap`
+    /// bytes: exact, or at least `cap + 1` when it was cut.
+    pub(crate) fn size(&self, cap: usize) -> usize {
+        if self.truncated {
+            self.len.max(cap + 1)
+        } else {
+            self.len
+        }
+    }
+}
+
 /// `recvmsg(fd, ..., MSG_TRUNC | MSG_CMSG_CLOEXEC)` with a control buffer,
 /// plus `MSG_PEEK` when `peek`. The sender's address goes to `addr` when
 /// given.
@@ -293,41 +312,43 @@ pub(crate) fn recvmmsg(
     if n == 0 {
         return Ok((0, received));
     }
-    // SAFETY: plain C structs; all-zero is a valid value.
-    let mut iovs: [libc::iovec; MAX_RECV_BATCH] = unsafe { mem::zeroed() };
-    // SAFETY: as above.
-    let mut hdrs: [libc::mmsghdr; MAX_RECV_BATCH] = unsafe { mem::zeroed() };
+    let mut iovs = [const { mem::MaybeUninit::<libc::iovec>::uninit() }; MAX_RECV_BATCH];
+    let mut hdrs = [const { mem::MaybeUninit::<libc::mmsghdr>::uninit() }; MAX_RECV_BATCH];
     for i in 0..n {
-        iovs[i] = libc::iovec {
+        let iov = iovs[i].write(libc::iovec {
             iov_base: bufs[i].as_mut_ptr().cast(),
             iov_len: bufs[i].len(),
-        };
-        let h = &mut hdrs[i].msg_hdr;
-        h.msg_iov = &mut iovs[i];
-        h.msg_iovlen = 1;
+        });
+        let h = &mut hdrs[i].write(super::mmsg::header(iov)).msg_hdr;
         let room = mem::size_of_val(&*controls[i]);
         if room > 0 {
             h.msg_control = controls[i].as_mut_ptr().cast();
             h.msg_controllen = room as _;
         }
     }
-    // SAFETY: the first `n` headers point at iovecs over distinct, mutably
-    // borrowed buffers and at distinct, mutably borrowed, u64-aligned
-    // control buffers of the declared sizes; all outlive the call. A null
+    // SAFETY: the first `n` headers are initialised (above) and point at
+    // iovecs over distinct, mutably borrowed buffers and at distinct, mutably
+    // borrowed, u64-aligned control buffers of the declared sizes; all
+    // outlive the call, and the kernel touches no header past `n`. A null
     // timeout with MSG_DONTWAIT never blocks.
     let flags = libc::MSG_DONTWAIT | libc::MSG_TRUNC | libc::MSG_CMSG_CLOEXEC;
     let got = syscall!(recvmmsg(
         fd,
-        hdrs.as_mut_ptr(),
+        hdrs.as_mut_ptr().cast::<libc::mmsghdr>(),
         n as libc::c_uint,
         flags,
         std::ptr::null_mut()
     ))? as usize;
     for (i, slot) in received.iter_mut().enumerate().take(got.min(n)) {
-        let h = &hdrs[i];
+        // SAFETY: header `i < n` was initialised above (the kernel only
+        // wrote lengths and flags).
+        let h = unsafe { hdrs[i].assume_init_ref() };
+        // `msg_controllen` is a `size_t` on glibc, a `socklen_t` elsewhere.
+        #[allow(clippy::unnecessary_cast)]
+        let controllen = h.msg_hdr.msg_controllen as usize;
         *slot = Some(take_received(
             controls[i],
-            h.msg_hdr.msg_controllen as usize,
+            controllen,
             h.msg_hdr.msg_flags,
             h.msg_len as usize,
             bufs[i].len(),

@@ -11,8 +11,9 @@ use super::{RawAddr, RawDest};
 /// The most datagrams one call moves; larger batches are cut to this.
 pub(crate) const MAX_BATCH: usize = 64;
 
-/// One `msghdr` over one iovec (everything else zero: no control data).
-fn header(iov: *mut libc::iovec) -> libc::mmsghdr {
+/// One `msghdr` over one iovec (everything else zero: no address, no
+/// control data).
+pub(super) fn header(iov: *mut libc::iovec) -> libc::mmsghdr {
     // SAFETY: `mmsghdr` is a plain C struct; all-zero is a valid value (and
     // keeps any private padding zero).
     let mut h: libc::mmsghdr = unsafe { mem::zeroed() };

@@ -285,37 +285,46 @@ pub(crate) fn send_to(fd: RawFd, buf: &[u8], dest: &RawDest<'_>) -> io::Result<u
 /// generating an IP ID per datagram. Best effort.
 #[cfg(target_os = "linux")]
 pub(crate) fn set_dont_fragment(fd: RawFd, ipv6: bool) -> io::Result<()> {
-    let set = |level: libc::c_int, opt: libc::c_int, val: libc::c_int| {
-        // SAFETY: `val` is a live c_int and we pass its exact size.
-        syscall!(setsockopt(
+    let v4 = || {
+        setsockopt_int(
             fd,
-            level,
-            opt,
-            (&val as *const libc::c_int).cast(),
-            mem::size_of::<libc::c_int>() as libc::socklen_t,
-        ))
-        .map(drop)
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_PROBE,
+        )
     };
     if ipv6 {
-        set(
+        setsockopt_int(
+            fd,
             libc::IPPROTO_IPV6,
             libc::IPV6_MTU_DISCOVER,
             libc::IPV6_PMTUDISC_PROBE,
         )?;
         // IPv4-mapped traffic of a dual-stack socket; refused on v6-only ones.
-        let _ = set(
-            libc::IPPROTO_IP,
-            libc::IP_MTU_DISCOVER,
-            libc::IP_PMTUDISC_PROBE,
-        );
+        let _ = v4();
         Ok(())
     } else {
-        set(
-            libc::IPPROTO_IP,
-            libc::IP_MTU_DISCOVER,
-            libc::IP_PMTUDISC_PROBE,
-        )
+        v4()
     }
+}
+
+/// `setsockopt(fd, level, opt, &val)` for an `int` option.
+#[cfg(target_os = "linux")]
+fn setsockopt_int(
+    fd: RawFd,
+    level: libc::c_int,
+    opt: libc::c_int,
+    val: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: `val` is a live c_int and we pass its exact size.
+    syscall!(setsockopt(
+        fd,
+        level,
+        opt,
+        (&val as *const libc::c_int).cast(),
+        mem::size_of::<libc::c_int>() as libc::socklen_t,
+    ))?;
+    Ok(())
 }
 
 /// `send(fd, buf, SEND_FLAGS)` on a connected socket.
@@ -359,16 +368,8 @@ pub(crate) fn set_buffer_force(fd: RawFd, recv: bool, size: usize) -> io::Result
     } else {
         libc::SO_SNDBUFFORCE
     };
-    let val: libc::c_int = size.min(libc::c_int::MAX as usize) as libc::c_int;
-    // SAFETY: `val` is a live c_int and we pass its exact size.
-    syscall!(setsockopt(
-        fd,
-        libc::SOL_SOCKET,
-        opt,
-        (&val as *const libc::c_int).cast(),
-        mem::size_of::<libc::c_int>() as libc::socklen_t,
-    ))?;
-    Ok(())
+    let val = size.min(libc::c_int::MAX as usize) as libc::c_int;
+    setsockopt_int(fd, libc::SOL_SOCKET, opt, val)
 }
 
 /// Blocks `signals` for the calling thread and returns a non-blocking
