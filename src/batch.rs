@@ -43,9 +43,9 @@ pub fn send_batch<S: AsFd>(
 ) -> io::Result<usize> {
     let n = payloads.len().min(MAX_BATCH);
     let dest = to.map(sys::RawDest::Sock);
-    let mut items: [(&[u8], Option<&sys::RawDest<'_>>); MAX_BATCH] = [(&[], None); MAX_BATCH];
+    let mut items = [sys::Outgoing::datagram(&[], None); MAX_BATCH];
     for (item, p) in items.iter_mut().zip(&payloads[..n]) {
-        *item = (p, dest.as_ref());
+        *item = sys::Outgoing::datagram(p, dest.as_ref());
     }
     sys::mmsg::send_batch(socket.as_fd().as_raw_fd(), &items[..n])
 }
@@ -82,7 +82,7 @@ pub fn recv_batch<S: AsFd>(
 ) -> io::Result<usize> {
     let n = bufs.len().min(meta.len()).min(MAX_BATCH);
     let mut raw = [const { std::mem::MaybeUninit::uninit() }; MAX_BATCH];
-    let got = sys::mmsg::recv_batch(socket.as_fd().as_raw_fd(), &mut bufs[..n], &mut raw)?;
+    let got = sys::mmsg::recv_batch(socket.as_fd().as_raw_fd(), &mut bufs[..n], &mut raw, false)?;
     for (m, r) in meta.iter_mut().zip(got) {
         m.len = r.len;
         m.truncated = r.truncated;

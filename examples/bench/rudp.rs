@@ -9,6 +9,12 @@
 //!   drained on the other — in datagrams/s. For 64 B the ratio compares
 //!   messages/s to datagrams/s (packing carries many messages per
 //!   datagram); for 1 KiB it compares payload rates.
+//! - msgloop sends trains of datagrams with UDP segmentation offload and
+//!   reads them with receive offload (`RudpConfig::offload`, on by
+//!   default), which the baseline does not. So every line also reports
+//!   `baseline_gso` — raw UDP with the same offload, the kernel's ceiling —
+//!   and `ratio_vs_gso`; `rudp_delivery_1k_no_offload` runs with offload
+//!   off, paying per datagram as the baseline does.
 
 use std::io;
 use std::net::UdpSocket;
@@ -73,9 +79,13 @@ impl Handler for Run {
 }
 
 /// Returns (messages/s, datagrams A→B, retransmissions).
-fn rudp_run(size: usize, guarantee: Guarantee) -> io::Result<(f64, u64, u64)> {
+fn rudp_run(size: usize, guarantee: Guarantee, offload: bool) -> io::Result<(f64, u64, u64)> {
+    let config = RudpConfig {
+        offload,
+        ..RudpConfig::default()
+    };
     let mut r = Reactor::new()?;
-    let server = r.bind_rudp("127.0.0.1:0", RudpConfig::default())?;
+    let server = r.bind_rudp("127.0.0.1:0", config.clone())?;
     let server_addr = r.local_addr(server)?.as_inet().expect("udp");
     let mut app = Run {
         guarantee,
@@ -89,7 +99,7 @@ fn rudp_run(size: usize, guarantee: Guarantee) -> io::Result<(f64, u64, u64)> {
     };
     let start = Instant::now();
     // The client's own socket, as a client connects.
-    app.client = Some(r.connect_rudp(server_addr, RudpConfig::default())?);
+    app.client = Some(r.connect_rudp(server_addr, config)?);
     let mut last_progress = (0u64, Instant::now());
     loop {
         r.run_once(&mut app, Some(Duration::from_millis(50)))?;
@@ -165,30 +175,41 @@ fn raw_run(size: usize) -> io::Result<f64> {
 }
 
 pub(crate) fn run(rounds: usize, want: &dyn Fn(&str) -> bool) -> io::Result<()> {
-    for (name, size, g) in [
-        ("rudp_delivery_64", 64usize, Guarantee::Delivery),
-        ("rudp_delivery_1k", 1024, Guarantee::Delivery),
-        ("rudp_none_64", 64, Guarantee::None),
+    for (name, size, g, offload) in [
+        ("rudp_delivery_64", 64usize, Guarantee::Delivery, true),
+        ("rudp_delivery_1k", 1024, Guarantee::Delivery, true),
+        ("rudp_none_64", 64, Guarantee::None, true),
+        // The same as rudp_delivery_1k with offload off: one kernel packet
+        // per datagram, as the baseline pays — the protocol's own cost.
+        (
+            "rudp_delivery_1k_no_offload",
+            1024,
+            Guarantee::Delivery,
+            false,
+        ),
     ] {
         if !want(name) {
             continue;
         }
         let (mut a, mut b, mut r, mut dgr, mut retx) = (vec![], vec![], vec![], vec![], vec![]);
+        let (mut gso, mut r_gso) = (vec![], vec![]);
+        let side = super::SIDE.get().cloned().flatten();
         for _ in 0..rounds {
-            let side = super::SIDE.get().cloned().flatten();
             let (rate, datagrams, retransmitted) = if side.as_deref() == Some("baseline") {
                 (f64::NAN, 0, 0)
             } else {
-                rudp_run(size, g)?
+                rudp_run(size, g, offload)?
             };
-            let base = if side.as_deref() == Some("msgloop") {
-                f64::NAN
+            let (base, base_gso) = if side.as_deref() == Some("msgloop") {
+                (f64::NAN, f64::NAN)
             } else {
-                raw_run(size)?
+                (raw_run(size)?, raw_gso_run(size)?)
             };
             a.push(rate);
             b.push(base);
             r.push(rate / base);
+            gso.push(base_gso);
+            r_gso.push(rate / base_gso);
             dgr.push(datagrams as f64);
             retx.push(retransmitted as f64);
         }
@@ -199,11 +220,82 @@ pub(crate) fn run(rounds: usize, want: &dyn Fn(&str) -> bool) -> io::Result<()> 
             median(r),
             "messages/s",
             &format!(
-                "baseline_unit=datagrams/s payload={size} messages={MESSAGES} datagrams={:.0} retransmitted={:.0}",
+                "baseline_unit=datagrams/s payload={size} messages={MESSAGES} datagrams={:.0} \
+                 retransmitted={:.0} offload={offload} baseline_gso={:.0} ratio_vs_gso={:.3}",
                 median(dgr),
-                median(retx)
+                median(retx),
+                median(gso),
+                median(r_gso),
             ),
         );
     }
     Ok(())
+}
+
+/// Raw UDP with segmentation offload, one thread: trains of up to 64
+/// datagrams of `size` bytes per `sendmsg` (`UDP_SEGMENT`), received with
+/// `UDP_GRO` (one read per train); datagrams/s. The kernel's ceiling when
+/// neither side pays per datagram, reported as `baseline_gso` (msgloop's
+/// reliable UDP uses the same offload by default).
+fn raw_gso_run(size: usize) -> io::Result<f64> {
+    use nix::sys::socket::{
+        recvmsg, sendmsg, setsockopt, sockopt, ControlMessage, ControlMessageOwned, MsgFlags,
+        SockaddrStorage,
+    };
+    use std::io::{IoSlice, IoSliceMut};
+    use std::os::fd::{AsFd, AsRawFd};
+    let a = UdpSocket::bind("127.0.0.1:0")?;
+    let b = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
+    b.set_recv_buffer_size(4 << 20)?;
+    b.bind(
+        &"127.0.0.1:0"
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into(),
+    )?;
+    let b: UdpSocket = b.into();
+    b.set_nonblocking(true)?;
+    setsockopt(&b.as_fd(), sockopt::UdpGroSegment, &true).map_err(io::Error::from)?;
+    a.connect(b.local_addr()?)?;
+    let per_train = (65_000 / size).min(64);
+    let train = vec![0x5au8; size * per_train];
+    let seg = size as u16;
+    let mut rx = vec![0u8; 65_536];
+    let mut cmsg = nix::cmsg_space!(i32);
+    let (mut sent, mut got) = (0u64, 0u64);
+    let start = Instant::now();
+    while sent < MESSAGES {
+        let n = per_train.min((MESSAGES - sent) as usize);
+        sendmsg::<()>(
+            a.as_raw_fd(),
+            &[IoSlice::new(&train[..n * size])],
+            &[ControlMessage::UdpGsoSegments(&seg)],
+            MsgFlags::empty(),
+            None,
+        )
+        .map_err(io::Error::from)?;
+        sent += n as u64;
+        loop {
+            let mut iov = [IoSliceMut::new(&mut rx)];
+            match recvmsg::<SockaddrStorage>(
+                b.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg),
+                MsgFlags::MSG_DONTWAIT,
+            ) {
+                Ok(m) => {
+                    let mut segs = 1;
+                    for c in m.cmsgs().map_err(io::Error::from)? {
+                        if let ControlMessageOwned::UdpGroSegments(g) = c {
+                            segs = m.bytes.div_ceil(g as usize);
+                        }
+                    }
+                    got += segs as u64;
+                }
+                Err(nix::errno::Errno::EAGAIN) => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(got as f64 / start.elapsed().as_secs_f64())
 }

@@ -30,6 +30,25 @@ use crate::timer::TimerKey;
 /// Datagrams moved per `recvmmsg` / `sendmmsg`.
 const BATCH: usize = 32;
 
+/// Most datagrams in one segmentation-offload train: the kernel's
+/// `UDP_MAX_SEGMENTS` (64 before Linux 6.9, 128 since).
+const MAX_TRAIN: usize = 64;
+
+/// Most bytes in one train: one UDP payload (at most 65,507 bytes over
+/// IPv4), with room to spare for IPv6 extension headers.
+const MAX_TRAIN_BYTES: usize = 65_000;
+
+/// Bytes of datagrams built per `sendmmsg` with segmentation offload: a few
+/// trains, small enough to stay in the CPU cache.
+const TX_BYTES: usize = 128 << 10;
+
+/// Receive slot with receive offload: room for a whole coalesced train.
+const GRO_SLOT: usize = 64 << 10;
+
+/// Receive slots per `recvmmsg` with receive offload (the reactor's
+/// receive buffer grows to `GRO_SLOTS * GRO_SLOT` for them).
+pub(super) const GRO_SLOTS: usize = 8;
+
 /// Socket buffers of a reliable-UDP socket (forced past the system's cap
 /// where the process may): a window of in-flight datagrams must fit, or
 /// the kernel drops what the protocol then has to resend.
@@ -49,6 +68,12 @@ pub(super) struct RudpSock {
     /// The address the UDP socket is connected to, if it is: datagrams to
     /// it go without an address (the kernel keeps the route).
     connected: Option<SocketAddr>,
+    /// Send trains of datagrams with segmentation offload (`UDP_SEGMENT`).
+    /// Turned off for good when the kernel refuses one.
+    gso: bool,
+    /// The socket has receive offload (`UDP_GRO`) on: a read may hold a
+    /// train, so receive slots are [`GRO_SLOT`] bytes.
+    gro: bool,
 }
 
 impl RudpSock {
@@ -106,8 +131,33 @@ impl Ctx {
                 log::debug!("reliable UDP: don't-fragment: {e}");
             }
         }
+        // Segmentation and receive offload: a train of datagrams crosses
+        // the kernel as one packet (see `RudpConfig::offload`).
+        #[cfg(target_os = "linux")]
+        let (gso, gro) = if config.offload {
+            let gso = sys::udp_gso_supported(sock.as_raw_fd());
+            let gro = match sys::set_udp_gro(sock.as_raw_fd()) {
+                Ok(()) => true,
+                Err(e) => {
+                    log::debug!("reliable UDP: receive offload: {e}");
+                    false
+                }
+            };
+            (gso, gro)
+        } else {
+            (false, false)
+        };
+        #[cfg(not(target_os = "linux"))]
+        let (gso, gro) = (false, false);
+        if gro {
+            self.rbuf_needed = self.rbuf_needed.max(GRO_SLOTS * GRO_SLOT);
+        }
         let sock = mio::net::UdpSocket::from_std(sock.into());
-        let slot = (config.mtu + 1).max(1500);
+        let slot = if gro {
+            GRO_SLOT
+        } else {
+            (config.mtu + 1).max(1500)
+        };
         let seed = seed_from(&sock, self.next_gen);
         let rs = RudpSock {
             sock,
@@ -117,6 +167,8 @@ impl Ctx {
             slot,
             seed_counter: 0,
             connected: None,
+            gso,
+            gro,
         };
         self.insert(Sock::Rudp(Box::new(rs)), 0, None)
     }
@@ -334,8 +386,8 @@ pub(super) fn drain<H: Handler + ?Sized>(
     id: SocketId,
     trust_short_read: bool,
 ) -> bool {
-    let mut more = true;
-    for _ in 0..cx.config.read_budget.div_ceil(BATCH).max(1) {
+    let mut budget = cx.config.read_budget.max(1);
+    while budget > 0 {
         let now = cx.now();
         let Some(entry) = cx.live_entry_mut(id) else {
             return false;
@@ -344,41 +396,43 @@ pub(super) fn drain<H: Handler + ?Sized>(
             return false;
         };
         let slot = rs.slot.min(rbuf.len());
-        let n_slots = (rbuf.len() / slot).clamp(1, BATCH);
+        let n_slots = (rbuf.len() / slot).clamp(1, BATCH).min(budget);
         let mut chunks = rbuf.chunks_mut(slot);
         let mut bufs: [&mut [u8]; BATCH] =
             std::array::from_fn(|_| chunks.next().unwrap_or(&mut []));
-        let mut meta = [(0usize, false, UNSPECIFIED); BATCH];
+        let mut meta = [(0usize, false, UNSPECIFIED, 0usize); BATCH];
         let got = match recv_batch(rs, &mut bufs[..n_slots], &mut meta) {
-            Ok(got) => {
-                if got < n_slots && trust_short_read {
-                    more = false;
-                }
-                got
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                more = false;
-                0
-            }
+            Ok(got) => got,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
             Err(e) => {
                 entry.stats.recv_errors += 1;
                 log::debug!("{id}: receive: {e}");
                 0
             }
         };
-        for (i, (buf, &(len, truncated, from))) in bufs.iter().zip(&meta).take(got).enumerate() {
+        budget = budget.saturating_sub(got.max(1));
+        for (i, (buf, &(len, truncated, from, segment))) in
+            bufs.iter().zip(&meta).take(got).enumerate()
+        {
             if truncated {
-                // Larger than any datagram the protocol sends: not ours.
+                // Larger than any datagram (or train) the protocol sends:
+                // not ours.
                 entry.stats.dropped_truncated += 1;
                 continue;
             }
-            // Messages that lie whole in the datagram stay in `rbuf` until
-            // `deliver_events` below hands them over: no copy.
-            if let Err(e) = rs
-                .ep
-                .handle_datagram_in_place(now, from, &buf[..len], i * slot)
-            {
-                log::trace!("{id}: datagram from {from}: {e}");
+            // A train coalesced by receive offload holds datagrams of
+            // `segment` bytes (the last one may be shorter).
+            let step = if segment == 0 { len.max(1) } else { segment };
+            for at in (0..len).step_by(step) {
+                let datagram = &buf[at..(at + step).min(len)];
+                // Messages that lie whole in the datagram stay in `rbuf`
+                // until `deliver_events` below hands them over: no copy.
+                if let Err(e) = rs
+                    .ep
+                    .handle_datagram_in_place(now, from, datagram, i * slot + at)
+                {
+                    log::trace!("{id}: datagram from {from}: {e}");
+                }
             }
         }
         if got > 0 && !rs.dirty {
@@ -386,11 +440,11 @@ pub(super) fn drain<H: Handler + ?Sized>(
             cx.rudp_dirty.push(id);
         }
         deliver_events(cx, rbuf, scratch, handler, id);
-        if !more {
-            break;
+        if got < n_slots && trust_short_read {
+            return false;
         }
     }
-    more
+    true
 }
 
 const UNSPECIFIED: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
@@ -398,19 +452,25 @@ const UNSPECIFIED: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
     0,
 ));
 
-/// One `recvmmsg` (Linux) or a `recvfrom` loop: datagrams into `bufs`,
-/// (length, truncated, sender) into `meta`.
+/// One `recvmmsg` (Linux) or a `recvfrom` loop: datagrams (or trains)
+/// into `bufs`, (length, truncated, sender, train segment size or 0) into
+/// `meta`.
 fn recv_batch(
     rs: &RudpSock,
     bufs: &mut [&mut [u8]],
-    meta: &mut [(usize, bool, SocketAddr)],
+    meta: &mut [(usize, bool, SocketAddr, usize)],
 ) -> io::Result<usize> {
     #[cfg(target_os = "linux")]
     {
         let mut raw = [const { std::mem::MaybeUninit::uninit() }; BATCH];
-        let got = sys::mmsg::recv_batch(rs.sock.as_raw_fd(), bufs, &mut raw)?;
+        let got = sys::mmsg::recv_batch(rs.sock.as_raw_fd(), bufs, &mut raw, rs.gro)?;
         for (out, m) in meta.iter_mut().zip(got) {
-            *out = (m.len, m.truncated, m.addr.to_inet().unwrap_or(UNSPECIFIED));
+            *out = (
+                m.len,
+                m.truncated,
+                m.addr.to_inet().unwrap_or(UNSPECIFIED),
+                m.segment,
+            );
         }
         Ok(got.len())
     }
@@ -425,6 +485,7 @@ fn recv_batch(
                         r.ret.min(buf.len()),
                         r.ret > buf.len(),
                         raw.to_inet().unwrap_or(UNSPECIFIED),
+                        0,
                     );
                     got += 1;
                 }
@@ -553,50 +614,58 @@ fn flush(cx: &mut Ctx, id: SocketId) {
         rudp_flushed.push(id);
     }
     let mtu = rs.ep.config().mtu;
-    if rudp_tx.len() < BATCH * mtu {
-        rudp_tx.resize(BATCH * mtu, 0);
+    let cap = if rs.gso {
+        TX_BYTES.max(BATCH * mtu)
+    } else {
+        BATCH * mtu
+    };
+    if rudp_tx.len() < cap {
+        rudp_tx.resize(cap, 0);
     }
+    let tx = &mut rudp_tx[..cap];
+    // A datagram polled into a full batch, moved to the next one.
+    let mut carry: Option<(usize, usize, SocketAddr)> = None;
     loop {
-        // Fill up to BATCH datagrams, then send them with one call.
-        let mut dests: [Option<sys::RawDest<'static>>; BATCH] = [const { None }; BATCH];
-        let mut lens = [0usize; BATCH];
-        let mut n = 0;
-        {
-            let mut slots = rudp_tx.chunks_mut(mtu);
-            while n < BATCH {
-                let Some(buf) = slots.next() else { break };
-                match rs.ep.poll_transmit(now, buf) {
-                    Some(t) => {
-                        // To the connected peer: no address (the kernel's
-                        // cached route).
-                        dests[n] =
-                            (rs.connected != Some(t.dest)).then(|| sys::RawDest::inet(&t.dest));
-                        lens[n] = t.len;
-                        n += 1;
-                    }
-                    None => break,
-                }
-            }
+        // Datagrams are written back to back; consecutive ones of equal
+        // size to one address form a train (one entry, one kernel packet
+        // with segmentation offload). Up to BATCH entries per `sendmmsg`.
+        let mut trains = Trains::new(rs.gso);
+        let mut off = 0;
+        if let Some((at, len, dest)) = carry.take() {
+            tx.copy_within(at..at + len, 0);
+            trains.push(0, len, dest);
+            off = len;
         }
-        if n == 0 {
+        let mut done = false;
+        while off + mtu <= tx.len() {
+            let Some(t) = rs.ep.poll_transmit(now, &mut tx[off..off + mtu]) else {
+                done = true;
+                break;
+            };
+            if !trains.push(off, t.len, t.dest) {
+                carry = Some((off, t.len, t.dest));
+                break;
+            }
+            off += t.len;
+        }
+        if trains.is_empty() {
             break;
         }
-        let mut items: [(&[u8], Option<&sys::RawDest<'_>>); BATCH] = [(&[], None); BATCH];
-        for (i, (chunk, dest)) in rudp_tx.chunks(mtu).zip(dests.iter()).take(n).enumerate() {
-            items[i] = (&chunk[..lens[i]], dest.as_ref());
+        let mut dests: [Option<sys::RawDest<'static>>; BATCH] = [const { None }; BATCH];
+        for (d, t) in dests.iter_mut().zip(trains.as_slice()) {
+            // To the connected peer: no address (the kernel's cached route).
+            *d = (rs.connected != Some(t.dest)).then(|| sys::RawDest::inet(&t.dest));
         }
-        let mut sent = 0;
-        while sent < n {
-            match send_batch(&rs.sock, &items[sent..n]) {
-                Ok(k) => sent += k.max(1),
-                Err(e) => {
-                    entry.stats.send_errors += 1;
-                    log_send_error(id, &e, n - sent);
-                    break;
-                }
-            }
+        let mut items = [sys::Outgoing::datagram(&[], None); BATCH];
+        for (i, t) in trains.as_slice().iter().enumerate() {
+            items[i] = sys::Outgoing {
+                buf: &tx[t.start..t.start + t.len],
+                dest: dests[i].as_ref(),
+                segment: if t.count > 1 { t.segment as u16 } else { 0 },
+            };
         }
-        if n < BATCH {
+        send_all(rs, &mut entry.stats, id, &items[..trains.len()]);
+        if done {
             break;
         }
     }
@@ -613,19 +682,149 @@ fn flush(cx: &mut Ctx, id: SocketId) {
     }
 }
 
-fn send_batch(
-    sock: &mio::net::UdpSocket,
-    items: &[(&[u8], Option<&sys::RawDest<'_>>)],
-) -> io::Result<usize> {
+/// Sends `items` (datagrams and trains), as many per call as the kernel
+/// takes. A train the kernel refuses (the route's device cannot offload,
+/// or a datagram exceeds its MTU) turns segmentation offload off for the
+/// socket and goes out datagram by datagram; other errors drop what is
+/// left of the batch (the protocol resends what matters).
+fn send_all(
+    rs: &mut RudpSock,
+    stats: &mut super::SocketStats,
+    id: SocketId,
+    items: &[sys::Outgoing<'_>],
+) {
+    let mut sent = 0;
+    while sent < items.len() {
+        match send_batch(&rs.sock, &items[sent..]) {
+            Ok(k) => sent += k.max(1),
+            Err(e) if items[sent].segment != 0 && gso_refused(&e) => {
+                rs.gso = false;
+                log::info!(
+                    "{id}: UDP segmentation offload refused ({e}); sending datagrams one by one"
+                );
+                let t = items[sent];
+                let single: Vec<_> = t
+                    .buf
+                    .chunks(usize::from(t.segment))
+                    .map(|d| sys::Outgoing::datagram(d, t.dest))
+                    .collect();
+                send_all(rs, stats, id, &single);
+                sent += 1;
+            }
+            Err(e) => {
+                stats.send_errors += 1;
+                log_send_error(id, &e, items.len() - sent);
+                break;
+            }
+        }
+    }
+}
+
+/// Errors with which the kernel refuses a segmentation-offload train
+/// where single datagrams may still go.
+fn gso_refused(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EIO | libc::EINVAL | libc::EOPNOTSUPP | libc::ENOPROTOOPT)
+    )
+}
+
+/// One `sendmmsg` entry being built: a datagram, or a train of
+/// equal-size datagrams to one address (the last one may be shorter).
+#[derive(Clone, Copy)]
+struct Train {
+    start: usize,
+    len: usize,
+    segment: usize,
+    count: usize,
+    dest: SocketAddr,
+    /// A shorter last datagram closed it.
+    closed: bool,
+}
+
+/// The entries of one `sendmmsg`, in order.
+struct Trains {
+    items: [Train; BATCH],
+    n: usize,
+    /// Datagrams may join trains (segmentation offload is on).
+    gso: bool,
+}
+
+impl Trains {
+    fn new(gso: bool) -> Trains {
+        let empty = Train {
+            start: 0,
+            len: 0,
+            segment: 0,
+            count: 0,
+            dest: UNSPECIFIED,
+            closed: true,
+        };
+        Trains {
+            items: [empty; BATCH],
+            n: 0,
+            gso,
+        }
+    }
+
+    /// Adds the datagram at `start..start + len` (right after the previous
+    /// one): to the last train if it fits there, else as a new entry.
+    /// `false` if that needs an entry and all are taken.
+    fn push(&mut self, start: usize, len: usize, dest: SocketAddr) -> bool {
+        if self.gso && self.n > 0 {
+            let t = &mut self.items[self.n - 1];
+            if !t.closed
+                && t.dest == dest
+                && len <= t.segment
+                && t.count < MAX_TRAIN
+                && t.len + len <= MAX_TRAIN_BYTES
+            {
+                debug_assert_eq!(t.start + t.len, start);
+                t.len += len;
+                t.count += 1;
+                t.closed = len < t.segment;
+                return true;
+            }
+        }
+        if self.n == BATCH {
+            return false;
+        }
+        self.items[self.n] = Train {
+            start,
+            len,
+            segment: len,
+            count: 1,
+            dest,
+            closed: len > usize::from(u16::MAX),
+        };
+        self.n += 1;
+        true
+    }
+
+    fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    fn len(&self) -> usize {
+        self.n
+    }
+
+    fn as_slice(&self) -> &[Train] {
+        &self.items[..self.n]
+    }
+}
+
+fn send_batch(sock: &mio::net::UdpSocket, items: &[sys::Outgoing<'_>]) -> io::Result<usize> {
     #[cfg(target_os = "linux")]
     {
         sys::mmsg::send_batch(sock.as_raw_fd(), items)
     }
     #[cfg(not(target_os = "linux"))]
     {
-        match items[0] {
-            (buf, Some(dest)) => sys::send_to(sock.as_raw_fd(), buf, dest).map(|_| 1),
-            (buf, None) => sys::send(sock.as_raw_fd(), buf).map(|_| 1),
+        let m = &items[0];
+        match m.dest {
+            Some(dest) => sys::send_to(sock.as_raw_fd(), m.buf, dest).map(|_| 1),
+            None => sys::send(sock.as_raw_fd(), m.buf).map(|_| 1),
         }
     }
 }

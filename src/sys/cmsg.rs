@@ -85,6 +85,10 @@ pub(crate) struct Summary {
     pub(crate) malformed: bool,
     /// Control messages of other kinds, skipped.
     pub(crate) other: usize,
+    /// The segment size of a train coalesced by UDP receive offload
+    /// (`UDP_GRO`): the buffer holds datagrams of this size, the last one
+    /// possibly shorter.
+    pub(crate) udp_gro: Option<usize>,
 }
 
 /// Walks the control messages in `bytes`, calling `on_fd` with every number
@@ -138,6 +142,16 @@ pub(crate) fn parse(bytes: &[u8], mut on_fd: impl FnMut(RawFd)) -> Summary {
                     summary.malformed = true;
                 }
             }
+            (libc::SOL_UDP, libc::UDP_GRO) => match data.get(..4) {
+                Some(w) => {
+                    let size = libc::c_int::from_ne_bytes([w[0], w[1], w[2], w[3]]);
+                    summary.udp_gro = usize::try_from(size).ok().filter(|&s| s > 0);
+                    if summary.udp_gro.is_none() {
+                        summary.malformed = true;
+                    }
+                }
+                None => summary.malformed = true,
+            },
             _ => summary.other += 1,
         }
         // `cmsg_align(len)`, without overflow for lengths near usize::MAX.
@@ -381,6 +395,25 @@ fn put(
         room[DATA_OFFSET + 4 * i..DATA_OFFSET + 4 * i + 4].copy_from_slice(&word);
     }
     off + cmsg_space(len)
+}
+
+/// Writes one `SOL_UDP` control message of type `ty` carrying `data` at
+/// the start of `control`; returns its `cmsg_len` (what the kernel reads
+/// as `msg_controllen` when it is the only message).
+#[cfg(target_os = "linux")]
+pub(crate) fn put_udp(control: &mut [u8], ty: libc::c_int, data: &[u8]) -> usize {
+    // SAFETY: `cmsghdr` is a plain C struct; all-zero is valid (and keeps
+    // any private padding zero).
+    let mut hdr: libc::cmsghdr = unsafe { mem::zeroed() };
+    hdr.cmsg_len = cmsg_len(data.len()) as _;
+    hdr.cmsg_level = libc::SOL_UDP;
+    hdr.cmsg_type = ty;
+    let room = &mut control[..cmsg_space(data.len())];
+    // SAFETY: `room` holds at least a header (checked by the slice above);
+    // `write_unaligned` needs no alignment.
+    unsafe { ptr::write_unaligned(room.as_mut_ptr().cast::<libc::cmsghdr>(), hdr) };
+    room[DATA_OFFSET..DATA_OFFSET + data.len()].copy_from_slice(data);
+    cmsg_len(data.len())
 }
 
 /// `sendmsg(fd, bufs, MSG_NOSIGNAL)` with `SCM_RIGHTS` for `fds` and, when

@@ -6,7 +6,7 @@ use std::os::fd::RawFd;
 
 use std::mem::MaybeUninit;
 
-use super::{RawAddr, RawDest};
+use super::{Outgoing, RawAddr};
 
 /// The most datagrams one call moves; larger batches are cut to this.
 pub(crate) const MAX_BATCH: usize = 64;
@@ -22,34 +22,48 @@ pub(super) fn header(iov: *mut libc::iovec) -> libc::mmsghdr {
     h
 }
 
-/// Sends up to [`MAX_BATCH`] datagrams with one `sendmmsg`. Each datagram
-/// goes to its own address, or to the connected peer when it has none.
-/// Returns how many the kernel took (a prefix of `msgs`).
+/// Control words (`u64`, aligned for `cmsghdr`) of one `UDP_SEGMENT` or
+/// `UDP_GRO` message.
+const UDP_CMSG_WORDS: usize = super::cmsg::cmsg_space(mem::size_of::<libc::c_int>()) / 8;
+
+/// Sends up to [`MAX_BATCH`] entries with one `sendmmsg`. Each goes to its
+/// own address, or to the connected peer when it has none. Returns how
+/// many entries the kernel took (a prefix of `msgs`).
 ///
 /// Only the `msgs.len()` headers in use are written: a call costs what it
 /// sends, not [`MAX_BATCH`].
-pub(crate) fn send_batch(fd: RawFd, msgs: &[(&[u8], Option<&RawDest<'_>>)]) -> io::Result<usize> {
+pub(crate) fn send_batch(fd: RawFd, msgs: &[Outgoing<'_>]) -> io::Result<usize> {
     let n = msgs.len().min(MAX_BATCH);
     if n == 0 {
         return Ok(0);
     }
     let mut iovs = [const { MaybeUninit::<libc::iovec>::uninit() }; MAX_BATCH];
     let mut hdrs = [const { MaybeUninit::<libc::mmsghdr>::uninit() }; MAX_BATCH];
-    for (i, (buf, addr)) in msgs[..n].iter().enumerate() {
+    let mut controls = [const { MaybeUninit::<[u64; UDP_CMSG_WORDS]>::uninit() }; MAX_BATCH];
+    for (i, m) in msgs[..n].iter().enumerate() {
         let iov = iovs[i].write(libc::iovec {
-            iov_base: buf.as_ptr() as *mut libc::c_void,
-            iov_len: buf.len(),
+            iov_base: m.buf.as_ptr() as *mut libc::c_void,
+            iov_len: m.buf.len(),
         });
         let h = hdrs[i].write(header(iov));
-        if let Some(a) = addr {
+        if let Some(a) = m.dest {
             let (name, len) = a.as_ptr_len();
             h.msg_hdr.msg_name = name as *mut libc::c_void;
             h.msg_hdr.msg_namelen = len;
         }
+        if m.segment != 0 && m.buf.len() > usize::from(m.segment) {
+            let c = controls[i].write([0; UDP_CMSG_WORDS]);
+            // The kernel reads a u16 segment size.
+            let len =
+                super::cmsg::put_udp(bytes_of_mut(c), libc::UDP_SEGMENT, &m.segment.to_ne_bytes());
+            h.msg_hdr.msg_control = c.as_mut_ptr().cast();
+            h.msg_hdr.msg_controllen = len as _;
+        }
     }
     // SAFETY: the first `n` headers are initialised (above) and point at
-    // iovecs over live, borrowed payloads and at live addresses; the kernel
-    // only reads them, and reads no header past `n`.
+    // iovecs over live, borrowed payloads, at live addresses and at
+    // initialised control buffers of the declared lengths; the kernel only
+    // reads them, and reads no header past `n`.
     let sent = syscall!(sendmmsg(
         fd,
         hdrs.as_mut_ptr().cast::<libc::mmsghdr>(),
@@ -57,6 +71,15 @@ pub(crate) fn send_batch(fd: RawFd, msgs: &[(&[u8], Option<&RawDest<'_>>)]) -> i
         super::SEND_FLAGS
     ))?;
     Ok(sent as usize)
+}
+
+/// The bytes of a control buffer.
+fn bytes_of_mut(words: &mut [u64; UDP_CMSG_WORDS]) -> &mut [u8] {
+    // SAFETY: the array is initialised; `u8` has no alignment or validity
+    // requirement, and the view borrows `words` mutably for its lifetime.
+    unsafe {
+        std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), mem::size_of_val(words))
+    }
 }
 
 /// What [`recv_batch`] reports for one datagram.
@@ -67,6 +90,9 @@ pub(crate) struct BatchMeta {
     pub(crate) truncated: bool,
     /// The sender, as the kernel wrote it.
     pub(crate) addr: RawAddr,
+    /// Non-zero: receive offload coalesced a train of datagrams of this
+    /// size (the last one possibly shorter) into the buffer.
+    pub(crate) segment: usize,
 }
 
 impl BatchMeta {
@@ -75,6 +101,7 @@ impl BatchMeta {
             len: 0,
             truncated: false,
             addr: RawAddr::new(),
+            segment: 0,
         }
     }
 }
@@ -84,10 +111,16 @@ impl BatchMeta {
 /// error such as `WouldBlock`), as the initialised prefix of `meta`. The
 /// kernel writes each sender's address straight into its `meta` entry;
 /// nothing is zeroed or copied beforehand.
+///
+/// With `gro` (the socket has [`super::set_udp_gro`] on), each buffer gets
+/// room for a `UDP_GRO` control message and a coalesced train reports its
+/// segment size in [`BatchMeta::segment`]; the buffers should then hold a
+/// whole train (64 KiB), or its tail is cut off.
 pub(crate) fn recv_batch<'m>(
     fd: RawFd,
     bufs: &mut [&mut [u8]],
     meta: &'m mut [MaybeUninit<BatchMeta>],
+    gro: bool,
 ) -> io::Result<&'m [BatchMeta]> {
     let n = bufs.len().min(meta.len()).min(MAX_BATCH);
     if n == 0 {
@@ -95,6 +128,7 @@ pub(crate) fn recv_batch<'m>(
     }
     let mut iovs = [const { MaybeUninit::<libc::iovec>::uninit() }; MAX_BATCH];
     let mut hdrs = [const { MaybeUninit::<libc::mmsghdr>::uninit() }; MAX_BATCH];
+    let mut controls = [const { MaybeUninit::<[u64; UDP_CMSG_WORDS]>::uninit() }; MAX_BATCH];
     for i in 0..n {
         let iov = iovs[i].write(libc::iovec {
             iov_base: bufs[i].as_mut_ptr().cast(),
@@ -105,11 +139,17 @@ pub(crate) fn recv_batch<'m>(
         let (name, namelen) = m.addr.as_out();
         h.msg_hdr.msg_name = name;
         h.msg_hdr.msg_namelen = namelen;
+        if gro {
+            let c = controls[i].write([0; UDP_CMSG_WORDS]);
+            h.msg_hdr.msg_control = c.as_mut_ptr().cast();
+            h.msg_hdr.msg_controllen = mem::size_of_val(c) as _;
+        }
     }
     // SAFETY: the first `n` headers are initialised (above) and point at
-    // iovecs over distinct, mutably borrowed buffers and at address storage
-    // of the declared size in distinct, mutably borrowed `meta` entries; all
-    // outlive the call, and the kernel touches no header past `n`. A null
+    // iovecs over distinct, mutably borrowed buffers, at address storage of
+    // the declared size in distinct, mutably borrowed `meta` entries and (with
+    // `gro`) at distinct, initialised control buffers of the declared size;
+    // all outlive the call, and the kernel touches no header past `n`. A null
     // timeout with MSG_DONTWAIT never blocks.
     let got = syscall!(recvmmsg(
         fd,
@@ -126,6 +166,17 @@ pub(crate) fn recv_batch<'m>(
         m.len = (h.msg_len as usize).min(bufs[i].len());
         m.truncated = h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
         m.addr.set_len(h.msg_hdr.msg_namelen);
+        if gro {
+            // `msg_controllen` is a `size_t` on glibc, a `socklen_t` elsewhere.
+            #[allow(clippy::unnecessary_cast)]
+            let controllen = h.msg_hdr.msg_controllen as usize;
+            // SAFETY: control buffer `i` was initialised above (zeros, then
+            // whatever the kernel wrote).
+            let words = unsafe { controls[i].assume_init_mut() };
+            let bytes = bytes_of_mut(words);
+            let summary = super::cmsg::parse(&bytes[..controllen.min(bytes.len())], |_| {});
+            m.segment = summary.udp_gro.unwrap_or(0);
+        }
     }
     // SAFETY: the first `got <= n` entries of `meta` are initialised (above);
     // `MaybeUninit<T>` has the layout of `T`; the view borrows `meta`.

@@ -278,6 +278,31 @@ pub(crate) fn send_to(fd: RawFd, buf: &[u8], dest: &RawDest<'_>) -> io::Result<u
     Ok(n as usize)
 }
 
+/// One entry of a batch send (`mmsg::send_batch`): a datagram, or a train
+/// of them.
+#[derive(Clone, Copy)]
+pub(crate) struct Outgoing<'a> {
+    pub(crate) buf: &'a [u8],
+    /// `None`: to the connected peer.
+    pub(crate) dest: Option<&'a RawDest<'a>>,
+    /// Non-zero: `buf` is a train of datagrams of this size (the last one
+    /// possibly shorter), sent as one kernel packet with UDP segmentation
+    /// offload (`UDP_SEGMENT`) and cut into datagrams by the kernel or the
+    /// device. The kernel refuses a train (`EIO`, `EINVAL`) where the
+    /// device cannot offload or a datagram would exceed the path MTU.
+    pub(crate) segment: u16,
+}
+
+impl<'a> Outgoing<'a> {
+    pub(crate) fn datagram(buf: &'a [u8], dest: Option<&'a RawDest<'a>>) -> Outgoing<'a> {
+        Outgoing {
+            buf,
+            dest,
+            segment: 0,
+        }
+    }
+}
+
 /// Sets "don't fragment" on a UDP socket's datagrams without consulting
 /// the kernel's path-MTU cache (`IP_PMTUDISC_PROBE`, and the IPv6
 /// counterpart on IPv6 sockets), as QUIC stacks do: a protocol that sizes
@@ -306,6 +331,33 @@ pub(crate) fn set_dont_fragment(fd: RawFd, ipv6: bool) -> io::Result<()> {
     } else {
         v4()
     }
+}
+
+/// Turns on UDP receive offload (`UDP_GRO`): the kernel may hand over a
+/// train of datagrams from one sender as one buffer, with their size in a
+/// `UDP_GRO` control message (see [`mmsg::recv_batch`]). Refused by kernels
+/// before 5.0.
+#[cfg(target_os = "linux")]
+pub(crate) fn set_udp_gro(fd: RawFd) -> io::Result<()> {
+    setsockopt_int(fd, libc::SOL_UDP, libc::UDP_GRO, 1)
+}
+
+/// Whether the kernel accepts UDP segmentation offload (`UDP_SEGMENT`,
+/// Linux 4.18+) on this socket: `getsockopt` knows the option.
+#[cfg(target_os = "linux")]
+pub(crate) fn udp_gso_supported(fd: RawFd) -> bool {
+    let mut val: libc::c_int = 0;
+    let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `val` and `len` are live and `len` holds `val`'s exact size;
+    // the kernel writes at most that many bytes.
+    syscall!(getsockopt(
+        fd,
+        libc::SOL_UDP,
+        libc::UDP_SEGMENT,
+        (&mut val as *mut libc::c_int).cast(),
+        &mut len,
+    ))
+    .is_ok()
 }
 
 /// `setsockopt(fd, level, opt, &val)` for an `int` option.
