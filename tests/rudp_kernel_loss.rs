@@ -8,12 +8,12 @@
 //! hence nftables `numgen random` for loss and duplication and an HTB class
 //! for reordering.
 //!
-//! The test re-executes its own binary inside the namespace (`unshare -n --
-//! <this test binary> --exact <this test>` with `MSGLOOP_NETNS_CHILD` set),
-//! so the rules never touch the host's network. Where `unshare` is not
-//! permitted the test is skipped with the reason printed; missing tools
-//! (`unshare`, `ip`, `tc`, `nft`) skip it too, except under `CI=true`, where
-//! `.ci/run` installs them and their absence fails the test.
+//! The test re-executes its own binary inside the namespace
+//! (`util::netns::enter`), so the rules never touch the host's network.
+//! Where `unshare` is not permitted the test is skipped with the reason
+//! printed; missing tools (`unshare`, `ip`, `tc`, `nft`) skip it too, except
+//! under `CI=true`, where `.ci/run` installs them and their absence fails
+//! the test.
 
 mod util;
 
@@ -26,9 +26,6 @@ use std::time::{Duration, Instant};
 use msgloop::rudp::{CloseReason, Guarantee, RudpConfig, SendError};
 use msgloop::{Ctx, Error, Handler, PeerId, Reactor, SocketId};
 
-/// Set in the child's environment: the test body runs (we are inside the
-/// namespace).
-const CHILD_ENV: &str = "MSGLOOP_NETNS_CHILD";
 /// This test's name, for `--exact` in the child.
 const TEST_NAME: &str = "delivery_messages_survive_kernel_loss_duplication_and_reordering";
 
@@ -80,70 +77,9 @@ const TC_SETUP: &[&[&str]] = &[
 
 #[test]
 fn delivery_messages_survive_kernel_loss_duplication_and_reordering() {
-    if std::env::var_os(CHILD_ENV).is_some() {
+    if util::netns::enter(TEST_NAME, &["tc", "nft"]) {
         in_namespace();
-        return;
     }
-    let _g = util::serial();
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
-    for (tool, arg) in [
-        ("unshare", "--version"),
-        ("ip", "-V"),
-        ("tc", "-V"),
-        ("nft", "--version"),
-    ] {
-        if let Err(e) = Command::new(tool).arg(arg).output() {
-            let why =
-                format!("`{tool}` cannot be run ({e}); install util-linux, iproute2 and nftables");
-            assert!(!ci, "CI=true: {why}");
-            println!("SKIPPED kernel-loss test: {why}");
-            return;
-        }
-    }
-    let probe = Command::new("unshare")
-        .args(["-n", "--", "true"])
-        .output()
-        .expect("run unshare");
-    if !probe.status.success() {
-        let err = String::from_utf8_lossy(&probe.stderr).trim().to_string();
-        if err.contains("Operation not permitted") || err.contains("Permission denied") {
-            // Not root, or a container without CAP_SYS_ADMIN: not ours to fix.
-            println!("SKIPPED kernel-loss test: `unshare -n` is not permitted here: {err}");
-            return;
-        }
-        let why = format!("`unshare -n -- true` failed ({}): {err}", probe.status);
-        assert!(!ci, "CI=true: {why}");
-        println!("SKIPPED kernel-loss test: {why}");
-        return;
-    }
-    let exe = std::env::current_exe().expect("current_exe");
-    let start = Instant::now();
-    let out = Command::new("unshare")
-        .arg("-n")
-        .arg("--")
-        .arg(&exe)
-        .args(["--exact", TEST_NAME, "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, "1")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run the test binary under unshare -n");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!(
-        "--- in the namespace ({:.1} s) ---",
-        start.elapsed().as_secs_f64()
-    );
-    print!("{stdout}");
-    eprint!("{stderr}");
-    assert!(
-        out.status.success(),
-        "the kernel-loss run in the namespace failed ({}); its output is above",
-        out.status
-    );
-    assert!(
-        stdout.contains("1 passed"),
-        "the child ran no test (name filter `{TEST_NAME}` matched nothing?)"
-    );
 }
 
 /// Runs a command, panicking with its output if it fails.
@@ -329,7 +265,8 @@ struct Stream {
 }
 
 struct Load {
-    server: SocketId,
+    /// Two servers: one with UDP offload, one without.
+    servers: [SocketId; 2],
     senders: Vec<Sender>,
     streams: HashMap<PeerId, Stream>,
     closed: Vec<(PeerId, CloseReason)>,
@@ -380,7 +317,7 @@ impl Load {
 
 impl Handler for Load {
     fn on_peer_connected(&mut self, cx: &mut Ctx, peer: PeerId) {
-        if peer.sock == self.server {
+        if self.servers.contains(&peer.sock) {
             assert!(
                 self.streams.insert(peer, Stream::default()).is_none(),
                 "{peer} connected twice"
@@ -398,7 +335,7 @@ impl Handler for Load {
     }
 
     fn on_rudp(&mut self, _cx: &mut Ctx, peer: PeerId, msg: &[u8], g: Guarantee) {
-        assert_eq!(peer.sock, self.server, "clients receive nothing");
+        assert!(self.servers.contains(&peer.sock), "clients receive nothing");
         assert_eq!(g, Guarantee::Delivery);
         assert_eq!(msg.len(), MSG_LEN, "{peer}: message length");
         let st = self
@@ -430,13 +367,20 @@ impl Handler for Load {
 
 fn workload() {
     let mut r = Reactor::new().expect("reactor");
-    let cfg = RudpConfig::default();
-    let server = r
-        .bind_rudp("127.0.0.1:0", cfg.clone())
-        .expect("bind server");
-    let addr = r.local_addr(server).unwrap().as_inet().unwrap();
+    // Offload on and off at both ends: client i has it when i is even and
+    // talks to server i / 2, which has it for i < 2 — all four pairings.
+    // (With offload, a train crosses nftables and HTB as one packet: its
+    // loss, duplication and delay take whole trains.)
+    let cfg = |offload| RudpConfig {
+        offload,
+        ..RudpConfig::default()
+    };
+    let servers = [true, false].map(|offload| {
+        r.bind_rudp("127.0.0.1:0", cfg(offload))
+            .expect("bind server")
+    });
     let mut load = Load {
-        server,
+        servers,
         senders: Vec::new(),
         streams: HashMap::new(),
         closed: Vec::new(),
@@ -445,9 +389,10 @@ fn workload() {
         msg: vec![0; MSG_LEN],
         expect: vec![0; MSG_LEN],
     };
-    for _ in 0..PEERS {
+    for i in 0..PEERS {
+        let addr = r.local_addr(servers[i / 2 % 2]).unwrap().as_inet().unwrap();
         let c = r
-            .bind_rudp("127.0.0.1:0", cfg.clone())
+            .bind_rudp("127.0.0.1:0", cfg(i % 2 == 0))
             .expect("bind client");
         let peer = r.rudp_connect(c, addr).expect("connect");
         load.senders.push(Sender { peer, sent: 0 });
@@ -493,7 +438,23 @@ fn workload() {
         dup_packets += st.duplicate_packets;
         dup_chunks += st.duplicate_chunks;
     }
-    let (ep, peers) = r.rudp_stats(server).expect("rudp_stats");
+    let mut peers = 0;
+    let mut eps = Vec::new();
+    for &server in &load.servers {
+        let (ep, n) = r.rudp_stats(server).expect("rudp_stats");
+        peers += n;
+        eps.push(ep);
+    }
+    let trains = |id: SocketId| {
+        let st = r.stats(id).expect("stats");
+        (st.rudp_trains_sent, st.rudp_trains_received)
+    };
+    let client_trains: Vec<_> = load.senders.iter().map(|s| trains(s.peer.sock)).collect();
+    let server_trains: Vec<_> = load.servers.iter().map(|&s| trains(s)).collect();
+    println!(
+        "  trains (sent, received): clients {client_trains:?} (offload on, off, on, off), \
+         servers {server_trains:?} (on, off)"
+    );
     println!(
         "kernel-loss run: {PEERS} peers x {MESSAGES} x {MSG_LEN} B Delivery: sent {sent}, \
          delivered {delivered} (exactly once, in order), {:.2} s ({:.1} MB/s, {calls} run_once \
@@ -508,7 +469,7 @@ fn workload() {
         retransmitted as f64 / sent as f64
     );
     println!(
-        "  writable callbacks {}, QueueFull {}; server endpoint: {ep:?}",
+        "  writable callbacks {}, QueueFull {}; server endpoints: {eps:?}",
         load.writable, load.queue_full
     );
     assert_eq!(sent, PEERS as u64 * MESSAGES);
@@ -516,6 +477,14 @@ fn workload() {
     assert_eq!(peers, PEERS);
     assert!(load.closed.is_empty(), "closed: {:?}", load.closed);
     assert!(retransmitted > 0, "10% loss but nothing retransmitted?");
+    for (i, &(sent, _)) in client_trains.iter().enumerate() {
+        assert_eq!(sent > 0, i % 2 == 0, "client {i}: trains sent {sent}");
+    }
+    assert!(server_trains[0].1 > 0, "the offload server read no train");
+    assert_eq!(
+        server_trains[1].1, 0,
+        "a server without offload read a train"
+    );
     assert!(
         dup_packets + dup_chunks > 0,
         "1% duplication (and spurious retransmissions) but no duplicate suppressed?"

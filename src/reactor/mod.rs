@@ -148,6 +148,15 @@ pub struct SocketStats {
     /// Reliable UDP: the largest smoothed round-trip time among the peers,
     /// in microseconds.
     pub rudp_max_srtt_us: u64,
+    /// Reliable UDP: trains of datagrams sent as one kernel packet
+    /// (segmentation offload, [`RudpConfig::offload`](crate::rudp::RudpConfig::offload)).
+    pub rudp_trains_sent: u64,
+    /// Reliable UDP: trains of datagrams read with one copy (receive
+    /// offload).
+    pub rudp_trains_received: u64,
+    /// Reliable UDP: times the kernel refused a train, turning the
+    /// socket's segmentation offload off (0 or 1 per socket).
+    pub rudp_offload_refused: u64,
 }
 
 impl SocketStats {
@@ -167,6 +176,9 @@ impl SocketStats {
         self.rudp_packets_lost += o.rudp_packets_lost;
         self.rudp_retransmitted += o.rudp_retransmitted;
         self.rudp_max_srtt_us = self.rudp_max_srtt_us.max(o.rudp_max_srtt_us);
+        self.rudp_trains_sent += o.rudp_trains_sent;
+        self.rudp_trains_received += o.rudp_trains_received;
+        self.rudp_offload_refused += o.rudp_offload_refused;
     }
 }
 
@@ -191,11 +203,15 @@ impl fmt::Display for SocketStats {
         if self.rudp_peers > 0 || self.rudp_retransmitted > 0 {
             write!(
                 f,
-                " | rudp peers={} lost={} retransmitted={} max_srtt={} us",
+                " | rudp peers={} lost={} retransmitted={} max_srtt={} us trains: sent={} \
+                 received={} refused={}",
                 self.rudp_peers,
                 self.rudp_packets_lost,
                 self.rudp_retransmitted,
-                self.rudp_max_srtt_us
+                self.rudp_max_srtt_us,
+                self.rudp_trains_sent,
+                self.rudp_trains_received,
+                self.rudp_offload_refused
             )?;
         }
         Ok(())

@@ -422,6 +422,9 @@ pub(super) fn drain<H: Handler + ?Sized>(
             }
             // A train coalesced by receive offload holds datagrams of
             // `segment` bytes (the last one may be shorter).
+            if segment != 0 {
+                entry.stats.rudp_trains_received += 1;
+            }
             let step = if segment == 0 { len.max(1) } else { segment };
             for at in (0..len).step_by(step) {
                 let datagram = &buf[at..(at + step).min(len)];
@@ -696,9 +699,15 @@ fn send_all(
     let mut sent = 0;
     while sent < items.len() {
         match send_batch(&rs.sock, &items[sent..]) {
-            Ok(k) => sent += k.max(1),
+            Ok(k) => {
+                let k = k.max(1);
+                let trains = items[sent..].iter().take(k).filter(|m| m.segment != 0);
+                stats.rudp_trains_sent += trains.count() as u64;
+                sent += k;
+            }
             Err(e) if items[sent].segment != 0 && gso_refused(&e) => {
                 rs.gso = false;
+                stats.rudp_offload_refused += 1;
                 log::info!(
                     "{id}: UDP segmentation offload refused ({e}); sending datagrams one by one"
                 );
@@ -721,11 +730,14 @@ fn send_all(
 }
 
 /// Errors with which the kernel refuses a segmentation-offload train
-/// where single datagrams may still go.
+/// where single datagrams may still go: `EIO` (the device cannot offload
+/// checksums), `EMSGSIZE` / `EINVAL` (a datagram of the train exceeds the
+/// route's MTU: single ones may still be fragmented), and kernels that do
+/// not know the option.
 fn gso_refused(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
-        Some(libc::EIO | libc::EINVAL | libc::EOPNOTSUPP | libc::ENOPROTOOPT)
+        Some(libc::EIO | libc::EMSGSIZE | libc::EINVAL | libc::EOPNOTSUPP | libc::ENOPROTOOPT)
     )
 }
 
@@ -826,5 +838,73 @@ fn send_batch(sock: &mio::net::UdpSocket, items: &[sys::Outgoing<'_>]) -> io::Re
             Some(dest) => sys::send_to(sock.as_raw_fd(), m.buf, dest).map(|_| 1),
             None => sys::send(sock.as_raw_fd(), m.buf).map(|_| 1),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    /// (start, len, segment, count) of each entry after pushing datagrams
+    /// of `lens` (to the port given with each) back to back.
+    fn build(gso: bool, datagrams: &[(usize, u16)]) -> (Vec<(usize, usize, usize, usize)>, usize) {
+        let mut t = Trains::new(gso);
+        let (mut off, mut taken) = (0, 0);
+        for &(len, port) in datagrams {
+            if !t.push(off, len, addr(port)) {
+                break;
+            }
+            off += len;
+            taken += 1;
+        }
+        let entries = t
+            .as_slice()
+            .iter()
+            .map(|e| (e.start, e.len, e.segment, e.count))
+            .collect();
+        (entries, taken)
+    }
+
+    #[test]
+    fn equal_datagrams_to_one_peer_form_a_train_a_shorter_one_ends_it() {
+        let (e, _) = build(true, &[(100, 1), (100, 1), (60, 1), (100, 1)]);
+        assert_eq!(e, [(0, 260, 100, 3), (260, 100, 100, 1)]);
+    }
+
+    #[test]
+    fn a_larger_datagram_or_another_peer_starts_a_new_entry() {
+        let (e, _) = build(true, &[(100, 1), (120, 1), (120, 2), (120, 2)]);
+        assert_eq!(
+            e,
+            [(0, 100, 100, 1), (100, 120, 120, 1), (220, 240, 120, 2)]
+        );
+    }
+
+    #[test]
+    fn trains_stop_at_the_kernels_segment_and_size_limits() {
+        let (e, _) = build(true, &[(10, 1); MAX_TRAIN + 1]);
+        assert_eq!(
+            e,
+            [
+                (0, 10 * MAX_TRAIN, 10, MAX_TRAIN),
+                (10 * MAX_TRAIN, 10, 10, 1)
+            ]
+        );
+        let big = 20_000;
+        let (e, _) = build(true, &[(big, 1); 4]);
+        assert_eq!(e.iter().map(|x| x.3).collect::<Vec<_>>(), [3, 1]);
+        assert!(e.iter().all(|x| x.1 <= MAX_TRAIN_BYTES));
+    }
+
+    #[test]
+    fn without_offload_every_datagram_is_an_entry_and_a_full_batch_says_so() {
+        let (e, taken) = build(false, &[(100, 1); BATCH + 3]);
+        assert_eq!(e.len(), BATCH);
+        assert_eq!(taken, BATCH, "the datagram past a full batch is refused");
+        assert!(e.iter().all(|x| x.3 == 1));
     }
 }

@@ -19,6 +19,8 @@ use std::time::Duration;
 
 use msgloop::{Handler, Reactor};
 
+pub mod netns;
+
 /// The number of open file descriptors of this process.
 pub fn open_fds() -> usize {
     // The directory handle itself shows up in the listing; it does so on

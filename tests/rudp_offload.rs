@@ -1,0 +1,239 @@
+//! Reliable UDP with and without UDP segmentation/receive offload
+//! (`RudpConfig::offload`): the wire is the same, so every pairing works,
+//! and a train the kernel refuses falls back to single datagrams.
+
+mod util;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use msgloop::rudp::{CloseReason, Guarantee, RudpConfig, SendError};
+use msgloop::{Ctx, Error, Handler, PeerId, Reactor, SocketId};
+
+/// Message `seq` of client `client`: mostly 1 KiB (full trains), every
+/// seventh short (a train's shorter last datagram), every thirteenth
+/// 3,000 bytes (fragments), with bytes derived from both numbers.
+fn message(client: u8, seq: u64) -> Vec<u8> {
+    let len = match seq {
+        s if s % 13 == 0 => 3000,
+        s if s % 7 == 0 => 300,
+        _ => 1024,
+    };
+    let mut m: Vec<u8> = (0..len)
+        .map(|i| (i as u64).wrapping_mul(31).wrapping_add(seq * 7) as u8 ^ client)
+        .collect();
+    m[..8].copy_from_slice(&seq.to_le_bytes());
+    m[8] = client;
+    m
+}
+
+struct Client {
+    peer: PeerId,
+    sent: u64,
+    /// Echoes received, in order.
+    echoed: u64,
+}
+
+struct Echo {
+    servers: Vec<SocketId>,
+    clients: Vec<Client>,
+    count: u64,
+    closed: Vec<(PeerId, CloseReason)>,
+}
+
+impl Echo {
+    fn pump(&mut self, cx: &mut Ctx, i: usize) {
+        while self.clients[i].sent < self.count {
+            let msg = message(i as u8, self.clients[i].sent);
+            match cx.send_rudp(self.clients[i].peer, &msg, Guarantee::Delivery) {
+                Ok(()) => self.clients[i].sent += 1,
+                Err(Error::RudpSend(SendError::QueueFull)) => break,
+                Err(e) => panic!("client {i}: {e}"),
+            }
+        }
+    }
+
+    fn client(&self, peer: PeerId) -> Option<usize> {
+        self.clients.iter().position(|c| c.peer == peer)
+    }
+
+    fn done(&self) -> bool {
+        self.clients.iter().all(|c| c.echoed == self.count)
+    }
+}
+
+impl Handler for Echo {
+    fn on_peer_connected(&mut self, cx: &mut Ctx, peer: PeerId) {
+        if let Some(i) = self.client(peer) {
+            self.pump(cx, i);
+        }
+    }
+
+    fn on_rudp_writable(&mut self, cx: &mut Ctx, peer: PeerId) {
+        if let Some(i) = self.client(peer) {
+            self.pump(cx, i);
+        }
+    }
+
+    fn on_rudp(&mut self, cx: &mut Ctx, peer: PeerId, msg: &[u8], g: Guarantee) {
+        if self.servers.contains(&peer.sock) {
+            // Echo; a full window here would be a test bug (the clients'
+            // windows bound what is in flight).
+            cx.send_rudp(peer, msg, g).expect("echo");
+            return;
+        }
+        let i = self.client(peer).expect("a client");
+        let c = &mut self.clients[i];
+        assert!(
+            msg == message(i as u8, c.echoed).as_slice(),
+            "client {i}: echo {} wrong, reordered or corrupted",
+            c.echoed
+        );
+        c.echoed += 1;
+    }
+
+    fn on_peer_closed(&mut self, _cx: &mut Ctx, peer: PeerId, reason: CloseReason) {
+        self.closed.push((peer, reason));
+    }
+}
+
+/// Runs the echo load: client `i` has `offload[i].0` and talks to server
+/// `offload[i].1`; servers have offload as `servers`.
+fn echo_run(
+    r: &mut Reactor,
+    cfg: &dyn Fn(bool) -> RudpConfig,
+    servers: &[bool],
+    clients: &[(bool, usize)],
+    count: u64,
+    limit: Duration,
+) -> Echo {
+    let servers: Vec<SocketId> = servers
+        .iter()
+        .map(|&o| r.bind_rudp("127.0.0.1:0", cfg(o)).expect("bind"))
+        .collect();
+    let mut app = Echo {
+        servers: servers.clone(),
+        clients: Vec::new(),
+        count,
+        closed: Vec::new(),
+    };
+    for &(offload, s) in clients {
+        let to = r.local_addr(servers[s]).unwrap().as_inet().unwrap();
+        let peer = r.connect_rudp(to, cfg(offload)).expect("connect");
+        app.clients.push(Client {
+            peer,
+            sent: 0,
+            echoed: 0,
+        });
+    }
+    let start = Instant::now();
+    while !app.done() {
+        assert!(app.closed.is_empty(), "closed: {:?}", app.closed);
+        let progress: Vec<u64> = app.clients.iter().map(|c| c.echoed).collect();
+        assert!(
+            start.elapsed() < limit,
+            "not done within {limit:?}: echoes {progress:?}"
+        );
+        r.run_once(&mut app, Some(Duration::from_millis(10)))
+            .expect("run_once");
+    }
+    app
+}
+
+fn trains(r: &Reactor, id: SocketId) -> (u64, u64, u64) {
+    let s = r.stats(id).expect("stats");
+    (
+        s.rudp_trains_sent,
+        s.rudp_trains_received,
+        s.rudp_offload_refused,
+    )
+}
+
+#[test]
+fn offload_and_plain_sockets_interoperate_in_both_directions() {
+    let _g = util::serial();
+    let _fds = util::FdCheck::new();
+    let mut r = Reactor::new().expect("reactor");
+    let cfg = |offload| RudpConfig {
+        offload,
+        ..RudpConfig::default()
+    };
+    // Servers: offload on, off. Clients: every pairing.
+    let clients = [(true, 0), (false, 0), (true, 1), (false, 1)];
+    let app = echo_run(
+        &mut r,
+        &cfg,
+        &[true, false],
+        &clients,
+        3000,
+        Duration::from_secs(60),
+    );
+    let servers: Vec<_> = app.servers.iter().map(|&s| trains(&r, s)).collect();
+    let peers: Vec<_> = app
+        .clients
+        .iter()
+        .map(|c| trains(&r, c.peer.sock))
+        .collect();
+    println!("trains (sent, received, refused): servers {servers:?}, clients {peers:?}");
+    for (i, (&(offload, _), t)) in clients.iter().zip(&peers).enumerate() {
+        assert_eq!(t.0 > 0, offload, "client {i}: trains sent");
+        assert_eq!(t.2, 0, "client {i}: offload refused on loopback");
+    }
+    // The offload server reads trains (from client 0) and sends them (the
+    // echoes); the other one does neither, yet every echo came back intact.
+    assert!(servers[0].0 > 0 && servers[0].1 > 0, "{servers:?}");
+    assert_eq!((servers[1].0, servers[1].1), (0, 0));
+    // Client 0 (offload) reads its echoes as trains; client 1 gets the
+    // same server's trains cut into datagrams by the kernel.
+    assert!(peers[0].1 > 0, "client 0 read no train");
+    assert_eq!(peers[1].1, 0, "client 1 has no receive offload");
+    drop(r);
+}
+
+const FALLBACK_TEST: &str = "a_train_the_kernel_refuses_goes_out_as_single_datagrams";
+
+/// `lo` with a 1,400-byte MTU and peers configured for 1,472-byte
+/// datagrams (above 1,452, so sent without don't-fragment): single
+/// datagrams go out as IP fragments, but the kernel refuses a train whose
+/// datagrams exceed the device MTU (`EMSGSIZE`; trains of smaller
+/// datagrams go through). The sender turns offload off and resends the
+/// train datagram by datagram: nothing is lost, and it happens once.
+#[test]
+fn a_train_the_kernel_refuses_goes_out_as_single_datagrams() {
+    if !util::netns::enter(FALLBACK_TEST, &[]) {
+        return;
+    }
+    let _g = util::serial();
+    let out = Command::new("ip")
+        .args(["link", "set", "lo", "mtu", "1400", "up"])
+        .output()
+        .expect("ip");
+    assert!(out.status.success(), "ip link: {out:?}");
+    let mut r = Reactor::new().expect("reactor");
+    let cfg = |offload| RudpConfig {
+        offload,
+        mtu: 1472,
+        ..RudpConfig::default()
+    };
+    let app = echo_run(
+        &mut r,
+        &cfg,
+        &[true],
+        &[(true, 0)],
+        1000,
+        Duration::from_secs(60),
+    );
+    let server = trains(&r, app.servers[0]);
+    let client = trains(&r, app.clients[0].peer.sock);
+    println!("trains (sent, received, refused): server {server:?}, client {client:?}");
+    assert_eq!(
+        client.2, 1,
+        "the client's first train should be refused, once"
+    );
+    assert_eq!(
+        server.2, 1,
+        "the server's first train should be refused, once"
+    );
+    let stats = r.stats(app.clients[0].peer.sock).expect("stats");
+    assert_eq!(stats.send_errors, 0, "the refused train was resent");
+}
