@@ -48,7 +48,10 @@ pub struct Config {
     /// The most messages read from one socket per `run_once` (default 64).
     /// A socket cut off by its budget is served again on the next call
     /// without waiting for a new readiness edge, so one flooded socket
-    /// cannot starve the others.
+    /// cannot starve the others. Reliable-UDP sockets count datagrams
+    /// read, a train coalesced by receive offload
+    /// ([`RudpConfig::offload`](crate::rudp::RudpConfig::offload)) counting
+    /// as one.
     pub read_budget: usize,
     /// Default quota for Unix datagram sockets: the largest message
     /// delivered (default 1 MiB). Larger ones are consumed and reported

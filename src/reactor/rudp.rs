@@ -2,12 +2,18 @@
 //! on it.
 //!
 //! - Reads: `recvmmsg` into slots of the shared receive buffer, each
-//!   datagram handed to [`Endpoint::handle_datagram`].
-//! - Events: messages are copied once into the reactor's scratch buffer and
-//!   handed to [`Handler::on_rudp`] as `&[u8]` (no allocation per message).
-//! - Writes: datagrams produced during a pass go out together at its end
-//!   with `sendmmsg` (32 per call); many small messages are packed into each
-//!   datagram by the protocol.
+//!   datagram handled in place ([`Endpoint::handle_datagram_in_place`]); a
+//!   train coalesced by receive offload (`UDP_GRO`) is split into its
+//!   datagrams.
+//! - Events: a message that lies whole in a datagram is handed to
+//!   [`Handler::on_rudp`] straight from the receive buffer; others are
+//!   copied once into the reactor's scratch buffer (no allocation per
+//!   message).
+//! - Writes: datagrams produced during a pass are built back to back and go
+//!   out together at its end with `sendmmsg` (32 entries per call); with
+//!   segmentation offload (`UDP_SEGMENT`) consecutive equal-size datagrams
+//!   to one peer form one entry, a train. Many small messages are packed
+//!   into each datagram by the protocol.
 //! - Timers: the endpoint keeps its own deadline heap over its peers; the
 //!   reactor's single deadline structure holds one entry per endpoint, so an
 //!   idle tick costs O(due peers), not O(peers).
