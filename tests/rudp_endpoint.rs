@@ -348,3 +348,92 @@ proptest! {
         prop_assert_eq!(ep.len(), 0);
     }
 }
+
+/// Moves datagrams between `client` (at `c`) and `servers` (at their
+/// addresses) until none is left.
+fn shuttle(
+    now: Instant,
+    c: SocketAddr,
+    client: &mut Endpoint,
+    servers: &mut [(SocketAddr, Endpoint)],
+) {
+    let mut buf = [0u8; 1500];
+    loop {
+        let mut moved = false;
+        while let Some(t) = client.poll_transmit(now, &mut buf) {
+            let (_, s) = servers
+                .iter_mut()
+                .find(|(a, _)| *a == t.dest)
+                .expect("a server");
+            let _ = s.handle_datagram(now, c, &buf[..t.len]);
+            moved = true;
+        }
+        for (a, s) in servers.iter_mut() {
+            while let Some(t) = s.poll_transmit(now, &mut buf) {
+                assert_eq!(t.dest, c);
+                let _ = client.handle_datagram(now, *a, &buf[..t.len]);
+                moved = true;
+            }
+        }
+        if !moved {
+            return;
+        }
+    }
+}
+
+#[test]
+fn connections_take_turns_in_runs_of_the_transmit_burst() {
+    let now = Instant::now();
+    let c = addr(1000);
+    let mut client = Endpoint::new(RudpConfig::default(), 5);
+    let mut servers: Vec<(SocketAddr, Endpoint)> = (0..3)
+        .map(|i| {
+            (
+                addr(i),
+                Endpoint::new(RudpConfig::default(), 100 + u64::from(i)),
+            )
+        })
+        .collect();
+    let peers: Vec<_> = servers
+        .iter()
+        .map(|(a, _)| client.connect(now, *a).expect("connect"))
+        .collect();
+    shuttle(now, c, &mut client, &mut servers);
+    while client.poll_event().is_some() {}
+    // Each connection has 10 full datagrams to send (the initial window).
+    for &p in &peers {
+        for _ in 0..10 {
+            client
+                .send(p, &[7u8; 1100], Guarantee::Delivery)
+                .expect("send");
+        }
+    }
+    client.set_transmit_burst(4);
+    let mut buf = [0u8; 1500];
+    let mut order = Vec::new();
+    while let Some(t) = client.poll_transmit(now, &mut buf) {
+        order.push(
+            servers
+                .iter()
+                .position(|(a, _)| *a == t.dest)
+                .expect("a server"),
+        );
+    }
+    // Round robin over what each connection had to send, 4 at a time.
+    let mut left: Vec<usize> = (0..3)
+        .map(|i| order.iter().filter(|&&d| d == i).count())
+        .collect();
+    assert!(
+        left.iter().all(|&n| n > 4),
+        "each connection sends more than one run: {left:?}"
+    );
+    let mut expected = Vec::new();
+    while left.iter().any(|&n| n > 0) {
+        for (i, n) in left.iter_mut().enumerate() {
+            let k = (*n).min(4);
+            expected.extend(std::iter::repeat_n(i, k));
+            *n -= k;
+        }
+    }
+    assert_eq!(order, expected, "destinations in order");
+}

@@ -522,6 +522,7 @@ fn main() {
         "rudp_delivery_1k",
         "rudp_none_64",
         "rudp_delivery_1k_no_offload",
+        "rudp_fanout_1k",
         "rudp_core_64",
         "rudp_core_1k",
     ];

@@ -140,6 +140,104 @@ fn rudp_run(size: usize, guarantee: Guarantee, offload: bool) -> io::Result<(f64
     ))
 }
 
+/// Fan-out: one server socket sends `MESSAGES` Delivery messages of `size`
+/// bytes spread over `FANOUT_PEERS` clients (each on its own socket, all in
+/// the same reactor), which check count and order; messages/s.
+const FANOUT_PEERS: usize = 8;
+
+struct Fanout {
+    server: msgloop::SocketId,
+    /// Server-side peers and what each was sent.
+    peers: Vec<(PeerId, u64)>,
+    /// Client side: next expected sequence number per client socket.
+    next: std::collections::HashMap<msgloop::SocketId, u64>,
+    received: u64,
+    faults: u64,
+    buf: Vec<u8>,
+}
+
+impl Fanout {
+    fn pump(&mut self, cx: &mut Ctx, i: usize) {
+        let per_peer = MESSAGES / FANOUT_PEERS as u64;
+        let (peer, sent) = &mut self.peers[i];
+        while *sent < per_peer {
+            self.buf[..8].copy_from_slice(&sent.to_le_bytes());
+            match cx.send_rudp(*peer, &self.buf, Guarantee::Delivery) {
+                Ok(()) => *sent += 1,
+                Err(_) => break, // window full: on_rudp_writable resumes
+            }
+        }
+    }
+}
+
+impl Handler for Fanout {
+    fn on_peer_connected(&mut self, cx: &mut Ctx, peer: PeerId) {
+        if peer.sock == self.server {
+            self.peers.push((peer, 0));
+            self.pump(cx, self.peers.len() - 1);
+        }
+    }
+
+    fn on_rudp_writable(&mut self, cx: &mut Ctx, peer: PeerId) {
+        if let Some(i) = self.peers.iter().position(|p| p.0 == peer) {
+            self.pump(cx, i);
+        }
+    }
+
+    fn on_rudp(&mut self, _cx: &mut Ctx, peer: PeerId, msg: &[u8], _g: Guarantee) {
+        let seq = u64::from_le_bytes(msg[..8].try_into().expect("8-byte header"));
+        let next = self.next.entry(peer.sock).or_insert(0);
+        if seq != *next {
+            self.faults += 1;
+        }
+        *next = seq + 1;
+        self.received += 1;
+    }
+}
+
+/// Returns (messages/s, trains sent by the server).
+fn fanout_run(size: usize) -> io::Result<(f64, u64)> {
+    let mut r = Reactor::new()?;
+    let server = r.bind_rudp("127.0.0.1:0", RudpConfig::default())?;
+    let server_addr = r.local_addr(server)?.as_inet().expect("udp");
+    let mut app = Fanout {
+        server,
+        peers: Vec::new(),
+        next: Default::default(),
+        received: 0,
+        faults: 0,
+        buf: vec![0x5a; size],
+    };
+    let start = Instant::now();
+    for _ in 0..FANOUT_PEERS {
+        r.connect_rudp(server_addr, RudpConfig::default())?;
+    }
+    let total = MESSAGES / FANOUT_PEERS as u64 * FANOUT_PEERS as u64;
+    let mut last_progress = (0u64, Instant::now());
+    while app.received < total {
+        r.run_once(&mut app, Some(Duration::from_millis(50)))?;
+        if app.received != last_progress.0 {
+            last_progress = (app.received, Instant::now());
+        } else if last_progress.1.elapsed() > Duration::from_secs(10) {
+            return Err(io::Error::other(format!(
+                "fan-out run stalled: received {}",
+                app.received
+            )));
+        }
+    }
+    if app.faults > 0 {
+        return Err(io::Error::other(format!(
+            "fan-out: {} messages out of order",
+            app.faults
+        )));
+    }
+    let secs = start.elapsed().as_secs_f64();
+    Ok((
+        app.received as f64 / secs,
+        r.stats(server)?.rudp_trains_sent,
+    ))
+}
+
 /// Raw UDP, one thread: sendmmsg 32 × `size`, recvmmsg drained; datagrams/s.
 fn raw_run(size: usize) -> io::Result<f64> {
     let a = UdpSocket::bind("127.0.0.1:0")?;
@@ -187,6 +285,8 @@ pub(crate) fn run(rounds: usize, want: &dyn Fn(&str) -> bool) -> io::Result<()> 
             Guarantee::Delivery,
             false,
         ),
+        // One server socket sending to 8 clients.
+        ("rudp_fanout_1k", 1024, Guarantee::Delivery, true),
     ] {
         if !want(name) {
             continue;
@@ -197,6 +297,10 @@ pub(crate) fn run(rounds: usize, want: &dyn Fn(&str) -> bool) -> io::Result<()> 
         for _ in 0..rounds {
             let (rate, datagrams, retransmitted) = if side.as_deref() == Some("baseline") {
                 (f64::NAN, 0, 0)
+            } else if name == "rudp_fanout_1k" {
+                // "datagrams" reports the server's trains here.
+                let (rate, trains) = fanout_run(size)?;
+                (rate, trains, 0)
             } else {
                 rudp_run(size, g, offload)?
             };

@@ -165,9 +165,14 @@ impl Ctx {
             (config.mtu + 1).max(1500)
         };
         let seed = seed_from(&sock, self.next_gen);
+        let mut ep = Endpoint::new(config, seed);
+        if gso {
+            // A connection's datagrams in runs: trains to its peer.
+            ep.set_transmit_burst(MAX_TRAIN as u32);
+        }
         let rs = RudpSock {
             sock,
-            ep: Endpoint::new(config, seed),
+            ep,
             timer: None,
             dirty: false,
             slot,

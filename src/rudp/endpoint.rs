@@ -130,6 +130,10 @@ pub struct Endpoint {
     last_route: Option<((SocketAddr, u32), u32)>,
     heap: BinaryHeap<Reverse<(Instant, u32, u32)>>,
     transmit_queue: VecDeque<u32>,
+    /// Datagrams a connection writes per turn in `poll_transmit`.
+    transmit_burst: u32,
+    /// Datagrams the front of `transmit_queue` wrote in its current turn.
+    turn: u32,
     event_queue: VecDeque<u32>,
     stateless: VecDeque<(SocketAddr, [u8; field::CHALLENGE_LEN])>,
     epoch: Option<Instant>,
@@ -158,6 +162,8 @@ impl Endpoint {
             last_route: None,
             heap: BinaryHeap::new(),
             transmit_queue: VecDeque::new(),
+            transmit_burst: 1,
+            turn: 0,
             event_queue: VecDeque::new(),
             stateless: VecDeque::new(),
             epoch: None,
@@ -638,8 +644,18 @@ impl Endpoint {
 
     // -- output ------------------------------------------------------------------
 
+    /// How many datagrams a connection writes per turn in
+    /// [`poll_transmit`](Self::poll_transmit) (default 1; at least 1). A
+    /// sender that can put consecutive datagrams to one address into one
+    /// kernel packet (UDP segmentation offload) raises it: a connection's
+    /// datagrams then come in runs of up to `burst`.
+    pub fn set_transmit_burst(&mut self, burst: u32) {
+        self.transmit_burst = burst.max(1);
+    }
+
     /// Writes the next datagram into `buf` (at least `mtu` bytes) and says
-    /// where to send it. Connections take turns, one datagram each.
+    /// where to send it. Connections take turns, one datagram each (or up
+    /// to [`set_transmit_burst`](Self::set_transmit_burst)).
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
         if let Some((dest, bytes)) = self.stateless.front() {
             if let Some(dst) = buf.get_mut(..bytes.len()) {
@@ -658,20 +674,27 @@ impl Endpoint {
                 .get_mut(idx as usize)
                 .and_then(|s| s.entry.as_deref_mut())
             else {
+                self.turn = 0;
                 self.transmit_queue.pop_front();
                 continue;
             };
             match e.conn.poll_transmit(now, buf) {
                 Some(len) => {
                     let dest = e.remote;
-                    // Round robin: one datagram per connection per turn.
-                    self.transmit_queue.pop_front();
-                    self.transmit_queue.push_back(idx);
+                    // Round robin: `transmit_burst` datagrams per
+                    // connection per turn.
+                    self.turn += 1;
+                    if self.turn >= self.transmit_burst {
+                        self.turn = 0;
+                        self.transmit_queue.pop_front();
+                        self.transmit_queue.push_back(idx);
+                    }
                     self.touched(idx);
                     return Some(Transmit { dest, len });
                 }
                 None => {
                     e.in_transmit_queue = false;
+                    self.turn = 0;
                     self.transmit_queue.pop_front();
                     self.refile(idx, false);
                 }
