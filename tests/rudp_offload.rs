@@ -101,6 +101,7 @@ impl Handler for Echo {
 /// `offload[i].1`; servers have offload as `servers`.
 fn echo_run(
     r: &mut Reactor,
+    bind: &str,
     cfg: &dyn Fn(bool) -> RudpConfig,
     servers: &[bool],
     clients: &[(bool, usize)],
@@ -109,7 +110,7 @@ fn echo_run(
 ) -> Echo {
     let servers: Vec<SocketId> = servers
         .iter()
-        .map(|&o| r.bind_rudp("127.0.0.1:0", cfg(o)).expect("bind"))
+        .map(|&o| r.bind_rudp(bind, cfg(o)).expect("bind"))
         .collect();
     let mut app = Echo {
         servers: servers.clone(),
@@ -162,6 +163,7 @@ fn offload_and_plain_sockets_interoperate_in_both_directions() {
     let clients = [(true, 0), (false, 0), (true, 1), (false, 1)];
     let app = echo_run(
         &mut r,
+        "127.0.0.1:0",
         &cfg,
         &[true, false],
         &clients,
@@ -187,6 +189,36 @@ fn offload_and_plain_sockets_interoperate_in_both_directions() {
     // same server's trains cut into datagrams by the kernel.
     assert!(peers[0].1 > 0, "client 0 read no train");
     assert_eq!(peers[1].1, 0, "client 1 has no receive offload");
+    drop(r);
+}
+
+#[test]
+fn offload_works_over_ipv6() {
+    let _g = util::serial();
+    let _fds = util::FdCheck::new();
+    if std::net::UdpSocket::bind("[::1]:0").is_err() {
+        println!("SKIPPED: no IPv6 loopback here");
+        return;
+    }
+    let mut r = Reactor::new().expect("reactor");
+    let cfg = |offload| RudpConfig {
+        offload,
+        ..RudpConfig::default()
+    };
+    let app = echo_run(
+        &mut r,
+        "[::1]:0",
+        &cfg,
+        &[true],
+        &[(true, 0)],
+        2000,
+        Duration::from_secs(60),
+    );
+    let server = trains(&r, app.servers[0]);
+    let client = trains(&r, app.clients[0].peer.sock);
+    println!("IPv6 trains (sent, received, refused): server {server:?}, client {client:?}");
+    assert!(server.0 > 0 && server.1 > 0 && client.0 > 0 && client.1 > 0);
+    assert_eq!((server.2, client.2), (0, 0));
     drop(r);
 }
 
@@ -217,6 +249,7 @@ fn a_train_the_kernel_refuses_goes_out_as_single_datagrams() {
     };
     let app = echo_run(
         &mut r,
+        "127.0.0.1:0",
         &cfg,
         &[true],
         &[(true, 0)],

@@ -15,6 +15,9 @@
 //!   `baseline_gso` — raw UDP with the same offload, the kernel's ceiling —
 //!   and `ratio_vs_gso`; `rudp_delivery_1k_no_offload` runs with offload
 //!   off, paying per datagram as the baseline does.
+//! - `rudp_fanout_1k`: one server socket sends the 200,000 messages spread
+//!   over 8 clients (each on its own socket, same reactor); its
+//!   `datagrams` field reports the server's trains.
 
 use std::io;
 use std::net::UdpSocket;
