@@ -780,18 +780,13 @@ impl Handler for Client {
 fn run_client(args: &Args, server: SocketAddr) -> Result<ExitCode, Error> {
     let mut reactor = Reactor::new()?;
     reactor.watch_signals(&[libc::SIGINT, libc::SIGTERM])?;
-    let any: SocketAddr = if server.is_ipv4() {
-        "0.0.0.0:0".parse().expect("valid")
-    } else {
-        "[::]:0".parse().expect("valid")
-    };
     let mut flows = Vec::with_capacity(args.peers);
     for _ in 0..args.peers {
-        // One socket per peer: the kernel's buffers and the endpoints are
-        // not shared, as between separate processes.
-        let sock = reactor.bind_rudp(any, RudpConfig::default())?;
+        // One socket per peer, connected to the server: the kernel's
+        // buffers and the endpoints are not shared, as between separate
+        // processes.
         flows.push(Flow {
-            peer: reactor.rudp_connect(sock, server)?,
+            peer: reactor.connect_rudp(server, RudpConfig::default())?,
             sent: 0,
             fin_sent: false,
             verdict: None,

@@ -165,7 +165,7 @@ struct Chat {
     is_hub: bool,
     /// Live peers and what to call them. The hub's clients go by the name
     /// they last used (their address until they speak). A client's one
-    /// peer, the hub, is in here from `rudp_connect` on: messages sent
+    /// peer, the hub, is in here from `connect_rudp` on: messages sent
     /// before the handshake completes are queued and go out once it does.
     peers: HashMap<PeerId, String>,
     input: mpsc::Receiver<Input>,
@@ -390,16 +390,10 @@ fn run(args: Args) -> Result<bool, Error> {
             println!("* {} listening on {}", args.name, reactor.local_addr(sock)?);
         }
         Role::Client(hub) => {
-            // An ephemeral port of the hub's address family.
-            let any: SocketAddr = if hub.is_ipv4() {
-                "0.0.0.0:0".parse().expect("valid")
-            } else {
-                "[::]:0".parse().expect("valid")
-            };
-            let sock = reactor.bind_rudp(any, config.clone())?;
-            // The id is usable at once; on_peer_connected follows (or
+            // A socket of its own, on an ephemeral port, connected to the
+            // hub. The id is usable at once; on_peer_connected follows (or
             // on_peer_closed with Timeout if nobody answers).
-            let peer = reactor.rudp_connect(sock, hub)?;
+            let peer = reactor.connect_rudp(hub, config.clone())?;
             peers.insert(peer, format!("hub {hub}"));
             println!("* {} connecting to {hub}", args.name);
         }
