@@ -477,17 +477,19 @@ fn workload() {
     assert_eq!(peers, PEERS);
     assert!(load.closed.is_empty(), "closed: {:?}", load.closed);
     assert!(retransmitted > 0, "10% loss but nothing retransmitted?");
-    for (i, &(sent, _)) in client_trains.iter().enumerate() {
-        assert_eq!(sent > 0, i % 2 == 0, "client {i}: trains sent {sent}");
-    }
-    assert!(server_trains[0].1 > 0, "the offload server read no train");
-    assert_eq!(
-        server_trains[1].1, 0,
-        "a server without offload read a train"
-    );
     assert!(
         dup_packets + dup_chunks > 0,
         "1% duplication (and spurious retransmissions) but no duplicate suppressed?"
     );
+    if util::kernel_has_offload() {
+        for (i, &(sent, _)) in client_trains.iter().enumerate() {
+            assert_eq!(sent > 0, i % 2 == 0, "client {i}: trains sent {sent}");
+        }
+        assert!(server_trains[0].1 > 0, "the offload server read no train");
+        assert_eq!(
+            server_trains[1].1, 0,
+            "a server without offload read a train"
+        );
+    }
     drop(r);
 }

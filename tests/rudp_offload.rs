@@ -177,6 +177,9 @@ fn offload_and_plain_sockets_interoperate_in_both_directions() {
         .map(|c| trains(&r, c.peer.sock))
         .collect();
     println!("trains (sent, received, refused): servers {servers:?}, clients {peers:?}");
+    if !util::kernel_has_offload() {
+        return;
+    }
     for (i, (&(offload, _), t)) in clients.iter().zip(&peers).enumerate() {
         assert_eq!(t.0 > 0, offload, "client {i}: trains sent");
         assert_eq!(t.2, 0, "client {i}: offload refused on loopback");
@@ -217,6 +220,9 @@ fn offload_works_over_ipv6() {
     let server = trains(&r, app.servers[0]);
     let client = trains(&r, app.clients[0].peer.sock);
     println!("IPv6 trains (sent, received, refused): server {server:?}, client {client:?}");
+    if !util::kernel_has_offload() {
+        return;
+    }
     assert!(server.0 > 0 && server.1 > 0 && client.0 > 0 && client.1 > 0);
     assert_eq!((server.2, client.2), (0, 0));
     drop(r);
@@ -259,6 +265,11 @@ fn a_train_the_kernel_refuses_goes_out_as_single_datagrams() {
     let server = trains(&r, app.servers[0]);
     let client = trains(&r, app.clients[0].peer.sock);
     println!("trains (sent, received, refused): server {server:?}, client {client:?}");
+    let stats = r.stats(app.clients[0].peer.sock).expect("stats");
+    assert_eq!(stats.send_errors, 0, "the refused train was resent");
+    if !util::kernel_has_offload() {
+        return;
+    }
     assert_eq!(
         client.2, 1,
         "the client's first train should be refused, once"
@@ -267,6 +278,4 @@ fn a_train_the_kernel_refuses_goes_out_as_single_datagrams() {
         server.2, 1,
         "the server's first train should be refused, once"
     );
-    let stats = r.stats(app.clients[0].peer.sock).expect("stats");
-    assert_eq!(stats.send_errors, 0, "the refused train was resent");
 }
