@@ -53,7 +53,7 @@ const GRO_SLOT: usize = 64 << 10;
 
 /// Receive slots per `recvmmsg` with receive offload (the reactor's
 /// receive buffer grows to `GRO_SLOTS * GRO_SLOT` for them).
-pub(super) const GRO_SLOTS: usize = 8;
+const GRO_SLOTS: usize = 8;
 
 /// Socket buffers of a reliable-UDP socket (forced past the system's cap
 /// where the process may): a window of in-flight datagrams must fit, or
@@ -709,6 +709,18 @@ fn send_all(
 ) {
     let mut sent = 0;
     while sent < items.len() {
+        let t = items[sent];
+        if t.segment != 0 && !rs.gso {
+            // Offload was refused earlier in this batch.
+            let single: Vec<_> = t
+                .buf
+                .chunks(usize::from(t.segment))
+                .map(|d| sys::Outgoing::datagram(d, t.dest))
+                .collect();
+            send_all(rs, stats, id, &single);
+            sent += 1;
+            continue;
+        }
         match send_batch(&rs.sock, &items[sent..]) {
             Ok(k) => {
                 let k = k.max(1);
@@ -716,20 +728,14 @@ fn send_all(
                 stats.rudp_trains_sent += trains.count() as u64;
                 sent += k;
             }
-            Err(e) if items[sent].segment != 0 && gso_refused(&e) => {
+            Err(e) if t.segment != 0 && gso_refused(&e) => {
+                // Resent datagram by datagram on the next turn of the loop.
                 rs.gso = false;
+                rs.ep.set_transmit_burst(1);
                 stats.rudp_offload_refused += 1;
                 log::info!(
                     "{id}: UDP segmentation offload refused ({e}); sending datagrams one by one"
                 );
-                let t = items[sent];
-                let single: Vec<_> = t
-                    .buf
-                    .chunks(usize::from(t.segment))
-                    .map(|d| sys::Outgoing::datagram(d, t.dest))
-                    .collect();
-                send_all(rs, stats, id, &single);
-                sent += 1;
             }
             Err(e) => {
                 stats.send_errors += 1;

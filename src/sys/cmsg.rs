@@ -400,7 +400,6 @@ fn put(
 /// Writes one `SOL_UDP` control message of type `ty` carrying `data` at
 /// the start of `control`; returns its `cmsg_len` (what the kernel reads
 /// as `msg_controllen` when it is the only message).
-#[cfg(target_os = "linux")]
 pub(crate) fn put_udp(control: &mut [u8], ty: libc::c_int, data: &[u8]) -> usize {
     // SAFETY: `cmsghdr` is a plain C struct; all-zero is valid (and keeps
     // any private padding zero).
@@ -591,6 +590,27 @@ mod tests {
             parse(&bytes[..cut], |_| n += 1);
             assert!(n <= 3);
         }
+    }
+
+    #[test]
+    fn udp_gro_segment_size_is_read_and_checked() {
+        let mut c = [0u8; 64];
+        let len = put_udp(&mut c, libc::UDP_GRO, &1044i32.to_ne_bytes());
+        let s = parse(&c[..len], |_| panic!("no fds"));
+        assert_eq!((s.udp_gro, s.malformed, s.other), (Some(1044), false, 0));
+        for bad in [0i32, -5] {
+            let len = put_udp(&mut c, libc::UDP_GRO, &bad.to_ne_bytes());
+            let s = parse(&c[..len], |_| {});
+            assert_eq!((s.udp_gro, s.malformed), (None, true), "size {bad}");
+        }
+        // Too short to hold an int.
+        let len = put_udp(&mut c, libc::UDP_GRO, &[1, 2]);
+        let s = parse(&c[..len], |_| {});
+        assert_eq!((s.udp_gro, s.malformed), (None, true));
+        // Another SOL_UDP message is skipped.
+        let len = put_udp(&mut c, libc::UDP_SEGMENT, &1000u16.to_ne_bytes());
+        let s = parse(&c[..len], |_| {});
+        assert_eq!((s.udp_gro, s.malformed, s.other), (None, false, 1));
     }
 
     #[cfg(target_pointer_width = "64")]

@@ -288,8 +288,9 @@ pub(crate) struct Outgoing<'a> {
     /// Non-zero: `buf` is a train of datagrams of this size (the last one
     /// possibly shorter), sent as one kernel packet with UDP segmentation
     /// offload (`UDP_SEGMENT`) and cut into datagrams by the kernel or the
-    /// device. The kernel refuses a train (`EIO`, `EINVAL`) where the
-    /// device cannot offload or a datagram would exceed the path MTU.
+    /// device. The kernel refuses a train (`EIO`, `EMSGSIZE`, `EINVAL`)
+    /// where the device cannot offload or a datagram would exceed the
+    /// route's MTU.
     pub(crate) segment: u16,
 }
 
