@@ -109,8 +109,8 @@ fn echo_run(
     clients: &[(bool, usize)],
     one_client_socket: bool,
     count: u64,
-    limit: Duration,
 ) -> Echo {
+    let limit = Duration::from_secs(60);
     let servers: Vec<SocketId> = servers
         .iter()
         .map(|&o| r.bind_rudp(bind, cfg(o)).expect("bind"))
@@ -176,7 +176,6 @@ fn offload_and_plain_sockets_interoperate_in_both_directions() {
         &clients,
         false,
         3000,
-        Duration::from_secs(60),
     );
     let servers: Vec<_> = app.servers.iter().map(|&s| trains(&r, s)).collect();
     let peers: Vec<_> = app
@@ -216,16 +215,7 @@ fn offload_works_over_ipv6() {
         offload,
         ..RudpConfig::default()
     };
-    let app = echo_run(
-        &mut r,
-        "[::1]:0",
-        &cfg,
-        &[true],
-        &[(true, 0)],
-        false,
-        2000,
-        Duration::from_secs(60),
-    );
+    let app = echo_run(&mut r, "[::1]:0", &cfg, &[true], &[(true, 0)], false, 2000);
     let server = trains(&r, app.servers[0]);
     let client = trains(&r, app.clients[0].peer.sock);
     println!("IPv6 trains (sent, received, refused): server {server:?}, client {client:?}");
@@ -272,7 +262,6 @@ fn a_train_the_kernel_refuses_goes_out_as_single_datagrams() {
         &[(true, 0), (true, 1)],
         true,
         1000,
-        Duration::from_secs(60),
     );
     let servers: Vec<_> = app.servers.iter().map(|&s| trains(&r, s)).collect();
     let client = trains(&r, app.clients[0].peer.sock);
