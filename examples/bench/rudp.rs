@@ -241,20 +241,22 @@ fn fanout_run(size: usize) -> io::Result<(f64, u64)> {
     ))
 }
 
-/// Raw UDP, one thread: sendmmsg 32 × `size`, recvmmsg drained; datagrams/s.
-fn raw_run(size: usize) -> io::Result<f64> {
+/// The raw baselines' sockets: `a` connected to `b`, which is
+/// non-blocking with a 4 MiB receive buffer.
+fn raw_pair() -> io::Result<(UdpSocket, UdpSocket)> {
     let a = UdpSocket::bind("127.0.0.1:0")?;
     let b = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
     b.set_recv_buffer_size(4 << 20)?;
-    b.bind(
-        &"127.0.0.1:0"
-            .parse::<std::net::SocketAddr>()
-            .unwrap()
-            .into(),
-    )?;
+    b.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
     let b: UdpSocket = b.into();
     b.set_nonblocking(true)?;
     a.connect(b.local_addr()?)?;
+    Ok((a, b))
+}
+
+/// Raw UDP, one thread: sendmmsg 32 × `size`, recvmmsg drained; datagrams/s.
+fn raw_run(size: usize) -> io::Result<f64> {
+    let (a, b) = raw_pair()?;
     let payload = vec![0x5au8; size];
     let batch: [&[u8]; 32] = [&payload; 32];
     let mut storage = vec![vec![0u8; size.max(64) + 64]; 32];
@@ -351,19 +353,8 @@ fn raw_gso_run(size: usize) -> io::Result<f64> {
     };
     use std::io::{IoSlice, IoSliceMut};
     use std::os::fd::{AsFd, AsRawFd};
-    let a = UdpSocket::bind("127.0.0.1:0")?;
-    let b = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
-    b.set_recv_buffer_size(4 << 20)?;
-    b.bind(
-        &"127.0.0.1:0"
-            .parse::<std::net::SocketAddr>()
-            .unwrap()
-            .into(),
-    )?;
-    let b: UdpSocket = b.into();
-    b.set_nonblocking(true)?;
+    let (a, b) = raw_pair()?;
     setsockopt(&b.as_fd(), sockopt::UdpGroSegment, &true).map_err(io::Error::from)?;
-    a.connect(b.local_addr()?)?;
     let per_train = (65_000 / size).min(64);
     let train = vec![0x5au8; size * per_train];
     let seg = size as u16;

@@ -380,38 +380,36 @@ fn put(
     data: impl Iterator<Item = [u8; 4]>,
     len: usize,
 ) -> usize {
-    // SAFETY: `cmsghdr` is a plain C struct; all-zero is valid (and keeps
-    // any private padding zero).
-    let mut hdr: libc::cmsghdr = unsafe { mem::zeroed() };
-    hdr.cmsg_len = cmsg_len(len) as _;
-    hdr.cmsg_level = libc::SOL_SOCKET;
-    hdr.cmsg_type = ty;
     let room = &mut control[off..off + cmsg_space(len)];
-    // SAFETY: `room` holds at least a header (`cmsg_space(len) >=
-    // DATA_OFFSET >= size_of::<cmsghdr>()`, checked by the slice above);
-    // `write_unaligned` needs no alignment.
-    unsafe { ptr::write_unaligned(room.as_mut_ptr().cast::<libc::cmsghdr>(), hdr) };
+    put_header(room, libc::SOL_SOCKET, ty, len);
     for (i, word) in data.enumerate() {
         room[DATA_OFFSET + 4 * i..DATA_OFFSET + 4 * i + 4].copy_from_slice(&word);
     }
     off + cmsg_space(len)
 }
 
+/// Writes the header of a control message with `len` data bytes at the
+/// start of `room` (at least `cmsg_space(len)` bytes).
+fn put_header(room: &mut [u8], level: libc::c_int, ty: libc::c_int, len: usize) {
+    // SAFETY: `cmsghdr` is a plain C struct; all-zero is valid (and keeps
+    // any private padding zero).
+    let mut hdr: libc::cmsghdr = unsafe { mem::zeroed() };
+    hdr.cmsg_len = cmsg_len(len) as _;
+    hdr.cmsg_level = level;
+    hdr.cmsg_type = ty;
+    let room = &mut room[..cmsg_space(len)];
+    // SAFETY: `room` holds at least a header (`cmsg_space(len) >=
+    // DATA_OFFSET >= size_of::<cmsghdr>()`, checked by the slice above);
+    // `write_unaligned` needs no alignment.
+    unsafe { ptr::write_unaligned(room.as_mut_ptr().cast::<libc::cmsghdr>(), hdr) };
+}
+
 /// Writes one `SOL_UDP` control message of type `ty` carrying `data` at
 /// the start of `control`; returns its `cmsg_len` (what the kernel reads
 /// as `msg_controllen` when it is the only message).
 pub(crate) fn put_udp(control: &mut [u8], ty: libc::c_int, data: &[u8]) -> usize {
-    // SAFETY: `cmsghdr` is a plain C struct; all-zero is valid (and keeps
-    // any private padding zero).
-    let mut hdr: libc::cmsghdr = unsafe { mem::zeroed() };
-    hdr.cmsg_len = cmsg_len(data.len()) as _;
-    hdr.cmsg_level = libc::SOL_UDP;
-    hdr.cmsg_type = ty;
-    let room = &mut control[..cmsg_space(data.len())];
-    // SAFETY: `room` holds at least a header (checked by the slice above);
-    // `write_unaligned` needs no alignment.
-    unsafe { ptr::write_unaligned(room.as_mut_ptr().cast::<libc::cmsghdr>(), hdr) };
-    room[DATA_OFFSET..DATA_OFFSET + data.len()].copy_from_slice(data);
+    put_header(control, libc::SOL_UDP, ty, data.len());
+    control[DATA_OFFSET..DATA_OFFSET + data.len()].copy_from_slice(data);
     cmsg_len(data.len())
 }
 
