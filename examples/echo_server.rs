@@ -40,7 +40,7 @@ use msgloop::framing::FrameConfig;
 use msgloop::rudp::{Guarantee, RudpConfig};
 use msgloop::{
     CloseReason, Ctx, Datagram, DgramOptions, Error, Handler, PeerAddr, PeerId, Reactor,
-    SeqMessage, SeqpacketOptions, SocketId, TcpOptions, TimerId, UnixAddr,
+    SeqpacketMessage, SeqpacketOptions, SocketId, TcpOptions, TimerId, UnixAddr,
 };
 
 const SUMMARY_EVERY: Duration = Duration::from_secs(10);
@@ -208,10 +208,10 @@ impl Echo {
             );
         }
         if let Some(id) = self.rudp {
-            if let Ok((ep, peers)) = cx.rudp_stats(id) {
+            if let Ok(ep) = cx.rudp_endpoint_stats(id) {
                 line += &format!(
                     " | rudp peers={} connected={} dropped={} malformed={} refused={}",
-                    peers, c.rudp_connected, c.rudp_dropped, ep.malformed, ep.refused
+                    ep.connections, c.rudp_connected, c.rudp_dropped, ep.malformed, ep.refused
                 );
             }
         }
@@ -259,11 +259,11 @@ impl Handler for Echo {
         self.counts.tcp_open += 1;
     }
 
-    fn on_message(&mut self, cx: &mut Ctx, conn: SocketId, msg: SeqMessage<'_>) {
+    fn on_seqpacket(&mut self, cx: &mut Ctx, conn: SocketId, msg: SeqpacketMessage<'_>) {
         // Echo the bytes and pass back the very descriptors we received:
         // the client gets its own descriptors of the same open files.
         let fds: Vec<BorrowedFd<'_>> = msg.fds().iter().map(|fd| fd.as_fd()).collect();
-        match cx.send_message(conn, msg.data(), &fds) {
+        match cx.send_seqpacket_with_fds(conn, msg.data(), &fds) {
             Ok(()) => {
                 self.counts.echoed += 1;
                 self.counts.seq_fds_echoed += fds.len() as u64;
@@ -318,7 +318,7 @@ impl Handler for Echo {
         }
     }
 
-    fn on_peer_connected(&mut self, _cx: &mut Ctx, _peer: PeerId) {
+    fn on_rudp_connected(&mut self, _cx: &mut Ctx, _peer: PeerId) {
         self.counts.rudp_connected += 1;
         self.counts.rudp_peers += 1;
     }
@@ -336,7 +336,7 @@ impl Handler for Echo {
         }
     }
 
-    fn on_peer_closed(
+    fn on_rudp_closed(
         &mut self,
         _cx: &mut Ctx,
         _peer: PeerId,
@@ -397,26 +397,18 @@ fn run(args: Args) -> Result<(), Error> {
         stop: false,
     };
     if let Some(addr) = args.udp {
-        let opts = DgramOptions {
-            recv_buffer_size: Some(4 << 20),
-            ..DgramOptions::default()
-        };
+        let opts = DgramOptions::default().recv_buffer_size(Some(4 << 20));
         let id = reactor.bind_udp_with(addr, &opts)?;
         eprintln!("echo_server: udp on {}", reactor.local_addr(id)?);
         app.udp = Some(id);
     }
     if let Some(path) = &args.unix_dgram {
-        let opts = DgramOptions {
-            max_message_len: Some(args.max_message),
-            // The file is ours: a leftover from a killed run is replaced,
-            // and the file is removed again when we exit.
-            unlink_stale: true,
-            unlink_on_close: true,
-            // Room to echo the largest message we accept.
-            send_buffer_size: Some(2 * args.max_message + 4096),
-            recv_buffer_size: Some(2 * args.max_message + 4096),
-            ..DgramOptions::default()
-        };
+        let opts = DgramOptions::default()
+            .max_message_len(Some(args.max_message))
+            .unlink_stale(true)
+            .unlink_on_close(true)
+            .send_buffer_size(Some(2 * args.max_message + 4096))
+            .recv_buffer_size(Some(2 * args.max_message + 4096));
         let id = reactor.bind_unix_datagram_with(&UnixAddr::from_pathname(path)?, &opts)?;
         eprintln!("echo_server: unix datagram on {}", path.display());
         app.unix = Some(id);
@@ -437,13 +429,9 @@ fn run(args: Args) -> Result<(), Error> {
         app.rudp = Some(id);
     }
     if let Some(path) = &args.seqpacket {
-        let opts = SeqpacketOptions {
-            max_message_len: Some(args.max_message),
-            // Our file: a leftover of a killed run is replaced (never a
-            // live socket's, never a non-socket file).
-            unlink_stale: true,
-            ..SeqpacketOptions::default()
-        };
+        let opts = SeqpacketOptions::default()
+            .max_message_len(Some(args.max_message))
+            .unlink_stale(true);
         let id = reactor.listen_seqpacket_with(&UnixAddr::from_pathname(path)?, &opts)?;
         eprintln!("echo_server: unix seqpacket on {}", path.display());
         app.seqpacket = Some(id);

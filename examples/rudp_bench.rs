@@ -57,7 +57,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use msgloop::rudp::{CloseReason, ConnectionStats, Guarantee, RudpConfig, SendError};
+use msgloop::rudp::{CloseReason, ConnectionStats, Guarantee, RudpConfig};
 use msgloop::{Ctx, Error, Handler, PeerId, Reactor, SocketId, TimerId};
 
 const DATA: u8 = b'D';
@@ -396,7 +396,7 @@ impl Server {
     /// The stream of `peer`, created on its first message.
     fn stream(&mut self, cx: &Ctx, peer: PeerId) -> &mut Stream {
         self.streams.entry(peer).or_insert_with(|| Stream {
-            addr: cx.peer_remote_addr(peer).ok(),
+            addr: cx.rudp_peer_addr(peer).ok(),
             ..Stream::default()
         })
     }
@@ -406,7 +406,7 @@ impl Server {
         let stream = self.stream(cx, peer);
         let (Some(sent), Some(g)) = fin else {
             eprintln!("server: {}: malformed FIN, closing", stream.name(peer));
-            let _ = cx.close_peer(peer);
+            let _ = cx.close_rudp(peer);
             return;
         };
         if stream.fin.is_some() || sent > MAX_COUNT {
@@ -414,7 +414,7 @@ impl Server {
                 "server: {}: second or impossible FIN, closing",
                 stream.name(peer)
             );
-            let _ = cx.close_peer(peer);
+            let _ = cx.close_rudp(peer);
             return;
         }
         stream.fin = Some((sent, g));
@@ -497,7 +497,7 @@ impl Handler for Server {
         }
     }
 
-    fn on_peer_closed(&mut self, cx: &mut Ctx, peer: PeerId, reason: CloseReason) {
+    fn on_rudp_closed(&mut self, cx: &mut Ctx, peer: PeerId, reason: CloseReason) {
         let Some(s) = self.streams.remove(&peer) else {
             return;
         };
@@ -618,7 +618,7 @@ impl Client {
         };
         match result {
             // The window is full: on_rudp_writable resumes.
-            Ok(()) | Err(Error::RudpSend(SendError::QueueFull)) => {}
+            Ok(()) | Err(Error::WouldBlock) => {}
             Err(e) => {
                 flow.error = Some(e);
                 self.check_done(cx);
@@ -639,7 +639,7 @@ impl Client {
         self.closing = true;
         let mut open = 0;
         for f in self.flows.iter().filter(|f| f.closed.is_none()) {
-            let _ = cx.close_peer(f.peer);
+            let _ = cx.close_rudp(f.peer);
             open += 1;
         }
         if open == 0 {
@@ -719,7 +719,7 @@ impl Client {
 }
 
 impl Handler for Client {
-    fn on_peer_connected(&mut self, cx: &mut Ctx, peer: PeerId) {
+    fn on_rudp_connected(&mut self, cx: &mut Ctx, peer: PeerId) {
         let now = cx.now();
         self.started.get_or_insert(now);
         self.pump(cx, peer);
@@ -730,7 +730,7 @@ impl Handler for Client {
     }
 
     fn on_rudp(&mut self, cx: &mut Ctx, peer: PeerId, msg: &[u8], _g: Guarantee) {
-        let stats = cx.peer_stats(peer).ok();
+        let stats = cx.rudp_peer_stats(peer).ok();
         let Some(flow) = self.flow(peer) else { return };
         match Verdict::decode(msg) {
             Some(v) => {
@@ -742,7 +742,7 @@ impl Handler for Client {
         self.check_done(cx);
     }
 
-    fn on_peer_closed(&mut self, cx: &mut Ctx, peer: PeerId, reason: CloseReason) {
+    fn on_rudp_closed(&mut self, cx: &mut Ctx, peer: PeerId, reason: CloseReason) {
         if let Some(flow) = self.flow(peer) {
             flow.closed = Some(reason);
         }

@@ -222,7 +222,7 @@ impl Chat {
             println!("* no peers");
         }
         for (&peer, name) in &self.peers {
-            let (Ok(s), Ok(addr)) = (cx.peer_stats(peer), cx.peer_remote_addr(peer)) else {
+            let (Ok(s), Ok(addr)) = (cx.rudp_peer_stats(peer), cx.rudp_peer_addr(peer)) else {
                 continue;
             };
             // min_rtt stays zero until the first sample; srtt is then
@@ -262,7 +262,7 @@ impl Chat {
         }
         println!("* closing {} peer(s)", self.peers.len());
         for &peer in self.peers.keys() {
-            let _ = cx.close_peer(peer);
+            let _ = cx.close_rudp(peer);
         }
         cx.set_timer(CLOSE_GRACE);
     }
@@ -279,9 +279,9 @@ impl Handler for Chat {
         }
     }
 
-    fn on_peer_connected(&mut self, cx: &mut Ctx, peer: PeerId) {
+    fn on_rudp_connected(&mut self, cx: &mut Ctx, peer: PeerId) {
         let addr = cx
-            .peer_remote_addr(peer)
+            .rudp_peer_addr(peer)
             .map_or_else(|_| "?".to_string(), |a| a.to_string());
         if self.is_hub {
             println!("* {addr} joined");
@@ -290,7 +290,7 @@ impl Handler for Chat {
             println!("* connected to the hub at {addr}; type a line to send it");
         }
         if self.closing {
-            let _ = cx.close_peer(peer);
+            let _ = cx.close_rudp(peer);
         }
     }
 
@@ -309,7 +309,7 @@ impl Handler for Chat {
         }
     }
 
-    fn on_peer_closed(&mut self, _cx: &mut Ctx, peer: PeerId, reason: CloseReason) {
+    fn on_rudp_closed(&mut self, _cx: &mut Ctx, peer: PeerId, reason: CloseReason) {
         let who = self.peers.remove(&peer).unwrap_or_else(|| peer.to_string());
         let why = match reason {
             CloseReason::Timeout => "nothing heard from it within the idle (or handshake) timeout",
@@ -391,8 +391,8 @@ fn run(args: Args) -> Result<bool, Error> {
         }
         Role::Client(hub) => {
             // A socket of its own, on an ephemeral port, connected to the
-            // hub. The id is usable at once; on_peer_connected follows (or
-            // on_peer_closed with Timeout if nobody answers).
+            // hub. The id is usable at once; on_rudp_connected follows (or
+            // on_rudp_closed with Timeout if nobody answers).
             let peer = reactor.connect_rudp(hub, config.clone())?;
             peers.insert(peer, format!("hub {hub}"));
             println!("* {} connecting to {hub}", args.name);

@@ -92,15 +92,9 @@ fn main() -> Result<(), msgloop::Error> {
         let wakers_tx = wakers_tx.clone();
         threads.push(std::thread::spawn(move || -> Result<(), msgloop::Error> {
             let mut reactor = Reactor::new()?;
-            let dopts = DgramOptions {
-                reuse_port: true,
-                ..DgramOptions::default()
-            };
+            let dopts = DgramOptions::default().reuse_port(true);
             reactor.bind_udp_with(udp, &dopts)?;
-            let topts = TcpOptions {
-                reuse_port: true,
-                ..TcpOptions::new(FrameConfig::default())
-            };
+            let topts = TcpOptions::new(FrameConfig::default()).reuse_port(true);
             reactor.listen_tcp_with(tcp, &topts)?;
             wakers_tx
                 .send(reactor.waker()?)

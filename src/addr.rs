@@ -274,6 +274,73 @@ impl Destination for SockAddr {
     }
 }
 
+/// Anything that names a Unix socket to bind or connect to: a filesystem
+/// path (`&str`, `String`, `&Path`, `PathBuf`) or a [`UnixAddr`] (which can
+/// also be an abstract name on Linux).
+///
+/// ```
+/// use msgloop::{ToUnixAddr, UnixAddr};
+/// let a = "/tmp/app.sock".to_unix_addr()?;
+/// assert_eq!(a, UnixAddr::from_pathname("/tmp/app.sock")?);
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub trait ToUnixAddr {
+    /// The address (fails for a path that does not fit a socket address).
+    fn to_unix_addr(&self) -> io::Result<UnixAddr>;
+}
+
+impl<T: ToUnixAddr + ?Sized> ToUnixAddr for &T {
+    fn to_unix_addr(&self) -> io::Result<UnixAddr> {
+        (**self).to_unix_addr()
+    }
+}
+
+impl ToUnixAddr for UnixAddr {
+    fn to_unix_addr(&self) -> io::Result<UnixAddr> {
+        Ok(self.clone())
+    }
+}
+
+impl ToUnixAddr for Path {
+    fn to_unix_addr(&self) -> io::Result<UnixAddr> {
+        UnixAddr::from_pathname(self)
+    }
+}
+
+impl ToUnixAddr for PathBuf {
+    fn to_unix_addr(&self) -> io::Result<UnixAddr> {
+        UnixAddr::from_pathname(self)
+    }
+}
+
+impl ToUnixAddr for str {
+    fn to_unix_addr(&self) -> io::Result<UnixAddr> {
+        UnixAddr::from_pathname(self)
+    }
+}
+
+impl ToUnixAddr for String {
+    fn to_unix_addr(&self) -> io::Result<UnixAddr> {
+        UnixAddr::from_pathname(self)
+    }
+}
+
+/// The first address `addr` resolves to; errors name `what`.
+pub(crate) fn first_addr<A: std::net::ToSocketAddrs>(
+    addr: A,
+    what: &str,
+) -> io::Result<SocketAddr> {
+    addr.to_socket_addrs()
+        .map_err(|e| crate::error::context(e, format_args!("{what}: resolving the address")))?
+        .next()
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{what}: the address resolved to nothing"),
+            )
+        })
+}
+
 fn unnamed_dest() -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidInput,

@@ -67,7 +67,8 @@ pub enum SocketKind {
     TcpListener,
     /// A framed TCP connection.
     Tcp,
-    /// A UDP socket carrying reliable-UDP peers ([`Ctx::bind_rudp`]).
+    /// A UDP socket carrying reliable-UDP peers ([`Ctx::bind_rudp`],
+    /// [`Ctx::connect_rudp`]).
     Rudp,
     /// A Unix seqpacket listener ([`Ctx::listen_seqpacket`]).
     SeqpacketListener,
@@ -130,6 +131,17 @@ pub enum CloseReason {
     HandlerPanicked,
 }
 
+impl CloseReason {
+    /// The close reason for an I/O error of a connection: `Reset` for a
+    /// reset or broken pipe, `Error` for anything else.
+    pub(crate) fn from_io(e: io::Error) -> CloseReason {
+        match e.raw_os_error() {
+            Some(libc::ECONNRESET | libc::EPIPE | libc::ECONNABORTED) => CloseReason::Reset,
+            _ => CloseReason::Error(e),
+        }
+    }
+}
+
 impl fmt::Display for CloseReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -151,7 +163,8 @@ impl fmt::Display for CloseReason {
 /// The bytes are borrowed from the reactor's receive buffer for the
 /// duration of the callback: receiving allocates nothing. Copy them out
 /// (`to_vec`) to keep them. Descriptors you do not
-/// [`take`](Datagram::take_fds) are closed when the callback returns.
+/// [`take`](Datagram::take_fds) are closed when the callback returns and
+/// counted in [`SocketStats::fds_closed_unclaimed`](crate::SocketStats::fds_closed_unclaimed).
 pub struct Datagram<'a> {
     pub(crate) data: &'a [u8],
     pub(crate) from: &'a PeerAddr,
@@ -211,17 +224,17 @@ impl<'a> Datagram<'a> {
 /// One message received on a Unix seqpacket connection: its bytes, the
 /// sender's credentials, and the file descriptors passed with it.
 ///
-/// Descriptors you do not [`take`](SeqMessage::take_fds) are closed when
+/// Descriptors you do not [`take`](SeqpacketMessage::take_fds) are closed when
 /// the callback returns — also when the control data was cut
-/// ([`fds_truncated`](SeqMessage::fds_truncated)).
+/// ([`fds_truncated`](SeqpacketMessage::fds_truncated)).
 #[cfg(target_os = "linux")]
-pub struct SeqMessage<'a> {
+pub struct SeqpacketMessage<'a> {
     pub(crate) data: &'a [u8],
     pub(crate) anc: &'a mut crate::net::RecvAncillary,
 }
 
 #[cfg(target_os = "linux")]
-impl<'a> SeqMessage<'a> {
+impl<'a> SeqpacketMessage<'a> {
     /// The message (possibly empty: an empty message is a message).
     pub fn data(&self) -> &'a [u8] {
         self.data
@@ -252,9 +265,9 @@ impl<'a> SeqMessage<'a> {
 }
 
 #[cfg(target_os = "linux")]
-impl fmt::Debug for SeqMessage<'_> {
+impl fmt::Debug for SeqpacketMessage<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SeqMessage")
+        f.debug_struct("SeqpacketMessage")
             .field("len", &self.data.len())
             .field("fds", &self.anc.fds().len())
             .field("credentials", &self.anc.credentials())
@@ -283,14 +296,32 @@ impl fmt::Debug for Datagram<'_> {
 /// after it — never re-entrantly.
 ///
 /// ```
-/// use msgloop::{Ctx, Datagram, Handler, SocketId};
+/// use msgloop::{Ctx, Datagram, Handler, Reactor, SocketId};
+/// use std::time::Duration;
 ///
-/// struct Echo;
+/// struct Echo {
+///     echoed: usize,
+/// }
 /// impl Handler for Echo {
 ///     fn on_datagram(&mut self, cx: &mut Ctx, sock: SocketId, msg: Datagram<'_>) {
-///         let _ = cx.send_to(sock, msg.data(), msg.from());
+///         if cx.send_to(sock, msg.data(), msg.from()).is_ok() {
+///             self.echoed += 1;
+///         }
 ///     }
 /// }
+///
+/// let mut reactor = Reactor::new()?;
+/// let sock = reactor.bind_udp("127.0.0.1:0")?;
+/// let server = reactor.local_addr(sock)?.as_inet().expect("a UDP address");
+/// let client = std::net::UdpSocket::bind("127.0.0.1:0")?;
+/// client.send_to(b"hi", server)?;
+/// let mut app = Echo { echoed: 0 };
+/// while app.echoed == 0 {
+///     reactor.run_once(&mut app, Some(Duration::from_secs(1)))?;
+/// }
+/// let mut buf = [0u8; 8];
+/// assert_eq!(client.recv(&mut buf)?, 2);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[allow(unused_variables)]
 pub trait Handler {
@@ -300,7 +331,7 @@ pub trait Handler {
     /// A Unix seqpacket connection delivered a message (possibly empty),
     /// with the sender's credentials and any descriptors passed with it.
     #[cfg(target_os = "linux")]
-    fn on_message(&mut self, cx: &mut Ctx, conn: SocketId, msg: SeqMessage<'_>) {}
+    fn on_seqpacket(&mut self, cx: &mut Ctx, conn: SocketId, msg: SeqpacketMessage<'_>) {}
 
     /// A framed TCP connection delivered a frame (possibly empty). The bytes
     /// are borrowed from the reactor's receive buffer, or from the
@@ -310,12 +341,15 @@ pub trait Handler {
     /// `listener` (TCP or Unix seqpacket) accepted `conn` from `peer`.
     fn on_accept(&mut self, cx: &mut Ctx, listener: SocketId, conn: SocketId, peer: &PeerAddr) {}
 
-    /// An outgoing connection ([`Ctx::connect_tcp`]) completed. (A failed
-    /// one gets [`on_close`](Handler::on_close) with the error instead.)
+    /// An outgoing TCP connection ([`Ctx::connect_tcp`]) completed. (A
+    /// failed one gets [`on_close`](Handler::on_close) with the error
+    /// instead.)
     fn on_connect(&mut self, cx: &mut Ctx, conn: SocketId) {}
 
     /// A reliable-UDP message arrived from `peer`, sent with `guarantee`
-    /// (borrowed for the duration of the call).
+    /// (borrowed for the duration of the call). Peers of a server socket
+    /// announce themselves first with
+    /// [`on_rudp_connected`](Handler::on_rudp_connected).
     fn on_rudp(
         &mut self,
         cx: &mut Ctx,
@@ -325,28 +359,31 @@ pub trait Handler {
     ) {
     }
 
-    /// A reliable-UDP peer completed its handshake: a client's
-    /// [`Ctx::rudp_connect`], or a new peer of a server socket.
-    fn on_peer_connected(&mut self, cx: &mut Ctx, peer: PeerId) {}
+    /// A reliable-UDP peer completed its handshake: a connection of
+    /// [`Ctx::connect_rudp`] or [`Ctx::connect_rudp_from`], or a new peer
+    /// of a server socket.
+    fn on_rudp_connected(&mut self, cx: &mut Ctx, peer: PeerId) {}
 
     /// A reliable-UDP peer is gone: timed out, closed by the peer, a
-    /// protocol violation, or [`Ctx::close_peer`]. Its id is dead.
-    fn on_peer_closed(&mut self, cx: &mut Ctx, peer: PeerId, reason: crate::rudp::CloseReason) {}
+    /// protocol violation, or [`Ctx::close_rudp`]. Its id is dead.
+    fn on_rudp_closed(&mut self, cx: &mut Ctx, peer: PeerId, reason: crate::rudp::CloseReason) {}
 
-    /// A reliable-UDP peer's send window has room again after a send
-    /// failed with `QueueFull`.
+    /// A reliable-UDP peer can take messages again after a send failed
+    /// with [`Error::WouldBlock`].
     fn on_rudp_writable(&mut self, cx: &mut Ctx, peer: PeerId) {}
 
-    /// Something went wrong on `sock` that does not close it: a datagram
-    /// over the socket's quota (consumed, counted, not delivered), or an
-    /// ICMP error reported on a UDP socket (`ConnectionRefused`, ...).
+    /// Something went wrong on `sock` that does not close it: a message
+    /// over the socket's quota (consumed, counted, not delivered), an
+    /// ICMP error reported on a UDP socket (`ConnectionRefused`, ...), or a
+    /// listener that could not accept (out of descriptors: it pauses).
     fn on_error(&mut self, cx: &mut Ctx, sock: SocketId, error: Error) {
         log::debug!("{sock}: {error}");
     }
 
     /// `sock` can send again after a send returned [`Error::WouldBlock`]
-    /// (datagram sockets) or [`Error::QueueFull`] (TCP: the queue drained).
-    /// Called once per refusal, not on every writable edge.
+    /// (datagram and seqpacket sockets: the kernel can take more; TCP: the
+    /// connection's queue drained). Called once per refusal, not on every
+    /// writable edge.
     fn on_writable(&mut self, cx: &mut Ctx, sock: SocketId) {}
 
     /// `sock` is gone; its id is dead from now on. Called exactly once for

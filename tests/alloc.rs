@@ -211,7 +211,7 @@ fn unix_echo_allocates_nothing_per_message() {
     let mut reactor = Reactor::new().unwrap();
     let opts = util::opts(|o| o.unlink_on_close = true);
     reactor
-        .bind_unix_datagram_with(&UnixAddr::from_pathname(&spath).unwrap(), &opts)
+        .bind_unix_datagram_with(UnixAddr::from_pathname(&spath).unwrap(), &opts)
         .unwrap();
     let client = UnixDatagram::bind(&cpath).unwrap();
     client

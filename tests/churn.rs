@@ -71,7 +71,7 @@ fn churn(r: &mut Reactor, app: &mut App, scale: u32) -> u64 {
         let name = format!("msgloop-churn-{pid}-{i}");
         let id = r
             .bind_unix_datagram_with(
-                &UnixAddr::from_abstract_name(name.as_bytes()).unwrap(),
+                UnixAddr::from_abstract_name(name.as_bytes()).unwrap(),
                 &Default::default(),
             )
             .unwrap();

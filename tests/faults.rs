@@ -121,11 +121,7 @@ fn eintr_during_poll_is_retried_inside_never_surfaced() {
 fn catch_panics_closes_the_offending_socket_and_goes_on() {
     let _g = util::serial();
     let _fds = util::FdCheck::new();
-    let mut r = Reactor::with_config(Config {
-        catch_panics: true,
-        ..Config::default()
-    })
-    .unwrap();
+    let mut r = Reactor::with_config(Config::default().catch_panics(true)).unwrap();
     let bad = r.bind_udp("127.0.0.1:0").unwrap();
     let good = r.bind_udp("127.0.0.1:0").unwrap();
     let bad_addr = r.local_addr(bad).unwrap().as_inet().unwrap();
@@ -162,10 +158,7 @@ fn catch_panics_closes_the_offending_socket_and_goes_on() {
 fn reuse_port_lets_two_reactors_share_one_udp_port() {
     let _g = util::serial();
     let _fds = util::FdCheck::new();
-    let opts = DgramOptions {
-        reuse_port: true,
-        ..DgramOptions::default()
-    };
+    let opts = DgramOptions::default().reuse_port(true);
     let mut a = Reactor::new().unwrap();
     let mut b = Reactor::new().unwrap();
     let sa = a.bind_udp_with("127.0.0.1:0", &opts).unwrap();

@@ -23,8 +23,8 @@ use std::net::UdpSocket;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use msgloop::rudp::{CloseReason, Guarantee, RudpConfig, SendError};
-use msgloop::{Ctx, Error, Handler, PeerId, Reactor, SocketId};
+use msgloop::rudp::{CloseReason, Guarantee, RudpConfig};
+use msgloop::{Ctx, DgramOptions, Error, Handler, PeerId, Reactor, SocketId};
 
 /// This test's name, for `--exact` in the child.
 const TEST_NAME: &str = "delivery_messages_survive_kernel_loss_duplication_and_reordering";
@@ -295,7 +295,7 @@ impl Load {
             fill(&mut self.msg, i as u8, seq);
             match cx.send_rudp(self.senders[i].peer, &self.msg, Guarantee::Delivery) {
                 Ok(()) => self.senders[i].sent += 1,
-                Err(Error::RudpSend(SendError::QueueFull)) => {
+                Err(Error::WouldBlock) => {
                     self.queue_full += 1;
                     break;
                 }
@@ -316,7 +316,7 @@ impl Load {
 }
 
 impl Handler for Load {
-    fn on_peer_connected(&mut self, cx: &mut Ctx, peer: PeerId) {
+    fn on_rudp_connected(&mut self, cx: &mut Ctx, peer: PeerId) {
         if self.servers.contains(&peer.sock) {
             assert!(
                 self.streams.insert(peer, Stream::default()).is_none(),
@@ -341,7 +341,7 @@ impl Handler for Load {
         let st = self
             .streams
             .get_mut(&peer)
-            .unwrap_or_else(|| panic!("{peer}: message before on_peer_connected"));
+            .unwrap_or_else(|| panic!("{peer}: message before on_rudp_connected"));
         let seq = u64::from_le_bytes(msg[..8].try_into().expect("8 bytes"));
         let client = *st.client.get_or_insert(msg[8]);
         assert_eq!(msg[8], client, "{peer}: messages of two clients mixed");
@@ -360,7 +360,7 @@ impl Handler for Load {
         st.next += 1;
     }
 
-    fn on_peer_closed(&mut self, _cx: &mut Ctx, peer: PeerId, reason: CloseReason) {
+    fn on_rudp_closed(&mut self, _cx: &mut Ctx, peer: PeerId, reason: CloseReason) {
         self.closed.push((peer, reason));
     }
 }
@@ -371,12 +371,9 @@ fn workload() {
     // talks to server i / 2, which has it for i < 2 — all four pairings.
     // (With offload, a train crosses nftables and HTB as one packet: its
     // loss, duplication and delay take whole trains.)
-    let cfg = |offload| RudpConfig {
-        offload,
-        ..RudpConfig::default()
-    };
+    let opts = |offload| DgramOptions::new().offload(offload);
     let servers = [true, false].map(|offload| {
-        r.bind_rudp("127.0.0.1:0", cfg(offload))
+        r.bind_rudp_with("127.0.0.1:0", RudpConfig::default(), &opts(offload))
             .expect("bind server")
     });
     let mut load = Load {
@@ -392,9 +389,9 @@ fn workload() {
     for i in 0..PEERS {
         let addr = r.local_addr(servers[i / 2 % 2]).unwrap().as_inet().unwrap();
         let c = r
-            .bind_rudp("127.0.0.1:0", cfg(i % 2 == 0))
+            .bind_rudp_with("127.0.0.1:0", RudpConfig::default(), &opts(i % 2 == 0))
             .expect("bind client");
-        let peer = r.rudp_connect(c, addr).expect("connect");
+        let peer = r.connect_rudp_from(c, addr).expect("connect");
         load.senders.push(Sender { peer, sent: 0 });
     }
     let start = Instant::now();
@@ -423,7 +420,7 @@ fn workload() {
     let mut sent = 0;
     let (mut retransmitted, mut lost, mut rtos, mut packets, mut peak) = (0, 0, 0, 0, 0);
     for s in &load.senders {
-        let st = r.peer_stats(s.peer).expect("client stats");
+        let st = r.rudp_peer_stats(s.peer).expect("client stats");
         sent += st.messages_sent.delivery;
         retransmitted += st.chunks_retransmitted;
         lost += st.packets_lost;
@@ -433,7 +430,7 @@ fn workload() {
     }
     let (mut delivered, mut dup_packets, mut dup_chunks) = (0, 0, 0);
     for &p in load.streams.keys() {
-        let st = r.peer_stats(p).expect("server stats");
+        let st = r.rudp_peer_stats(p).expect("server stats");
         delivered += st.messages_delivered.delivery;
         dup_packets += st.duplicate_packets;
         dup_chunks += st.duplicate_chunks;
@@ -441,7 +438,8 @@ fn workload() {
     let mut peers = 0;
     let mut eps = Vec::new();
     for &server in &load.servers {
-        let (ep, n) = r.rudp_stats(server).expect("rudp_stats");
+        let ep = r.rudp_endpoint_stats(server).expect("rudp_endpoint_stats");
+        let n = ep.connections as usize;
         peers += n;
         eps.push(ep);
     }

@@ -1,5 +1,5 @@
 //! Reliable UDP with and without UDP segmentation/receive offload
-//! (`RudpConfig::offload`): the wire is the same, so every pairing works,
+//! (`DgramOptions::offload`): the wire is the same, so every pairing works,
 //! and a train the kernel refuses falls back to single datagrams.
 
 mod util;
@@ -7,8 +7,8 @@ mod util;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use msgloop::rudp::{CloseReason, Guarantee, RudpConfig, SendError};
-use msgloop::{Ctx, Error, Handler, PeerId, Reactor, SocketId};
+use msgloop::rudp::{CloseReason, Guarantee, RudpConfig};
+use msgloop::{Ctx, DgramOptions, Error, Handler, PeerId, Reactor, SocketId};
 
 /// Message `seq` of client `client`: mostly 1 KiB (full trains), every
 /// seventh short (a train's shorter last datagram), every thirteenth
@@ -47,7 +47,7 @@ impl Echo {
             let msg = message(i as u8, self.clients[i].sent);
             match cx.send_rudp(self.clients[i].peer, &msg, Guarantee::Delivery) {
                 Ok(()) => self.clients[i].sent += 1,
-                Err(Error::RudpSend(SendError::QueueFull)) => break,
+                Err(Error::WouldBlock) => break,
                 Err(e) => panic!("client {i}: {e}"),
             }
         }
@@ -63,7 +63,7 @@ impl Echo {
 }
 
 impl Handler for Echo {
-    fn on_peer_connected(&mut self, cx: &mut Ctx, peer: PeerId) {
+    fn on_rudp_connected(&mut self, cx: &mut Ctx, peer: PeerId) {
         if let Some(i) = self.client(peer) {
             self.pump(cx, i);
         }
@@ -92,9 +92,14 @@ impl Handler for Echo {
         c.echoed += 1;
     }
 
-    fn on_peer_closed(&mut self, _cx: &mut Ctx, peer: PeerId, reason: CloseReason) {
+    fn on_rudp_closed(&mut self, _cx: &mut Ctx, peer: PeerId, reason: CloseReason) {
         self.closed.push((peer, reason));
     }
+}
+
+/// Socket options with offload on or off.
+fn offload(on: bool) -> DgramOptions {
+    DgramOptions::new().offload(on)
 }
 
 /// Runs the echo load: client `i` has offload as `clients[i].0` and talks
@@ -104,7 +109,7 @@ impl Handler for Echo {
 fn echo_run(
     r: &mut Reactor,
     bind: &str,
-    cfg: &dyn Fn(bool) -> RudpConfig,
+    config: &RudpConfig,
     servers: &[bool],
     clients: &[(bool, usize)],
     one_client_socket: bool,
@@ -113,7 +118,10 @@ fn echo_run(
     let limit = Duration::from_secs(60);
     let servers: Vec<SocketId> = servers
         .iter()
-        .map(|&o| r.bind_rudp(bind, cfg(o)).expect("bind"))
+        .map(|&o| {
+            r.bind_rudp_with(bind, config.clone(), &offload(o))
+                .expect("bind")
+        })
         .collect();
     let mut app = Echo {
         servers: servers.clone(),
@@ -121,12 +129,17 @@ fn echo_run(
         count,
         closed: Vec::new(),
     };
-    let shared = one_client_socket.then(|| r.bind_rudp(bind, cfg(clients[0].0)).expect("bind"));
-    for &(offload, s) in clients {
+    let shared = one_client_socket.then(|| {
+        r.bind_rudp_with(bind, config.clone(), &offload(clients[0].0))
+            .expect("bind")
+    });
+    for &(on, s) in clients {
         let to = r.local_addr(servers[s]).unwrap().as_inet().unwrap();
         let peer = match shared {
-            Some(sock) => r.rudp_connect(sock, to).expect("rudp_connect"),
-            None => r.connect_rudp(to, cfg(offload)).expect("connect"),
+            Some(sock) => r.connect_rudp_from(sock, to).expect("rudp_connect"),
+            None => r
+                .connect_rudp_with(to, config.clone(), &offload(on))
+                .expect("connect"),
         };
         app.clients.push(Client {
             peer,
@@ -162,10 +175,7 @@ fn offload_and_plain_sockets_interoperate_in_both_directions() {
     let _g = util::serial();
     let _fds = util::FdCheck::new();
     let mut r = Reactor::new().expect("reactor");
-    let cfg = |offload| RudpConfig {
-        offload,
-        ..RudpConfig::default()
-    };
+    let cfg = RudpConfig::default();
     // Servers: offload on, off. Clients: every pairing.
     let clients = [(true, 0), (false, 0), (true, 1), (false, 1)];
     let app = echo_run(
@@ -211,10 +221,7 @@ fn offload_works_over_ipv6() {
         return;
     }
     let mut r = Reactor::new().expect("reactor");
-    let cfg = |offload| RudpConfig {
-        offload,
-        ..RudpConfig::default()
-    };
+    let cfg = RudpConfig::default();
     let app = echo_run(&mut r, "[::1]:0", &cfg, &[true], &[(true, 0)], false, 2000);
     let server = trains(&r, app.servers[0]);
     let client = trains(&r, app.clients[0].peer.sock);
@@ -249,8 +256,7 @@ fn a_train_the_kernel_refuses_goes_out_as_single_datagrams() {
         .expect("ip");
     assert!(out.status.success(), "ip link: {out:?}");
     let mut r = Reactor::new().expect("reactor");
-    let cfg = |offload| RudpConfig {
-        offload,
+    let cfg = RudpConfig {
         mtu: 1472,
         ..RudpConfig::default()
     };

@@ -4,7 +4,7 @@ mod util;
 
 use std::time::{Duration, Instant};
 
-use msgloop::rudp::{CloseReason, Guarantee, RudpConfig, SendError};
+use msgloop::rudp::{CloseReason, Guarantee, RudpConfig};
 use msgloop::{Ctx, Error, Handler, PeerId, Reactor};
 
 #[derive(Default)]
@@ -46,7 +46,7 @@ impl App {
             let msg = message(self.sent, self.size);
             match cx.send_rudp(peer, &msg, Guarantee::Delivery) {
                 Ok(()) => self.sent += 1,
-                Err(Error::RudpSend(SendError::QueueFull)) => break,
+                Err(Error::WouldBlock) => break,
                 Err(e) => panic!("send: {e}"),
             }
         }
@@ -54,7 +54,7 @@ impl App {
 }
 
 impl Handler for App {
-    fn on_peer_connected(&mut self, cx: &mut Ctx, peer: PeerId) {
+    fn on_rudp_connected(&mut self, cx: &mut Ctx, peer: PeerId) {
         self.connected.push(peer);
         if Some(peer) == self.client {
             self.pump(cx);
@@ -77,7 +77,7 @@ impl Handler for App {
             }
         }
     }
-    fn on_peer_closed(&mut self, _cx: &mut Ctx, peer: PeerId, reason: CloseReason) {
+    fn on_rudp_closed(&mut self, _cx: &mut Ctx, peer: PeerId, reason: CloseReason) {
         self.closed.push((peer, reason));
     }
 }
@@ -109,7 +109,7 @@ fn every_guarantee_round_trips_through_an_echo() {
         echo: true,
         ..App::default()
     };
-    let peer = r.rudp_connect(client, addr).unwrap();
+    let peer = r.connect_rudp_from(client, addr).unwrap();
     app.client = Some(peer);
     drive(
         &mut r,
@@ -147,7 +147,7 @@ fn every_guarantee_round_trips_through_an_echo() {
         .iter()
         .any(|(_, m, g)| m.is_empty() && *g == Guarantee::Delivery));
     assert!(echoed.iter().any(|(_, m, _)| *m == big));
-    let stats = r.peer_stats(peer).unwrap();
+    let stats = r.rudp_peer_stats(peer).unwrap();
     assert!(stats.packets_sent > 0);
 }
 
@@ -164,7 +164,7 @@ fn a_window_full_of_messages_arrives_exactly_once_in_order() {
         size: 64,
         ..App::default()
     };
-    app.client = Some(r.rudp_connect(client, addr).unwrap());
+    app.client = Some(r.connect_rudp_from(client, addr).unwrap());
     drive(
         &mut r,
         &mut app,
@@ -179,7 +179,8 @@ fn a_window_full_of_messages_arrives_exactly_once_in_order() {
         app.writable > 0,
         "the sender should have hit a full window and resumed"
     );
-    let (stats, peers) = r.rudp_stats(server).unwrap();
+    let stats = r.rudp_endpoint_stats(server).unwrap();
+    let peers = stats.connections as usize;
     assert_eq!(peers, 1);
     assert_eq!(stats.malformed, 0);
 }
@@ -202,7 +203,7 @@ fn a_panic_in_the_middle_of_a_batch_loses_and_corrupts_nothing() {
         panic_at: Some(1_234),
         ..App::default()
     };
-    app.client = Some(r.rudp_connect(client, addr).unwrap());
+    app.client = Some(r.connect_rudp_from(client, addr).unwrap());
     let start = Instant::now();
     let mut panics = 0;
     while app.received.len() < 3_000 {
@@ -262,25 +263,28 @@ fn connect_rudp_gives_the_client_a_connected_socket_of_its_own() {
     );
     r.run_once(&mut app, Some(Duration::from_millis(20)))
         .unwrap();
-    let (stats, peers) = r.rudp_stats(p1.sock).unwrap();
+    let stats = r.rudp_endpoint_stats(p1.sock).unwrap();
+    let peers = stats.connections as usize;
     assert_eq!(
         (stats.malformed, peers),
         (0, 1),
         "the kernel dropped the stranger's datagram"
     );
 
-    match r.rudp_connect(p1.sock, a2) {
+    match r.connect_rudp_from(p1.sock, a2) {
         Err(Error::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput),
         other => panic!("{other:?}"),
     }
     // The same socket, unconnected, does see strangers: the junk is counted.
     stranger.send_to(b"junk", a1).unwrap();
     let start = Instant::now();
-    while r.rudp_stats(s1).unwrap().0.malformed == 0 && start.elapsed() < Duration::from_secs(2) {
+    while r.rudp_endpoint_stats(s1).unwrap().malformed == 0
+        && start.elapsed() < Duration::from_secs(2)
+    {
         r.run_once(&mut app, Some(Duration::from_millis(20)))
             .unwrap();
     }
-    assert_eq!(r.rudp_stats(s1).unwrap().0.malformed, 1);
+    assert_eq!(r.rudp_endpoint_stats(s1).unwrap().malformed, 1);
 }
 
 #[test]
@@ -292,7 +296,7 @@ fn closing_a_peer_tells_the_other_side_and_ids_go_stale() {
     let client = r.bind_rudp("127.0.0.1:0", RudpConfig::default()).unwrap();
     let addr = r.local_addr(server).unwrap().as_inet().unwrap();
     let mut app = App::default();
-    let peer = r.rudp_connect(client, addr).unwrap();
+    let peer = r.connect_rudp_from(client, addr).unwrap();
     app.client = Some(peer);
     drive(
         &mut r,
@@ -300,7 +304,7 @@ fn closing_a_peer_tells_the_other_side_and_ids_go_stale() {
         |a| a.connected.len() == 2,
         Duration::from_secs(5),
     );
-    r.close_peer(peer).unwrap();
+    r.close_rudp(peer).unwrap();
     drive(
         &mut r,
         &mut app,
@@ -317,7 +321,7 @@ fn closing_a_peer_tells_the_other_side_and_ids_go_stale() {
         .any(|(p, why)| *p != peer && *why == CloseReason::ClosedByPeer));
     assert!(matches!(
         r.send_rudp(peer, b"late", Guarantee::Delivery),
-        Err(Error::RudpSend(_))
+        Err(Error::StaleId)
     ));
 }
 
@@ -335,7 +339,7 @@ fn a_peer_that_vanishes_is_timed_out() {
     let client = r.bind_rudp("127.0.0.1:0", cfg).unwrap();
     let addr = r.local_addr(server).unwrap().as_inet().unwrap();
     let mut app = App::default();
-    let peer = r.rudp_connect(client, addr).unwrap();
+    let peer = r.connect_rudp_from(client, addr).unwrap();
     app.client = Some(peer);
     drive(
         &mut r,
@@ -353,7 +357,7 @@ fn a_peer_that_vanishes_is_timed_out() {
     );
     assert_eq!(app.closed[0].1, CloseReason::Timeout);
     assert_eq!(
-        r.rudp_stats(server).unwrap().1,
+        r.rudp_endpoint_stats(server).unwrap().connections as usize,
         0,
         "the timed-out peer is freed"
     );
@@ -366,11 +370,13 @@ fn wrong_kind_and_stale_ids_are_typed_errors() {
     let mut r = Reactor::new().unwrap();
     let udp = r.bind_udp("127.0.0.1:0").unwrap();
     assert!(matches!(
-        r.rudp_connect(udp, "127.0.0.1:9".parse().unwrap()),
+        r.connect_rudp_from(udp, "127.0.0.1:9".parse().unwrap()),
         Err(Error::WrongKind { .. })
     ));
     let s = r.bind_rudp("127.0.0.1:0", RudpConfig::default()).unwrap();
-    let peer = r.rudp_connect(s, "127.0.0.1:9".parse().unwrap()).unwrap();
+    let peer = r
+        .connect_rudp_from(s, "127.0.0.1:9".parse().unwrap())
+        .unwrap();
     r.close(s).unwrap();
     assert!(matches!(
         r.send_rudp(peer, b"x", Guarantee::Delivery),

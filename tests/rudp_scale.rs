@@ -91,10 +91,10 @@ struct Peers {
 }
 
 impl Handler for Peers {
-    fn on_peer_connected(&mut self, _cx: &mut Ctx, peer: PeerId) {
+    fn on_rudp_connected(&mut self, _cx: &mut Ctx, peer: PeerId) {
         assert!(self.connected.insert(peer), "{peer} connected twice");
     }
-    fn on_peer_closed(&mut self, _cx: &mut Ctx, peer: PeerId, reason: CloseReason) {
+    fn on_rudp_closed(&mut self, _cx: &mut Ctx, peer: PeerId, reason: CloseReason) {
         self.closed.push((peer, reason));
     }
     fn on_rudp(&mut self, _cx: &mut Ctx, _p: PeerId, _m: &[u8], _g: msgloop::rudp::Guarantee) {
@@ -191,7 +191,7 @@ fn a_thousand_idle_peers_cost_little_and_vanished_ones_are_freed() {
     let start = Instant::now();
     for (b, chunk) in client_socks.chunks(BATCH).enumerate() {
         for &c in chunk {
-            client.0.rudp_connect(c, addr).expect("connect");
+            client.0.connect_rudp_from(c, addr).expect("connect");
         }
         let want = (b + 1) * BATCH;
         drive2(
@@ -217,7 +217,8 @@ fn a_thousand_idle_peers_cost_little_and_vanished_ones_are_freed() {
             .run_once(&mut client.1, Some(Duration::ZERO))
             .unwrap();
     }
-    let (ep, peers) = server.0.rudp_stats(sock).unwrap();
+    let ep = server.0.rudp_endpoint_stats(sock).unwrap();
+    let peers = ep.connections as usize;
     assert_eq!(peers, N, "server peers");
     assert_eq!(ep.accepted, N as u64);
     assert!(server.1.closed.is_empty() && client.1.closed.is_empty());
@@ -229,7 +230,7 @@ fn a_thousand_idle_peers_cost_little_and_vanished_ones_are_freed() {
     let dgrams_before = ep.datagrams_received;
     let calls = 20_000;
     let cost = counted(|| idle_cost(&mut server.0, &mut server.1, calls));
-    let (ep, _) = server.0.rudp_stats(sock).unwrap();
+    let ep = server.0.rudp_endpoint_stats(sock).unwrap();
     let idle_bytes = net_bytes() - with_peers;
 
     // The clients vanish: their sockets close without a CLOSE.
@@ -260,7 +261,8 @@ fn a_thousand_idle_peers_cost_little_and_vanished_ones_are_freed() {
     );
     let closed: HashSet<PeerId> = server.1.closed.iter().map(|(p, _)| *p).collect();
     assert_eq!(closed, server.1.connected, "each peer closed exactly once");
-    let (ep_after, peers_after) = server.0.rudp_stats(sock).unwrap();
+    let ep_after = server.0.rudp_endpoint_stats(sock).unwrap();
+    let peers_after = ep_after.connections as usize;
     assert_eq!(peers_after, 0, "timed-out peers are freed");
     assert!(server.0.rudp_peers(sock).unwrap().is_empty());
     // What stays allocated: the endpoint's slot table, map and heap
@@ -360,7 +362,7 @@ fn a_handshake_flood_creates_no_state_and_a_real_peer_still_connects() {
     for burst in 0..PACKETS / BURST {
         if burst == PACKETS / BURST / 2 {
             // Half-way through the flood, a real peer connects.
-            real = Some(r.rudp_connect(client, addr).expect("connect"));
+            real = Some(r.connect_rudp_from(client, addr).expect("connect"));
             knock = Some(Instant::now());
         }
         for i in 0..BURST {
@@ -381,12 +383,12 @@ fn a_handshake_flood_creates_no_state_and_a_real_peer_still_connects() {
         // what is being tested).
         let sent = ((burst + 1) * BURST) as u64;
         let mut calls = 0;
-        while r.rudp_stats(server).unwrap().0.datagrams_received < sent {
+        while r.rudp_endpoint_stats(server).unwrap().datagrams_received < sent {
             calls += 1;
             assert!(calls < 1000, "the server did not read the flood");
             r.run_once(&mut h, Some(Duration::from_millis(2)))
                 .expect("run_once");
-            max_peers = max_peers.max(r.rudp_stats(server).unwrap().1);
+            max_peers = max_peers.max(r.rudp_endpoint_stats(server).unwrap().connections as usize);
         }
     }
     let flood_secs = start.elapsed().as_secs_f64();
@@ -395,7 +397,7 @@ fn a_handshake_flood_creates_no_state_and_a_real_peer_still_connects() {
         &mut r,
         &mut h,
         |r, h| {
-            max_peers = max_peers.max(r.rudp_stats(server).unwrap().1);
+            max_peers = max_peers.max(r.rudp_endpoint_stats(server).unwrap().connections as usize);
             h.connected.contains(&real) && h.connected.len() == 2
         },
         100,
@@ -406,7 +408,8 @@ fn a_handshake_flood_creates_no_state_and_a_real_peer_still_connects() {
         r.run_once(&mut h, Some(Duration::from_millis(2)))
             .expect("run_once");
     }
-    let (ep, peers) = r.rudp_stats(server).unwrap();
+    let ep = r.rudp_endpoint_stats(server).unwrap();
+    let peers = ep.connections as usize;
     println!(
         "handshake flood: {initials} INITIALs + {forged} forged ECHOs from {SOURCES} source \
          ports in {flood_secs:.2} s; a real peer that started half-way connected in \
@@ -486,16 +489,17 @@ fn unconfirmed_handshakes_hold_at_most_the_half_open_cap_and_expire() {
     for _ in 0..20 {
         r.run_once(&mut h, Some(Duration::from_millis(2)))
             .expect("run_once");
-        max_peers = max_peers.max(r.rudp_stats(server).unwrap().1);
+        max_peers = max_peers.max(r.rudp_endpoint_stats(server).unwrap().connections as usize);
     }
-    let (ep, peers) = r.rudp_stats(server).unwrap();
+    let ep = r.rudp_endpoint_stats(server).unwrap();
+    let peers = ep.connections as usize;
     assert_eq!(peers, CAP, "the half-open cap is filled, not exceeded");
     assert_eq!(ep.accepted, CAP as u64);
     assert_eq!(ep.refused, (SOURCES - CAP) as u64);
     // A real peer knocks while the cap is full: refused until the
     // unconfirmed connections expire, then in.
     let knock = Instant::now();
-    let real = r.rudp_connect(client, addr).expect("connect");
+    let real = r.connect_rudp_from(client, addr).expect("connect");
     while !h.connected.contains(&real) {
         assert!(
             knock.elapsed() < Duration::from_secs(8),
@@ -503,11 +507,12 @@ fn unconfirmed_handshakes_hold_at_most_the_half_open_cap_and_expire() {
         );
         r.run_once(&mut h, Some(Duration::from_millis(20)))
             .expect("run_once");
-        max_peers = max_peers.max(r.rudp_stats(server).unwrap().1);
+        max_peers = max_peers.max(r.rudp_endpoint_stats(server).unwrap().connections as usize);
     }
     let waited = knock.elapsed().as_secs_f64();
     util::run_until(&mut r, &mut h, |_, h| h.connected.len() == CAP + 2, 100);
-    let (ep, peers) = r.rudp_stats(server).unwrap();
+    let ep = r.rudp_endpoint_stats(server).unwrap();
+    let peers = ep.connections as usize;
     let timeouts = h
         .closed
         .iter()

@@ -85,11 +85,9 @@ pub(crate) fn run(want: &dyn Fn(&str) -> bool) -> io::Result<()> {
     let empty_cost = idle_pass_us(&mut empty, &mut Accept::default())?;
 
     let mut r = Reactor::new()?;
-    let opts = TcpOptions {
-        max_connections: Some(CONNECTIONS + 100),
-        backlog: 4096,
-        ..TcpOptions::new(FrameConfig::default())
-    };
+    let opts = TcpOptions::new(FrameConfig::default())
+        .max_connections(Some(CONNECTIONS + 100))
+        .backlog(4096);
     let l = r.listen_tcp_with("127.0.0.1:0", &opts)?;
     let addr = r.local_addr(l)?.as_inet().expect("tcp");
     let mut app = Accept::default();

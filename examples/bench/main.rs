@@ -183,7 +183,7 @@ impl Handler for PingPong {
     }
 }
 
-fn ping(cx: &mut Ctx, client: SocketId, to: Option<SocketAddr>) -> Result<usize, msgloop::Error> {
+fn ping(cx: &mut Ctx, client: SocketId, to: Option<SocketAddr>) -> Result<(), msgloop::Error> {
     match to {
         Some(a) => cx.send_to(client, &PAYLOAD, a),
         None => cx.send(client, &PAYLOAD),
@@ -404,10 +404,7 @@ fn udp_ingest(slices: usize) -> io::Result<(f64, f64, f64, f64)> {
     // The raw readers use a second descriptor for the same socket.
     let raw: UdpSocket = sock.try_clone()?.into();
     let mut reactor = Reactor::new()?;
-    let opts = DgramOptions {
-        recv_buffer_size: Some(RCVBUF),
-        ..DgramOptions::default()
-    };
+    let opts = DgramOptions::default().recv_buffer_size(Some(RCVBUF));
     reactor.add_udp_with(sock, &opts)?; // also makes it non-blocking (shared)
     let mut count = Count(0);
     let mut buf = vec![0u8; 65536];

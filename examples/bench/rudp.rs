@@ -10,7 +10,7 @@
 //!   messages/s to datagrams/s (packing carries many messages per
 //!   datagram); for 1 KiB it compares payload rates.
 //! - msgloop sends trains of datagrams with UDP segmentation offload and
-//!   reads them with receive offload (`RudpConfig::offload`, on by
+//!   reads them with receive offload (`DgramOptions::offload`, on by
 //!   default), which the baseline does not. So every line also reports
 //!   `baseline_gso` — raw UDP with the same offload, the kernel's ceiling —
 //!   and `ratio_vs_gso`; `rudp_delivery_1k_no_offload` runs with offload
@@ -24,7 +24,7 @@ use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
 use msgloop::rudp::{CloseReason, Guarantee, RudpConfig};
-use msgloop::{Ctx, Handler, PeerId, Reactor};
+use msgloop::{Ctx, DgramOptions, Handler, PeerId, Reactor};
 
 use super::{median, report};
 
@@ -56,7 +56,7 @@ impl Run {
 }
 
 impl Handler for Run {
-    fn on_peer_connected(&mut self, cx: &mut Ctx, peer: PeerId) {
+    fn on_rudp_connected(&mut self, cx: &mut Ctx, peer: PeerId) {
         if Some(peer) == self.client {
             self.pump(cx);
         }
@@ -76,19 +76,17 @@ impl Handler for Run {
         }
     }
 
-    fn on_peer_closed(&mut self, _cx: &mut Ctx, _peer: PeerId, reason: CloseReason) {
+    fn on_rudp_closed(&mut self, _cx: &mut Ctx, _peer: PeerId, reason: CloseReason) {
         self.closed = Some(reason);
     }
 }
 
 /// Returns (messages/s, datagrams A→B, retransmissions).
 fn rudp_run(size: usize, guarantee: Guarantee, offload: bool) -> io::Result<(f64, u64, u64)> {
-    let config = RudpConfig {
-        offload,
-        ..RudpConfig::default()
-    };
+    let config = RudpConfig::default();
+    let opts = DgramOptions::new().offload(offload);
     let mut r = Reactor::new()?;
-    let server = r.bind_rudp("127.0.0.1:0", config.clone())?;
+    let server = r.bind_rudp_with("127.0.0.1:0", config.clone(), &opts)?;
     let server_addr = r.local_addr(server)?.as_inet().expect("udp");
     let mut app = Run {
         guarantee,
@@ -102,7 +100,7 @@ fn rudp_run(size: usize, guarantee: Guarantee, offload: bool) -> io::Result<(f64
     };
     let start = Instant::now();
     // The client's own socket, as a client connects.
-    app.client = Some(r.connect_rudp(server_addr, config)?);
+    app.client = Some(r.connect_rudp_with(server_addr, config, &opts)?);
     let mut last_progress = (0u64, Instant::now());
     loop {
         r.run_once(&mut app, Some(Duration::from_millis(50)))?;
@@ -135,7 +133,7 @@ fn rudp_run(size: usize, guarantee: Guarantee, offload: bool) -> io::Result<(f64
             app.duplicates_or_reordered
         )));
     }
-    let stats = r.peer_stats(app.client.expect("set"))?;
+    let stats = r.rudp_peer_stats(app.client.expect("set"))?;
     Ok((
         app.received as f64 / secs,
         stats.packets_sent,
@@ -174,7 +172,7 @@ impl Fanout {
 }
 
 impl Handler for Fanout {
-    fn on_peer_connected(&mut self, cx: &mut Ctx, peer: PeerId) {
+    fn on_rudp_connected(&mut self, cx: &mut Ctx, peer: PeerId) {
         if peer.sock == self.server {
             self.peers.push((peer, 0));
             self.pump(cx, self.peers.len() - 1);

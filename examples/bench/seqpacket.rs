@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use msgloop::net::UnixSeqpacket;
-use msgloop::{Ctx, Handler, Reactor, SeqMessage, SocketId};
+use msgloop::{Ctx, Handler, Reactor, SeqpacketMessage, SocketId};
 use socket2::Socket;
 
 use super::{interleave, median, report, Side, PAYLOAD, SLICE_ROUND_TRIPS};
@@ -31,13 +31,13 @@ struct Ping {
 }
 
 impl Handler for Ping {
-    fn on_message(&mut self, cx: &mut Ctx, conn: SocketId, msg: SeqMessage<'_>) {
+    fn on_seqpacket(&mut self, cx: &mut Ctx, conn: SocketId, msg: SeqpacketMessage<'_>) {
         if conn == self.server {
-            cx.send_message(conn, msg.data(), &[]).expect("echo");
+            cx.send_seqpacket(conn, msg.data()).expect("echo");
         } else {
             self.remaining -= 1;
             if self.remaining > 0 {
-                cx.send_message(self.client, &PAYLOAD, &[]).expect("ping");
+                cx.send_seqpacket(self.client, &PAYLOAD).expect("ping");
             }
         }
     }
@@ -52,7 +52,7 @@ impl Side for ReactorSide {
     fn run(&mut self, n: u64) -> io::Result<Duration> {
         let start = Instant::now();
         self.app.remaining = n;
-        self.reactor.send_message(self.app.client, &PAYLOAD, &[])?;
+        self.reactor.send_seqpacket(self.app.client, &PAYLOAD)?;
         while self.app.remaining > 0 {
             if self
                 .reactor
@@ -182,7 +182,7 @@ fn mio_side(control: Option<Vec<u8>>) -> io::Result<MioSide> {
 struct CountMessages(u64);
 
 impl Handler for CountMessages {
-    fn on_message(&mut self, _cx: &mut Ctx, _conn: SocketId, _msg: SeqMessage<'_>) {
+    fn on_seqpacket(&mut self, _cx: &mut Ctx, _conn: SocketId, _msg: SeqpacketMessage<'_>) {
         self.0 += 1;
     }
 }

@@ -93,11 +93,9 @@ fn udp_run(shards: usize) -> io::Result<f64> {
     let port = free_udp_port()?;
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let (count, stop, threads) = start_shards(shards, move |r| {
-        let opts = DgramOptions {
-            reuse_port: true,
-            recv_buffer_size: Some(4 << 20),
-            ..DgramOptions::default()
-        };
+        let opts = DgramOptions::default()
+            .reuse_port(true)
+            .recv_buffer_size(Some(4 << 20));
         r.bind_udp_with(addr, &opts).map(drop)
     });
     let senders: Vec<_> = (0..2)
@@ -125,10 +123,7 @@ fn tcp_run(shards: usize) -> io::Result<f64> {
     let port = free_tcp_port()?;
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let (count, stop, threads) = start_shards(shards, move |r| {
-        let opts = TcpOptions {
-            reuse_port: true,
-            ..TcpOptions::new(FrameConfig::default())
-        };
+        let opts = TcpOptions::new(FrameConfig::default()).reuse_port(true);
         r.listen_tcp_with(addr, &opts).map(drop)
     });
     let mut batch = Vec::new();

@@ -89,7 +89,7 @@ fn recv_msgloop(
     let (client, server) = pair()?;
     let mut reactor = Reactor::new()?;
     let opts = TcpOptions::new(FrameConfig::new().with_max_frame_len(max_frame));
-    reactor.add_tcp_stream_with(server, &opts)?;
+    reactor.add_tcp_with(server, &opts)?;
     let mut app = CountFrames {
         frames: 0,
         bytes: 0,
@@ -212,8 +212,8 @@ const ECHO_ROUND_TRIPS: u64 = 20_000;
 fn echo_msgloop() -> io::Result<f64> {
     let (client, server) = pair()?;
     let mut reactor = Reactor::new()?;
-    let server = reactor.add_tcp_stream(server, FrameConfig::new())?;
-    let client = reactor.add_tcp_stream(client, FrameConfig::new())?;
+    let server = reactor.add_tcp(server, FrameConfig::new())?;
+    let client = reactor.add_tcp(client, FrameConfig::new())?;
     let mut app = Echo {
         server,
         client,

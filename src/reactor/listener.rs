@@ -1,4 +1,4 @@
-//! Accepting connections, for every listener kind (TCP, Unix seqpacket):
+//! Listeners, for every connection kind (TCP, Unix seqpacket): accepting,
 //! the connection cap, pausing without spinning, and resuming.
 //!
 //! A listener at its `max_connections`, or one whose `accept` failed for
@@ -8,24 +8,24 @@
 //! when any socket of the reactor closes or [`ACCEPT_RETRY`] passes (fds).
 
 use std::io;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mio::Interest;
 
-use slab::Slab;
-
-use super::{finish_callback, token_of, Ctx, Entry, Sock, TimerTarget};
+use super::ctx::{Ctx, TimerTarget};
+use super::table::{token_of, Sock};
+use super::tcp::TcpListenIo;
 use crate::addr::PeerAddr;
 use crate::error::Error;
-use crate::handler::{Handler, SocketId};
+use crate::handler::{Handler, SocketId, SocketKind};
 
 /// How long an accept paused by `EMFILE`/`ENFILE` waits before trying again
 /// (it also resumes as soon as this reactor closes any socket).
 pub(super) const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
-/// The accept policy state every listener carries.
-#[derive(Debug)]
-pub(super) struct AcceptGate {
+/// A listening socket of some connection kind, and its accept policy.
+pub(super) struct Listener {
+    io: ListenIo,
     /// Connections it accepted that are still open.
     conns: usize,
     max_connections: Option<usize>,
@@ -35,9 +35,38 @@ pub(super) struct AcceptGate {
     out_of_fds: bool,
 }
 
-impl AcceptGate {
-    pub(super) fn new(max_connections: Option<usize>) -> AcceptGate {
-        AcceptGate {
+/// The listening socket itself; each kind's accept lives with its
+/// transport.
+pub(super) enum ListenIo {
+    Tcp(TcpListenIo),
+    #[cfg(target_os = "linux")]
+    Seq(super::seqpacket::SeqListenIo),
+}
+
+impl ListenIo {
+    fn source(&mut self) -> &mut dyn mio::event::Source {
+        match self {
+            ListenIo::Tcp(l) => &mut l.listener,
+            #[cfg(target_os = "linux")]
+            ListenIo::Seq(l) => &mut l.listener,
+        }
+    }
+
+    /// Accepts one connection: the socket to add (knowing its listener
+    /// `lid`), its kind, and the peer's address.
+    fn accept(&mut self, lid: SocketId) -> io::Result<(Sock, SocketKind, PeerAddr)> {
+        match self {
+            ListenIo::Tcp(l) => l.accept(lid),
+            #[cfg(target_os = "linux")]
+            ListenIo::Seq(l) => l.accept(lid),
+        }
+    }
+}
+
+impl Listener {
+    pub(super) fn new(io: ListenIo, max_connections: Option<usize>) -> Listener {
+        Listener {
+            io,
             conns: 0,
             max_connections,
             paused: false,
@@ -45,8 +74,21 @@ impl AcceptGate {
         }
     }
 
-    pub(super) fn is_paused(&self) -> bool {
-        self.paused
+    /// The listening socket while it is registered (not paused).
+    pub(super) fn registered_source(&mut self) -> Option<&mut dyn mio::event::Source> {
+        if self.paused {
+            None
+        } else {
+            Some(self.io.source())
+        }
+    }
+
+    pub(super) fn sock_ref(&self) -> socket2::SockRef<'_> {
+        match &self.io {
+            ListenIo::Tcp(l) => socket2::SockRef::from(&l.listener),
+            #[cfg(target_os = "linux")]
+            ListenIo::Seq(l) => socket2::SockRef::from(&l.listener),
+        }
     }
 
     fn at_cap(&self) -> bool {
@@ -54,66 +96,44 @@ impl AcceptGate {
     }
 }
 
-/// What a listener kind provides to the shared accept loop.
-pub(super) trait Accept {
-    /// Accepts one connection: the socket to add (its `listener` set to
-    /// `lid`), its message quota, and the peer's address.
-    fn accept_one(&mut self, lid: SocketId) -> io::Result<(Sock, usize, PeerAddr)>;
-    /// The accept policy state.
-    fn gate(&mut self) -> &mut AcceptGate;
-    /// The listening socket, to (de)register.
-    fn source(&mut self) -> &mut dyn mio::event::Source;
-}
+/// Listeners paused because the process ran out of descriptors: any
+/// socket that closes frees one, so each close tries them again.
+#[derive(Debug, Default)]
+pub(super) struct OutOfFds(Vec<SocketId>);
 
-/// The listener behind `id` in `sockets`, if it is a live one.
-fn listener_in(sockets: &mut Slab<Entry>, id: SocketId) -> Option<&mut dyn Accept> {
-    let entry = sockets
-        .get_mut(id.index as usize)
-        .filter(|e| e.gen == id.gen)?;
-    match entry.sock.as_mut()? {
-        Sock::TcpListener(l) => Some(&mut **l),
-        #[cfg(target_os = "linux")]
-        Sock::SeqListener(l) => Some(&mut **l),
+fn listener_mut(cx: &mut Ctx, id: SocketId) -> Option<&mut Listener> {
+    match cx.table.get_mut(id)?.sock.as_mut()? {
+        Sock::Listener(l) => Some(l),
         _ => None,
     }
-}
-
-fn listener(cx: &mut Ctx, id: SocketId) -> Option<&mut dyn Accept> {
-    listener_in(&mut cx.sockets, id)
 }
 
 /// Accepts until `WouldBlock`, the budget, the cap, or fds run out;
 /// `true` if the budget ran out.
 pub(super) fn drain<H: Handler + ?Sized>(cx: &mut Ctx, handler: &mut H, lid: SocketId) -> bool {
     for _ in 0..cx.config.read_budget {
-        let Some(l) = listener(cx, lid) else {
+        let Some(l) = listener_mut(cx, lid) else {
             return false;
         };
-        if l.gate().paused {
+        if l.paused {
             return false;
         }
-        if l.gate().at_cap() {
+        if l.at_cap() {
             log::debug!(
                 "{lid}: {} connections, at the cap: accepting paused",
-                l.gate().conns
+                l.conns
             );
             pause(cx, lid, false);
             return false;
         }
-        match l.accept_one(lid) {
-            Ok((sock, max_msg, peer)) => {
-                l.gate().conns += 1;
-                match cx.insert(sock, max_msg, None) {
-                    Ok(cid) => {
-                        cx.callbacks += 1;
-                        handler.on_accept(cx, lid, cid, &peer);
-                        finish_callback(cx, handler);
-                    }
-                    Err(e) => {
+        match l.io.accept(lid) {
+            Ok((sock, kind, peer)) => {
+                l.conns += 1;
+                match cx.insert(kind, sock, |s| s) {
+                    Ok(cid) => cx.call(handler, |h, cx| h.on_accept(cx, lid, cid, &peer)),
+                    Err((_, e)) => {
                         conn_closed(cx, lid);
-                        cx.callbacks += 1;
-                        handler.on_error(cx, lid, e);
-                        finish_callback(cx, handler);
+                        cx.call(handler, |h, cx| h.on_error(cx, lid, e));
                     }
                 }
             }
@@ -121,17 +141,12 @@ pub(super) fn drain<H: Handler + ?Sized>(cx: &mut Ctx, handler: &mut H, lid: Soc
             Err(e)
                 if matches!(
                     e.raw_os_error(),
-                    Some(libc::EMFILE)
-                        | Some(libc::ENFILE)
-                        | Some(libc::ENOBUFS)
-                        | Some(libc::ENOMEM)
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
                 ) =>
             {
                 log::warn!("{lid}: accept: {e}; pausing accepts until a socket closes (retry in {ACCEPT_RETRY:?})");
                 pause(cx, lid, true);
-                cx.callbacks += 1;
-                handler.on_error(cx, lid, Error::Io(e));
-                finish_callback(cx, handler);
+                cx.call(handler, |h, cx| h.on_error(cx, lid, Error::Io(e)));
                 return false;
             }
             // The peer gave up before we accepted (ECONNABORTED), or a
@@ -144,61 +159,76 @@ pub(super) fn drain<H: Handler + ?Sized>(cx: &mut Ctx, handler: &mut H, lid: Soc
 
 /// Stops accepting: deregisters the listener (no events, no spinning).
 fn pause(cx: &mut Ctx, lid: SocketId, out_of_fds: bool) {
+    let now = cx.now();
     let Ctx {
-        sockets,
+        table,
         poll,
         timers,
-        paused_listeners,
+        out_of_fds: paused,
         ..
     } = cx;
-    let Some(l) = listener_in(sockets, lid) else {
+    let Some(Sock::Listener(l)) = table.get_mut(lid).and_then(|e| e.sock.as_mut()) else {
         return;
     };
-    if !l.gate().paused {
-        l.gate().paused = true;
-        if let Err(e) = poll.registry().deregister(l.source()) {
+    if !l.paused {
+        if let Err(e) = poll.registry().deregister(l.io.source()) {
             log::warn!("{lid}: deregister: {e}");
         }
+        l.paused = true;
     }
-    if out_of_fds && !l.gate().out_of_fds {
-        l.gate().out_of_fds = true;
-        paused_listeners.push(lid);
-        timers.insert(
-            Instant::now() + ACCEPT_RETRY,
-            TimerTarget::ResumeAccept(lid),
-        );
+    if out_of_fds && !l.out_of_fds {
+        l.out_of_fds = true;
+        paused.0.push(lid);
+        timers.insert(now + ACCEPT_RETRY, TimerTarget::ResumeAccept(lid));
     }
 }
 
 /// Starts accepting again if paused and below the cap (the new
 /// registration reports a waiting backlog at once).
 pub(super) fn resume(cx: &mut Ctx, lid: SocketId) {
-    let Ctx { sockets, poll, .. } = cx;
-    let Some(l) = listener_in(sockets, lid) else {
+    let Ctx { table, poll, .. } = cx;
+    let Some(Sock::Listener(l)) = table.get_mut(lid).and_then(|e| e.sock.as_mut()) else {
         return;
     };
-    if !l.gate().paused || l.gate().at_cap() {
+    if !l.paused || l.at_cap() {
         return;
     }
-    l.gate().paused = false;
-    l.gate().out_of_fds = false;
+    l.paused = false;
+    l.out_of_fds = false;
     if let Err(e) = poll
         .registry()
-        .register(l.source(), token_of(lid), Interest::READABLE)
+        .register(l.io.source(), token_of(lid), Interest::READABLE)
     {
         log::warn!("{lid}: register: {e}");
-        l.gate().paused = true;
+        l.paused = true;
+    }
+}
+
+/// The retry timer of a listener paused by `EMFILE` fired.
+pub(super) fn retry_due(cx: &mut Ctx, lid: SocketId) {
+    cx.out_of_fds.0.retain(|&l| l != lid);
+    resume(cx, lid);
+}
+
+/// A socket closed: a descriptor is free, so listeners that ran out of
+/// them may accept again; and if the socket was a connection of a
+/// listener, that listener has one fewer.
+pub(super) fn socket_closed(cx: &mut Ctx, accepted_by: Option<SocketId>) {
+    if let Some(lid) = accepted_by {
+        conn_closed(cx, lid);
+    }
+    while let Some(lid) = cx.out_of_fds.0.pop() {
+        resume(cx, lid);
     }
 }
 
 /// A connection `lid` accepted closed: one fewer; it may accept again.
-pub(super) fn conn_closed(cx: &mut Ctx, lid: SocketId) {
-    let Some(l) = listener(cx, lid) else {
+fn conn_closed(cx: &mut Ctx, lid: SocketId) {
+    let Some(l) = listener_mut(cx, lid) else {
         return;
     };
-    let gate = l.gate();
-    gate.conns = gate.conns.saturating_sub(1);
-    if gate.paused && !gate.out_of_fds {
+    l.conns = l.conns.saturating_sub(1);
+    if l.paused && !l.out_of_fds {
         resume(cx, lid);
     }
 }

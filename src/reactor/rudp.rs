@@ -20,15 +20,21 @@
 
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::Instant;
 
-use super::{bind_udp_socket, finish_callback, Ctx, DgramOptions, Sock, TimerTarget};
-use crate::error::Error;
-use crate::handler::{Handler, PeerId, SocketId};
+use socket2::{Socket, Type};
+
+use super::ctx::{Ctx, TimerTarget};
+use super::datagram::{apply_buffers, bind_udp_socket};
+use super::options::DgramOptions;
+use super::stats::SocketStats;
+use super::table::Sock;
+use crate::addr::first_addr;
+use crate::error::{context, AddError, Error};
+use crate::handler::{Handler, PeerId, SocketId, SocketKind};
 use crate::rudp::{
-    CloseReason as PeerCloseReason, ConnectionStats, Endpoint, EndpointStats, Guarantee, MsgRef,
-    RawEvent, RudpConfig,
+    ConnectionStats, Endpoint, EndpointStats, Guarantee, MsgRef, RawEvent, RudpConfig, SendError,
 };
 use crate::sys;
 use crate::timer::TimerKey;
@@ -55,22 +61,28 @@ const GRO_SLOT: usize = 64 << 10;
 /// receive buffer grows to `GRO_SLOTS * GRO_SLOT` for them).
 const GRO_SLOTS: usize = 8;
 
-/// Socket buffers of a reliable-UDP socket (forced past the system's cap
-/// where the process may): a window of in-flight datagrams must fit, or
-/// the kernel drops what the protocol then has to resend.
+/// Socket buffers of a reliable-UDP socket unless the options say
+/// otherwise (forced past the system's cap where the process may): a
+/// window of in-flight datagrams must fit, or the kernel drops what the
+/// protocol then has to resend.
 const DEFAULT_RUDP_BUFFER: usize = 4 << 20;
+
+/// The largest [`RudpConfig::mtu`] sent with don't-fragment: what fits a
+/// 1,500-byte Ethernet path under IPv6 and UDP headers.
+#[cfg(target_os = "linux")]
+const DONT_FRAGMENT_MTU: usize = 1500 - 40 - 8;
 
 /// A UDP socket carrying reliable-UDP peers.
 pub(super) struct RudpSock {
     pub(super) sock: mio::net::UdpSocket,
-    pub(super) ep: Endpoint,
+    ep: Endpoint,
     /// The endpoint's deadline, as armed in the reactor's timer heap.
     timer: Option<(TimerKey, Instant)>,
-    /// Output may be pending (a send, a received datagram, a timeout).
+    /// In [`Pending::dirty`]: output may be pending (a send, a received
+    /// datagram, a timeout).
     dirty: bool,
     /// Datagram slot size for receiving: the largest datagram accepted.
     slot: usize,
-    seed_counter: u64,
     /// The address the UDP socket is connected to, if it is: datagrams to
     /// it go without an address (the kernel keeps the route).
     connected: Option<SocketAddr>,
@@ -83,15 +95,42 @@ pub(super) struct RudpSock {
 }
 
 impl RudpSock {
-    pub(super) fn timer_key(&self) -> Option<TimerKey> {
-        self.timer.map(|(k, _)| k)
+    /// Folds the peers' figures into a socket's counters.
+    pub(super) fn add_peer_stats(&self, s: &mut SocketStats) {
+        for peer in self.ep.peers() {
+            if let Some(p) = self.ep.peer_stats(peer) {
+                s.rudp_peers += 1;
+                s.rudp_packets_lost += p.packets_lost;
+                s.rudp_retransmitted += p.chunks_retransmitted;
+                s.rudp_max_srtt_us = s.rudp_max_srtt_us.max(p.srtt.as_micros() as u64);
+            }
+        }
+    }
+
+    /// Marks output pending; `true` if it was not already.
+    fn mark_dirty(&mut self) -> bool {
+        !std::mem::replace(&mut self.dirty, true)
     }
 }
 
-/// The largest [`RudpConfig::mtu`] sent with don't-fragment: what fits a
-/// 1,500-byte Ethernet path under IPv6 and UDP headers.
-#[cfg(target_os = "linux")]
-const DONT_FRAGMENT_MTU: usize = 1500 - 40 - 8;
+/// The reliable-UDP sockets with work left for the end of the pass.
+#[derive(Debug, Default)]
+pub(super) struct Pending {
+    /// Output to send.
+    dirty: Vec<SocketId>,
+    /// Flushed since their events were last polled (a flush can end a
+    /// connection: its CLOSE went out).
+    flushed: Vec<SocketId>,
+    /// Datagram slots for `sendmmsg`.
+    tx: Vec<u8>,
+}
+
+impl Pending {
+    /// Events may be waiting to be delivered.
+    pub(super) fn has_events(&self) -> bool {
+        !self.flushed.is_empty()
+    }
+}
 
 /// Why a datagram socket could not take more this pass.
 fn log_send_error(id: SocketId, e: &io::Error, dropped: usize) {
@@ -100,137 +139,164 @@ fn log_send_error(id: SocketId, e: &io::Error, dropped: usize) {
     );
 }
 
+/// The reactor's error for a refused reliable-UDP send.
+fn send_error(e: SendError) -> Error {
+    match e {
+        SendError::QueueFull => Error::WouldBlock,
+        SendError::TooLarge { len, max } => Error::TooLarge {
+            len,
+            max: Some(max),
+        },
+        SendError::SetTooLarge { len } => Error::TooLarge {
+            len,
+            max: Some(usize::from(u16::MAX)),
+        },
+        SendError::Closed => Error::Closed,
+        SendError::UnknownPeer => Error::StaleId,
+    }
+}
+
 impl Ctx {
-    /// Binds a UDP socket for reliable-UDP peers. Servers accept peers
-    /// that connect to it ([`Handler::on_peer_connected`]); clients call
-    /// [`rudp_connect`](Ctx::rudp_connect) on it. Many peers share one
-    /// socket.
+    /// Binds a UDP socket for reliable-UDP peers (IPv6: dual-stack where
+    /// the system allows). A server accepts peers that connect to it
+    /// ([`Handler::on_rudp_connected`]); it can also start connections of
+    /// its own with [`connect_rudp_from`](Ctx::connect_rudp_from). Many
+    /// peers share one socket; their messages arrive at
+    /// [`Handler::on_rudp`].
     pub fn bind_rudp<A: ToSocketAddrs>(
         &mut self,
         addr: A,
         config: RudpConfig,
     ) -> Result<SocketId, Error> {
-        let opts = DgramOptions {
-            recv_buffer_size: Some(DEFAULT_RUDP_BUFFER),
-            send_buffer_size: Some(DEFAULT_RUDP_BUFFER),
-            ..DgramOptions::default()
-        };
-        self.bind_rudp_with(addr, config, &opts)
+        self.bind_rudp_with(addr, config, &DgramOptions::default())
     }
 
-    /// [`bind_rudp`](Ctx::bind_rudp) with socket options (buffer sizes;
-    /// `max_message_len` does not apply: the protocol's MTU does).
+    /// [`bind_rudp`](Ctx::bind_rudp) with socket options (buffer sizes —
+    /// 4 MiB unless set —, `SO_REUSEPORT`, offload; `max_message_len` does
+    /// not apply: the protocol's MTU does).
     pub fn bind_rudp_with<A: ToSocketAddrs>(
         &mut self,
         addr: A,
         config: RudpConfig,
         opts: &DgramOptions,
     ) -> Result<SocketId, Error> {
+        let opts = rudp_socket_options(opts);
+        let sock = bind_udp_socket(addr, &opts, "reliable UDP")?;
+        Ok(self.add_rudp_with(sock, config, &opts)?)
+    }
+
+    /// Adopts a bound UDP socket for reliable-UDP peers (a socket2
+    /// `Socket`, a std `UdpSocket`...). On failure the socket comes back in
+    /// the error.
+    pub fn add_rudp<S: Into<Socket>>(
+        &mut self,
+        socket: S,
+        config: RudpConfig,
+    ) -> Result<SocketId, AddError> {
+        self.add_rudp_with(socket, config, &DgramOptions::default())
+    }
+
+    /// [`add_rudp`](Ctx::add_rudp) with socket options.
+    pub fn add_rudp_with<S: Into<Socket>>(
+        &mut self,
+        socket: S,
+        config: RudpConfig,
+        opts: &DgramOptions,
+    ) -> Result<SocketId, AddError> {
+        let socket = socket.into();
+        let opts = rudp_socket_options(opts);
         let config = config.sanitized();
-        let sock = bind_udp_socket(addr, opts)?;
-        // Datagrams that fit any Ethernet path go with don't-fragment (and
-        // no per-datagram IP ID); larger ones may still need fragments.
-        #[cfg(target_os = "linux")]
-        if config.mtu <= DONT_FRAGMENT_MTU {
-            let ipv6 = sock.local_addr()?.is_ipv6();
-            if let Err(e) = sys::set_dont_fragment(sock.as_raw_fd(), ipv6) {
-                log::debug!("reliable UDP: don't-fragment: {e}");
+        let prepared = (|| -> Result<(bool, bool), Error> {
+            if socket.r#type()? != Type::DGRAM || socket.local_addr()?.as_socket().is_none() {
+                return Err(Error::Io(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "add_rudp: not a UDP socket",
+                )));
             }
-        }
-        // Segmentation and receive offload: a train of datagrams crosses
-        // the kernel as one packet (see `RudpConfig::offload`).
-        #[cfg(target_os = "linux")]
-        let (gso, gro) = if config.offload {
-            let gso = sys::udp_gso_supported(sock.as_raw_fd());
-            let gro = match sys::set_udp_gro(sock.as_raw_fd()) {
-                Ok(()) => true,
-                Err(e) => {
-                    log::debug!("reliable UDP: receive offload: {e}");
-                    false
-                }
-            };
-            (gso, gro)
-        } else {
-            (false, false)
+            socket.set_nonblocking(true)?;
+            apply_buffers(&socket, &opts)?;
+            Ok(configure_offload(&socket, &config, &opts))
+        })();
+        let (gso, gro) = match prepared {
+            Ok(o) => o,
+            Err(error) => return Err(AddError { socket, error }),
         };
-        #[cfg(not(target_os = "linux"))]
-        let (gso, gro) = (false, false);
         if gro {
             self.rbuf_needed = self.rbuf_needed.max(GRO_SLOTS * GRO_SLOT);
         }
-        let sock = mio::net::UdpSocket::from_std(sock.into());
+        let sock = mio::net::UdpSocket::from_std(socket.into());
         let slot = if gro {
             GRO_SLOT
         } else {
             (config.mtu + 1).max(1500)
         };
-        let seed = seed_from(&sock, self.next_gen);
-        let mut ep = Endpoint::new(config, seed);
+        let mut ep = Endpoint::new(config, seed_from(&sock, self.table.len() as u32));
         if gso {
             // A connection's datagrams in runs: trains to its peer.
             ep.set_transmit_burst(MAX_TRAIN as u32);
         }
-        let rs = RudpSock {
-            sock,
-            ep,
-            timer: None,
-            dirty: false,
-            slot,
-            seed_counter: 0,
-            connected: None,
-            gso,
-            gro,
+        let build = |sock| {
+            Sock::Rudp(Box::new(RudpSock {
+                sock,
+                ep,
+                timer: None,
+                dirty: false,
+                slot,
+                connected: None,
+                gso,
+                gro,
+            }))
         };
-        self.insert(Sock::Rudp(Box::new(rs)), 0, None)
+        self.insert(SocketKind::Rudp, sock, build)
+            .map_err(|(sock, error)| AddError {
+                socket: Socket::from(OwnedFd::from(sock)),
+                error,
+            })
     }
 
-    /// Starts a reliable-UDP connection from `sock` to `remote`. The id is
-    /// usable at once (messages sent now go out once the handshake
-    /// completes); [`Handler::on_peer_connected`] follows, or
-    /// [`Handler::on_peer_closed`] with a timeout.
-    pub fn rudp_connect(&mut self, sock: SocketId, remote: SocketAddr) -> Result<PeerId, Error> {
-        let now = self.now();
-        let rs = self.rudp_mut(sock, "rudp_connect")?;
-        if rs.connected.is_some_and(|to| to != remote) {
-            return Err(Error::Io(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "a socket from connect_rudp talks to one address; use bind_rudp for more",
-            )));
-        }
-        rs.seed_counter += 1;
-        let peer = rs.ep.connect(now, remote).map_err(Error::Rudp)?;
-        self.mark_rudp_dirty(sock);
-        Ok(PeerId { sock, peer })
-    }
-
-    /// Connects to a reliable-UDP server at `remote` from a socket of its
-    /// own — the client's call, like [`connect_tcp`](Ctx::connect_tcp).
+    /// Connects to a reliable-UDP server at `remote` (the first address it
+    /// resolves to) from a socket of its own — the client's call, like
+    /// [`connect_tcp`](Ctx::connect_tcp). The peer id is usable at once
+    /// (messages sent now go out once the handshake completes);
+    /// [`Handler::on_rudp_connected`] follows, or
+    /// [`Handler::on_rudp_closed`] with a timeout.
     ///
     /// The new socket (`peer.sock`) is bound to an ephemeral port, accepts
     /// no peers, and its UDP socket is connected to `remote`: the kernel
     /// routes each datagram without a lookup and drops datagrams from
     /// anyone else. It stays open when the peer closes; close it with
     /// [`close`](Ctx::close) when done.
-    pub fn connect_rudp(
+    pub fn connect_rudp<A: ToSocketAddrs>(
         &mut self,
-        remote: SocketAddr,
+        remote: A,
         config: RudpConfig,
     ) -> Result<PeerId, Error> {
+        self.connect_rudp_with(remote, config, &DgramOptions::default())
+    }
+
+    /// [`connect_rudp`](Ctx::connect_rudp) with socket options.
+    pub fn connect_rudp_with<A: ToSocketAddrs>(
+        &mut self,
+        remote: A,
+        config: RudpConfig,
+        opts: &DgramOptions,
+    ) -> Result<PeerId, Error> {
+        let remote = first_addr(remote, "connect reliable UDP")?;
         let local: SocketAddr = match remote {
             SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
             SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
         };
-        let config = RudpConfig {
-            accept_incoming: false,
-            ..config
-        };
-        let sock = self.bind_rudp(local, config)?;
+        let mut config = config;
+        config.accept_incoming = false;
+        let sock = self.bind_rudp_with(local, config, opts)?;
         let connected = self.rudp_mut(sock, "connect_rudp").and_then(|rs| {
-            rs.sock.connect(remote)?;
+            rs.sock
+                .connect(remote)
+                .map_err(|e| context(e, format_args!("connect reliable UDP {remote}")))?;
             rs.connected = Some(remote);
             Ok(())
         });
-        match connected.and_then(|()| self.rudp_connect(sock, remote)) {
+        match connected.and_then(|()| self.connect_rudp_from(sock, remote)) {
             Ok(peer) => Ok(peer),
             Err(e) => {
                 let _ = self.close(sock);
@@ -239,108 +305,136 @@ impl Ctx {
         }
     }
 
+    /// Starts a reliable-UDP connection to `remote` from `sock`, a socket
+    /// of [`bind_rudp`](Ctx::bind_rudp) that may carry other peers too.
+    /// Like [`connect_rudp`](Ctx::connect_rudp) otherwise. A socket of
+    /// `connect_rudp` talks to its one address only.
+    pub fn connect_rudp_from(
+        &mut self,
+        sock: SocketId,
+        remote: SocketAddr,
+    ) -> Result<PeerId, Error> {
+        let now = self.now();
+        let rs = self.rudp_mut(sock, "connect_rudp_from")?;
+        if rs.connected.is_some_and(|to| to != remote) {
+            return Err(Error::Io(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a socket from connect_rudp talks to one address; use bind_rudp for more",
+            )));
+        }
+        let peer = rs.ep.connect(now, remote).map_err(Error::Rudp)?;
+        self.mark_rudp_dirty(sock);
+        Ok(PeerId { sock, peer })
+    }
+
     /// Sends one message to a reliable-UDP peer with `guarantee`.
     ///
-    /// A full send window gives [`Error::RudpSend`]`(QueueFull)`;
-    /// [`Handler::on_rudp_writable`] follows when there is room.
+    /// A full send queue gives [`Error::WouldBlock`];
+    /// [`Handler::on_rudp_writable`] follows when there is room. A message
+    /// over `max_message_len` gives [`Error::TooLarge`]; a peer that is
+    /// closing, [`Error::Closed`]; a peer that is gone, [`Error::StaleId`].
     pub fn send_rudp(
         &mut self,
         peer: PeerId,
         msg: &[u8],
         guarantee: Guarantee,
     ) -> Result<(), Error> {
-        let entry = self.live_entry_mut(peer.sock).ok_or(Error::StaleId)?;
-        let kind = entry.kind;
-        let Some(Sock::Rudp(rs)) = entry.sock.as_mut() else {
-            return Err(Error::WrongKind {
-                op: "send_rudp",
-                kind,
-            });
-        };
-        match rs.ep.send(peer.peer, msg, guarantee) {
-            Ok(()) => {
-                entry.stats.messages_out += 1;
-                entry.stats.bytes_out += msg.len() as u64;
-            }
-            Err(e) => {
-                if e == crate::rudp::SendError::QueueFull {
-                    entry.stats.send_would_block += 1;
-                } else {
-                    entry.stats.send_errors += 1;
-                }
-                return Err(Error::RudpSend(e));
-            }
-        }
-        self.mark_rudp_dirty(peer.sock);
-        Ok(())
+        self.send_rudp_msgs(peer, "send_rudp", &[msg], |ep, p| {
+            ep.send(p, msg, guarantee)
+        })
     }
 
     /// Sends a message set: its members may be delivered in any order among
     /// themselves; the set stays ordered with the rest of the reliable
     /// stream (see [`crate::rudp`]).
     pub fn send_rudp_set(&mut self, peer: PeerId, msgs: &[&[u8]]) -> Result<(), Error> {
-        let entry = self.live_entry_mut(peer.sock).ok_or(Error::StaleId)?;
+        self.send_rudp_msgs(peer, "send_rudp_set", msgs, |ep, p| ep.send_set(p, msgs))
+    }
+
+    fn send_rudp_msgs(
+        &mut self,
+        peer: PeerId,
+        op: &'static str,
+        msgs: &[&[u8]],
+        send: impl FnOnce(&mut Endpoint, crate::rudp::PeerId) -> Result<(), SendError>,
+    ) -> Result<(), Error> {
+        let entry = self.entry_mut(peer.sock)?;
         let kind = entry.kind;
         let Some(Sock::Rudp(rs)) = entry.sock.as_mut() else {
-            return Err(Error::WrongKind {
-                op: "send_rudp_set",
-                kind,
-            });
+            return Err(Error::WrongKind { op, kind });
         };
-        rs.ep.send_set(peer.peer, msgs).map_err(Error::RudpSend)?;
-        entry.stats.messages_out += msgs.len() as u64;
-        entry.stats.bytes_out += msgs.iter().map(|m| m.len() as u64).sum::<u64>();
+        match send(&mut rs.ep, peer.peer) {
+            Ok(()) => {
+                entry.stats.messages_out += msgs.len() as u64;
+                entry.stats.bytes_out += msgs.iter().map(|m| m.len() as u64).sum::<u64>();
+            }
+            Err(e) => {
+                if e == SendError::QueueFull {
+                    entry.stats.send_would_block += 1;
+                } else {
+                    entry.stats.send_errors += 1;
+                }
+                return Err(send_error(e));
+            }
+        }
         self.mark_rudp_dirty(peer.sock);
         Ok(())
     }
 
-    /// Closes a peer gracefully: queued messages are delivered first, then
-    /// the peer is told; [`Handler::on_peer_closed`] follows.
-    pub fn close_peer(&mut self, peer: PeerId) -> Result<(), Error> {
-        let rs = self.rudp_mut(peer.sock, "close_peer")?;
+    /// Closes a reliable-UDP peer gracefully: queued messages are delivered
+    /// first, then the peer is told; [`Handler::on_rudp_closed`] follows.
+    pub fn close_rudp(&mut self, peer: PeerId) -> Result<(), Error> {
+        let rs = self.rudp_mut(peer.sock, "close_rudp")?;
+        if rs.ep.remote_addr(peer.peer).is_none() {
+            return Err(Error::StaleId);
+        }
         rs.ep.close(peer.peer);
         self.mark_rudp_dirty(peer.sock);
         Ok(())
     }
 
-    /// Round-trip time, loss, retransmissions and counters of one peer.
-    pub fn peer_stats(&self, peer: PeerId) -> Result<ConnectionStats, Error> {
-        match &self.live_entry(peer.sock)?.sock {
-            Some(Sock::Rudp(rs)) => rs.ep.peer_stats(peer.peer).ok_or(Error::StaleId),
-            _ => Err(Error::StaleId),
-        }
+    /// Round-trip time, loss, retransmissions and counters of one
+    /// reliable-UDP peer.
+    pub fn rudp_peer_stats(&self, peer: PeerId) -> Result<ConnectionStats, Error> {
+        self.rudp(peer.sock, "rudp_peer_stats")?
+            .ep
+            .peer_stats(peer.peer)
+            .ok_or(Error::StaleId)
     }
 
     /// The address of a reliable-UDP peer.
-    pub fn peer_remote_addr(&self, peer: PeerId) -> Result<SocketAddr, Error> {
-        match &self.live_entry(peer.sock)?.sock {
-            Some(Sock::Rudp(rs)) => rs.ep.remote_addr(peer.peer).ok_or(Error::StaleId),
-            _ => Err(Error::StaleId),
-        }
+    pub fn rudp_peer_addr(&self, peer: PeerId) -> Result<SocketAddr, Error> {
+        self.rudp(peer.sock, "rudp_peer_addr")?
+            .ep
+            .remote_addr(peer.peer)
+            .ok_or(Error::StaleId)
     }
 
-    /// Endpoint-wide counters of a reliable-UDP socket (malformed and
-    /// spoofed datagrams, handshakes, refusals, peers).
-    pub fn rudp_stats(&self, sock: SocketId) -> Result<(EndpointStats, usize), Error> {
-        match &self.live_entry(sock)?.sock {
-            Some(Sock::Rudp(rs)) => Ok((rs.ep.stats().clone(), rs.ep.len())),
-            _ => Err(Error::WrongKind {
-                op: "rudp_stats",
-                kind: self.live_entry(sock)?.kind,
-            }),
-        }
+    /// Endpoint-wide counters of a reliable-UDP socket: datagrams,
+    /// malformed and spoofed ones, handshakes, refusals, connections.
+    pub fn rudp_endpoint_stats(&self, sock: SocketId) -> Result<EndpointStats, Error> {
+        Ok(self.rudp(sock, "rudp_endpoint_stats")?.ep.stats())
     }
 
     /// The peers of a reliable-UDP socket.
     pub fn rudp_peers(&self, sock: SocketId) -> Result<Vec<PeerId>, Error> {
-        match &self.live_entry(sock)?.sock {
-            Some(Sock::Rudp(rs)) => Ok(rs.ep.peers().map(|peer| PeerId { sock, peer }).collect()),
-            _ => Err(Error::StaleId),
+        let rs = self.rudp(sock, "rudp_peers")?;
+        Ok(rs.ep.peers().map(|peer| PeerId { sock, peer }).collect())
+    }
+
+    fn rudp(&self, sock: SocketId, op: &'static str) -> Result<&RudpSock, Error> {
+        let entry = self.entry(sock)?;
+        match entry.sock.as_ref() {
+            Some(Sock::Rudp(rs)) => Ok(rs),
+            _ => Err(Error::WrongKind {
+                op,
+                kind: entry.kind,
+            }),
         }
     }
 
     fn rudp_mut(&mut self, sock: SocketId, op: &'static str) -> Result<&mut RudpSock, Error> {
-        let entry = self.live_entry_mut(sock).ok_or(Error::StaleId)?;
+        let entry = self.entry_mut(sock)?;
         let kind = entry.kind;
         match entry.sock.as_mut() {
             Some(Sock::Rudp(rs)) => Ok(rs),
@@ -352,14 +446,56 @@ impl Ctx {
     /// between passes, now.
     fn mark_rudp_dirty(&mut self, sock: SocketId) {
         if let Ok(rs) = self.rudp_mut(sock, "") {
-            if !rs.dirty {
-                rs.dirty = true;
-                self.rudp_dirty.push(sock);
+            if rs.mark_dirty() {
+                self.rudp_pending.dirty.push(sock);
             }
         }
         if !self.dispatching {
             flush_dirty(self);
         }
+    }
+}
+
+/// A reliable-UDP socket's options: the 4 MiB buffers unless set.
+fn rudp_socket_options(opts: &DgramOptions) -> DgramOptions {
+    let mut o = opts.clone();
+    o.recv_buffer_size.get_or_insert(DEFAULT_RUDP_BUFFER);
+    o.send_buffer_size.get_or_insert(DEFAULT_RUDP_BUFFER);
+    o
+}
+
+/// Don't-fragment and UDP offload for a reliable-UDP socket; returns
+/// whether it sends trains (`UDP_SEGMENT`) and reads them (`UDP_GRO`).
+fn configure_offload(sock: &Socket, config: &RudpConfig, opts: &DgramOptions) -> (bool, bool) {
+    #[cfg(target_os = "linux")]
+    {
+        // Datagrams that fit any Ethernet path go with don't-fragment (and
+        // no per-datagram IP ID); larger ones may still need fragments.
+        if config.mtu <= DONT_FRAGMENT_MTU {
+            let ipv6 = sock.local_addr().is_ok_and(|a| a.is_ipv6());
+            if let Err(e) = sys::set_dont_fragment(sock.as_raw_fd(), ipv6) {
+                log::debug!("reliable UDP: don't-fragment: {e}");
+            }
+        }
+        // A train of datagrams crosses the kernel as one packet (see
+        // `DgramOptions::offload`).
+        if !opts.offload.unwrap_or(true) {
+            return (false, false);
+        }
+        let gso = sys::udp_gso_supported(sock.as_raw_fd());
+        let gro = match sys::set_udp_gro(sock.as_raw_fd()) {
+            Ok(()) => true,
+            Err(e) => {
+                log::debug!("reliable UDP: receive offload: {e}");
+                false
+            }
+        };
+        (gso, gro)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (sock, config, opts);
+        (false, false)
     }
 }
 
@@ -400,7 +536,7 @@ pub(super) fn drain<H: Handler + ?Sized>(
     let mut budget = cx.config.read_budget.max(1);
     while budget > 0 {
         let now = cx.now();
-        let Some(entry) = cx.live_entry_mut(id) else {
+        let Some(entry) = cx.table.get_mut(id) else {
             return false;
         };
         let Some(Sock::Rudp(rs)) = entry.sock.as_mut() else {
@@ -414,11 +550,12 @@ pub(super) fn drain<H: Handler + ?Sized>(
         let mut meta = [(0usize, false, UNSPECIFIED, 0usize); BATCH];
         let got = match recv_batch(rs, &mut bufs[..n_slots], &mut meta) {
             Ok(got) => got,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
             Err(e) => {
-                entry.stats.recv_errors += 1;
-                log::debug!("{id}: receive: {e}");
-                0
+                budget -= 1;
+                if cx.recv_failed(handler, id, e) {
+                    continue;
+                }
+                return false;
             }
         };
         budget = budget.saturating_sub(got.max(1));
@@ -449,9 +586,8 @@ pub(super) fn drain<H: Handler + ?Sized>(
                 }
             }
         }
-        if got > 0 && !rs.dirty {
-            rs.dirty = true;
-            cx.rudp_dirty.push(id);
+        if got > 0 && rs.mark_dirty() {
+            cx.rudp_pending.dirty.push(id);
         }
         deliver_events(cx, rbuf, scratch, handler, id);
         if got < n_slots && trust_short_read {
@@ -526,10 +662,10 @@ pub(super) fn deliver_events<H: Handler + ?Sized>(
         /// The bytes are in `scratch`, or at this range of `rbuf`.
         Message(Guarantee, Option<std::ops::Range<usize>>),
         Writable,
-        Closed(PeerCloseReason),
+        Closed(crate::rudp::CloseReason),
     }
     loop {
-        let Some(entry) = cx.live_entry_mut(id) else {
+        let Some(entry) = cx.table.get_mut(id) else {
             return;
         };
         let Some(Sock::Rudp(rs)) = entry.sock.as_mut() else {
@@ -557,11 +693,10 @@ pub(super) fn deliver_events<H: Handler + ?Sized>(
             Some((peer, RawEvent::Closed(r))) => (peer, Ev::Closed(r)),
         };
         let peer = PeerId { sock: id, peer };
-        cx.callbacks += 1;
         match ev {
-            Ev::Message(g, None) => handler.on_rudp(cx, peer, scratch, g),
+            Ev::Message(g, None) => cx.call(handler, |h, cx| h.on_rudp(cx, peer, scratch, g)),
             Ev::Message(g, Some(at)) => match rbuf.get(at) {
-                Some(msg) => handler.on_rudp(cx, peer, msg, g),
+                Some(msg) => cx.call(handler, |h, cx| h.on_rudp(cx, peer, msg, g)),
                 None => {
                     // A broken internal invariant, never peer input: say so
                     // loudly rather than deliver the wrong bytes.
@@ -569,11 +704,10 @@ pub(super) fn deliver_events<H: Handler + ?Sized>(
                     log::error!("{peer}: a message was lost (receive buffer reused)");
                 }
             },
-            Ev::Connected => handler.on_peer_connected(cx, peer),
-            Ev::Writable => handler.on_rudp_writable(cx, peer),
-            Ev::Closed(r) => handler.on_peer_closed(cx, peer, r),
+            Ev::Connected => cx.call(handler, |h, cx| h.on_rudp_connected(cx, peer)),
+            Ev::Writable => cx.call(handler, |h, cx| h.on_rudp_writable(cx, peer)),
+            Ev::Closed(r) => cx.call(handler, |h, cx| h.on_rudp_closed(cx, peer, r)),
         }
-        finish_callback(cx, handler);
     }
 }
 
@@ -585,22 +719,55 @@ pub(super) fn timeout_due<H: Handler + ?Sized>(
     id: SocketId,
     now: Instant,
 ) {
-    let Some(Sock::Rudp(rs)) = cx.live_entry_mut(id).and_then(|e| e.sock.as_mut()) else {
+    let Some(Sock::Rudp(rs)) = cx.table.get_mut(id).and_then(|e| e.sock.as_mut()) else {
         return;
     };
     rs.timer = None;
     rs.ep.handle_timeout(now);
-    if !rs.dirty {
-        rs.dirty = true;
-        cx.rudp_dirty.push(id);
+    if rs.mark_dirty() {
+        cx.rudp_pending.dirty.push(id);
     }
     deliver_events(cx, &[], scratch, handler, id);
+}
+
+/// The end of a pass: the datagrams produced during it go out (with
+/// `sendmmsg`); sending can end a connection (its CLOSE went out), so the
+/// events of flushed endpoints are delivered, and what the handler sends
+/// back goes out too.
+pub(super) fn finish_pass<H: Handler + ?Sized>(
+    cx: &mut Ctx,
+    scratch: &mut Vec<u8>,
+    handler: &mut H,
+) {
+    flush_dirty(cx);
+    while let Some(id) = cx.rudp_pending.flushed.pop() {
+        deliver_events(cx, &[], scratch, handler, id);
+        flush_dirty(cx);
+    }
+}
+
+/// A handler panicked mid-pass: messages not yet delivered may still lie
+/// in the receive buffer, which the next pass reuses, so every endpoint
+/// copies them out (they are delivered on the next pass).
+pub(super) fn after_panic(cx: &mut Ctx, rbuf: &[u8]) {
+    for (_, entry) in cx.table.iter_mut() {
+        if let Some(Sock::Rudp(rs)) = entry.sock.as_mut() {
+            rs.ep.materialize(rbuf);
+        }
+    }
+}
+
+/// A reliable-UDP socket is being closed: its timer goes.
+pub(super) fn closing(cx: &mut Ctx, _id: SocketId, rs: &mut RudpSock) {
+    if let Some((key, _)) = rs.timer.take() {
+        cx.timers.cancel(key);
+    }
 }
 
 /// Writes the pending datagrams of every dirty endpoint and re-arms their
 /// timers.
 pub(super) fn flush_dirty(cx: &mut Ctx) {
-    while let Some(id) = cx.rudp_dirty.pop() {
+    while let Some(id) = cx.rudp_pending.dirty.pop() {
         flush(cx, id);
     }
 }
@@ -608,16 +775,17 @@ pub(super) fn flush_dirty(cx: &mut Ctx) {
 fn flush(cx: &mut Ctx, id: SocketId) {
     let now = cx.now();
     let Ctx {
-        sockets,
+        table,
         timers,
-        rudp_tx,
-        rudp_flushed,
+        rudp_pending,
         ..
     } = cx;
-    let Some(entry) = sockets
-        .get_mut(id.index as usize)
-        .filter(|e| e.gen == id.gen)
-    else {
+    let Pending {
+        tx: rudp_tx,
+        flushed: rudp_flushed,
+        ..
+    } = rudp_pending;
+    let Some(entry) = table.get_mut(id) else {
         return;
     };
     let Some(Sock::Rudp(rs)) = entry.sock.as_mut() else {
@@ -701,12 +869,7 @@ fn flush(cx: &mut Ctx, id: SocketId) {
 /// or a datagram exceeds its MTU) turns segmentation offload off for the
 /// socket and goes out datagram by datagram; other errors drop what is
 /// left of the batch (the protocol resends what matters).
-fn send_all(
-    rs: &mut RudpSock,
-    stats: &mut super::SocketStats,
-    id: SocketId,
-    items: &[sys::Outgoing<'_>],
-) {
+fn send_all(rs: &mut RudpSock, stats: &mut SocketStats, id: SocketId, items: &[sys::Outgoing<'_>]) {
     let mut sent = 0;
     while sent < items.len() {
         let t = items[sent];

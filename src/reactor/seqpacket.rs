@@ -9,175 +9,225 @@
 //! message reaches the handler as an empty message.
 
 use std::io::{self, IoSlice};
-use std::os::fd::{AsRawFd, BorrowedFd};
-use std::path::Path;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
-use super::listener::{Accept, AcceptGate};
-use super::{finish_callback, BoundPath, Bufs, Ctx, Sock};
-use crate::addr::{PeerAddr, UnixAddr};
-use crate::error::Error;
-use crate::handler::{CloseReason, Handler, SeqMessage, SocketId};
+use socket2::{SockRef, Socket, Type};
+
+use super::ctx::Ctx;
+use super::datagram::set_buffer;
+use super::listener::{ListenIo, Listener};
+use super::options::SeqpacketOptions;
+use super::table::Sock;
+use super::Bufs;
+use crate::addr::{PeerAddr, ToUnixAddr};
+use crate::error::{AddError, Error};
+use crate::handler::{CloseReason, Handler, SeqpacketMessage, SocketId, SocketKind};
 use crate::net::{
-    self, BindOptions, MsgKind, RecvAncillary, SendAncillary, UCred, UnixSeqpacket,
-    UnixSeqpacketListener,
+    self, BindOptions, MsgKind, RecvAncillary, SendAncillary, UnixSeqpacket, UnixSeqpacketListener,
 };
 use crate::recv::QuotaExceeded;
+use crate::socket_file::SocketFile;
 use crate::sys::cmsg;
 
-/// Options for seqpacket listeners and connections:
-/// `SeqpacketOptions { unlink_stale: true, ..SeqpacketOptions::default() }`.
-#[derive(Debug, Clone)]
-pub struct SeqpacketOptions {
-    /// The largest message delivered; larger ones are consumed, counted
-    /// and reported to [`Handler::on_error`]. `None`:
-    /// [`Config::unix_max_message_len`](crate::Config::unix_max_message_len).
-    pub max_message_len: Option<usize>,
-    /// Listeners: remove a leftover socket file at the path before binding
-    /// — only if it is a socket file nobody listens on. Off by default:
-    /// binding over an existing path fails with `AddrInUse`, never silently.
-    pub unlink_stale: bool,
-    /// Listeners: remove the socket file when the listener closes (only if
-    /// it is still the one this listener created). Default on.
-    pub unlink_on_close: bool,
-    /// Listeners: the `listen` backlog (default 128).
-    pub backlog: i32,
-    /// Listeners: the most connections accepted and open at once; at the
-    /// cap, accepting pauses (no spinning) until one closes (default 10,000).
-    pub max_connections: Option<usize>,
-    /// `SO_SNDBUF` of every connection (accepted ones included). A Unix
-    /// socket cannot send a message larger than its send buffer, so `None`
-    /// (the default) sizes it to carry a message of `max_message_len`
-    /// (forced past `wmem_max` where the process may).
-    pub send_buffer_size: Option<usize>,
+/// A listening seqpacket socket and the settings its connections get.
+pub(super) struct SeqListenIo {
+    pub(super) listener: UnixSeqpacketListener,
+    conn: ConnSettings,
+    /// The socket file it created, removed when it closes.
+    _file: Option<SocketFile>,
 }
 
-impl Default for SeqpacketOptions {
-    fn default() -> SeqpacketOptions {
-        SeqpacketOptions {
-            max_message_len: None,
-            unlink_stale: false,
-            unlink_on_close: true,
-            backlog: net::DEFAULT_BACKLOG,
-            max_connections: Some(10_000),
-            send_buffer_size: None,
+/// What every connection of a listener gets.
+#[derive(Debug, Clone, Copy)]
+struct ConnSettings {
+    /// The largest message delivered (the quota).
+    max_message_len: usize,
+    /// `SO_SNDBUF`: room to send a message of `max_message_len`.
+    send_buffer_size: usize,
+}
+
+impl ConnSettings {
+    fn new(opts: &SeqpacketOptions, default_max: usize) -> ConnSettings {
+        let max = opts.max_message_len.unwrap_or(default_max);
+        ConnSettings {
+            max_message_len: max,
+            // The kernel needs some room beyond the payload for its own
+            // bookkeeping.
+            send_buffer_size: opts
+                .send_buffer_size
+                .unwrap_or_else(|| max.saturating_add(64 * 1024)),
+        }
+    }
+
+    /// Sizes the send buffer (best effort: if it stays smaller, larger
+    /// sends fail with `TooLarge`).
+    fn apply(&self, sock: SockRef<'_>) {
+        if let Err(e) = set_buffer(sock, false, self.send_buffer_size) {
+            log::debug!("SO_SNDBUF {}: {e}", self.send_buffer_size);
         }
     }
 }
 
-/// A listening seqpacket socket and its accept policy.
-pub(super) struct SeqListenerState {
-    pub(super) listener: UnixSeqpacketListener,
-    max_message_len: usize,
-    send_buffer_size: usize,
-    pub(super) gate: AcceptGate,
-}
-
-impl Accept for SeqListenerState {
-    fn accept_one(&mut self, lid: SocketId) -> io::Result<(Sock, usize, PeerAddr)> {
+impl SeqListenIo {
+    pub(super) fn accept(&mut self, lid: SocketId) -> io::Result<(Sock, SocketKind, PeerAddr)> {
         let (sock, peer) = self.listener.accept()?;
-        set_send_buffer(&sock, self.send_buffer_size);
+        self.conn.apply(SockRef::from(&sock));
         let conn = SeqConn {
             sock,
             listener: Some(lid),
+            max_msg: self.conn.max_message_len,
         };
         Ok((
             Sock::Seq(Box::new(conn)),
-            self.max_message_len,
+            SocketKind::Seqpacket,
             PeerAddr::Unix(peer),
         ))
     }
+}
 
-    fn gate(&mut self) -> &mut AcceptGate {
-        &mut self.gate
-    }
-
-    fn source(&mut self) -> &mut dyn mio::event::Source {
-        &mut self.listener
+impl From<UnixSeqpacket> for Socket {
+    fn from(s: UnixSeqpacket) -> Socket {
+        Socket::from(OwnedFd::from(s))
     }
 }
 
 /// One seqpacket connection.
 pub(super) struct SeqConn {
     pub(super) sock: UnixSeqpacket,
+    /// The listener that accepted it.
     pub(super) listener: Option<SocketId>,
+    /// The largest message delivered (the quota).
+    max_msg: usize,
 }
 
 impl Ctx {
-    /// Listens for Unix seqpacket connections at `path` (created; removed
-    /// again when the listener closes). Accepted connections are reported
-    /// to [`Handler::on_accept`]. Binding over an existing path fails with
+    /// Listens for Unix seqpacket connections at `addr` — a path (the file
+    /// is created, and removed again when the listener closes) or an
+    /// abstract name. Accepted connections are reported to
+    /// [`Handler::on_accept`]; their messages arrive at
+    /// [`Handler::on_seqpacket`]. Binding over an existing path fails with
     /// `AddrInUse`: see [`SeqpacketOptions::unlink_stale`].
-    pub fn listen_seqpacket<P: AsRef<Path>>(&mut self, path: P) -> Result<SocketId, Error> {
-        self.listen_seqpacket_with(
-            &UnixAddr::from_pathname(path)?,
-            &SeqpacketOptions::default(),
-        )
+    pub fn listen_seqpacket<A: ToUnixAddr>(&mut self, addr: A) -> Result<SocketId, Error> {
+        self.listen_seqpacket_with(addr, &SeqpacketOptions::default())
     }
 
-    /// Listens at `addr` — a path, or an abstract name — with options.
-    pub fn listen_seqpacket_with(
+    /// [`listen_seqpacket`](Ctx::listen_seqpacket) with options.
+    pub fn listen_seqpacket_with<A: ToUnixAddr>(
         &mut self,
-        addr: &UnixAddr,
+        addr: A,
         opts: &SeqpacketOptions,
     ) -> Result<SocketId, Error> {
+        let addr = addr.to_unix_addr()?;
         let bind = BindOptions::new()
             .backlog(opts.backlog)
             .unlink_stale(opts.unlink_stale);
-        let listener = UnixSeqpacketListener::bind_addr_with(addr, bind)?;
-        let bound = match (addr.as_pathname(), opts.unlink_on_close) {
-            (Some(p), true) => BoundPath::capture(p),
+        let listener = UnixSeqpacketListener::bind_addr_with(&addr, bind)?;
+        let file = match (addr.as_pathname(), opts.unlink_on_close) {
+            (Some(p), true) => SocketFile::capture(p),
             _ => None,
         };
-        let max = opts
-            .max_message_len
-            .unwrap_or(self.config.unix_max_message_len);
-        let state = SeqListenerState {
+        let conn = ConnSettings::new(opts, self.config.unix_max_message_len);
+        self.rbuf_needed = self.rbuf_needed.max(conn.max_message_len);
+        let io = ListenIo::Seq(SeqListenIo {
             listener,
-            max_message_len: max,
-            send_buffer_size: opts.send_buffer_size.unwrap_or_else(|| room_for(max)),
-            gate: AcceptGate::new(opts.max_connections),
-        };
-        self.insert(Sock::SeqListener(Box::new(state)), max, bound)
+            conn,
+            _file: file,
+        });
+        let l = Listener::new(io, opts.max_connections);
+        self.insert(
+            SocketKind::SeqpacketListener,
+            Sock::Listener(Box::new(l)),
+            |s| s,
+        )
+        .map_err(|(_, e)| e)
     }
 
-    /// Connects to a seqpacket listener at `path`. Unix connects complete at
-    /// once; a full listen backlog is an error of kind `WouldBlock`
+    /// Connects to a seqpacket listener at `addr`. Unix connects complete
+    /// at once; a full listen backlog is an error of kind `WouldBlock`
     /// ("retry later") and leaves nothing behind.
-    pub fn connect_seqpacket<P: AsRef<Path>>(&mut self, path: P) -> Result<SocketId, Error> {
-        let sock = UnixSeqpacket::connect(path)?;
-        self.add_seqpacket(sock)
+    pub fn connect_seqpacket<A: ToUnixAddr>(&mut self, addr: A) -> Result<SocketId, Error> {
+        self.connect_seqpacket_with(addr, &SeqpacketOptions::default())
+    }
+
+    /// [`connect_seqpacket`](Ctx::connect_seqpacket) with options (the
+    /// connection's settings: `max_message_len`, `send_buffer_size`).
+    pub fn connect_seqpacket_with<A: ToUnixAddr>(
+        &mut self,
+        addr: A,
+        opts: &SeqpacketOptions,
+    ) -> Result<SocketId, Error> {
+        let sock = UnixSeqpacket::connect_addr(&addr.to_unix_addr()?)?;
+        Ok(self.add_seqpacket_with(OwnedFd::from(sock), opts)?)
     }
 
     /// Adopts a connected seqpacket socket (e.g. one end of
-    /// [`UnixSeqpacket::pair`]).
-    pub fn add_seqpacket(&mut self, sock: UnixSeqpacket) -> Result<SocketId, Error> {
-        sock.set_nonblocking(true)?;
-        let max = self.config.unix_max_message_len;
-        set_send_buffer(&sock, room_for(max));
-        self.insert(
+    /// [`UnixSeqpacket::pair`], or a socket2 `Socket`); it is made
+    /// non-blocking and `SO_PASSCRED` is set, so that an empty message is
+    /// told from the end of the stream. On failure the socket comes back
+    /// in the error.
+    pub fn add_seqpacket<S: Into<Socket>>(&mut self, socket: S) -> Result<SocketId, AddError> {
+        self.add_seqpacket_with(socket, &SeqpacketOptions::default())
+    }
+
+    /// [`add_seqpacket`](Ctx::add_seqpacket) with options.
+    pub fn add_seqpacket_with<S: Into<Socket>>(
+        &mut self,
+        socket: S,
+        opts: &SeqpacketOptions,
+    ) -> Result<SocketId, AddError> {
+        let socket = socket.into();
+        let settings = ConnSettings::new(opts, self.config.unix_max_message_len);
+        let prepared = (|| -> Result<(), Error> {
+            if socket.r#type()? != Type::SEQPACKET {
+                return Err(Error::Io(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "add_seqpacket: not a seqpacket socket",
+                )));
+            }
+            socket.set_nonblocking(true)?;
+            socket.set_passcred(true)?;
+            settings.apply(SockRef::from(&socket));
+            Ok(())
+        })();
+        if let Err(error) = prepared {
+            return Err(AddError { socket, error });
+        }
+        self.rbuf_needed = self.rbuf_needed.max(settings.max_message_len);
+        let sock = UnixSeqpacket::from(OwnedFd::from(socket));
+        let build = |sock| {
             Sock::Seq(Box::new(SeqConn {
                 sock,
                 listener: None,
-            })),
-            max,
-            None,
-        )
+                max_msg: settings.max_message_len,
+            }))
+        };
+        self.insert(SocketKind::Seqpacket, sock, build)
+            .map_err(|(sock, error)| AddError {
+                socket: Socket::from(OwnedFd::from(sock)),
+                error,
+            })
+    }
+
+    /// Sends one message on a seqpacket connection: all of it, or nothing.
+    /// A full peer gives [`Error::WouldBlock`] — nothing was sent — and
+    /// [`Handler::on_writable`] follows once it drains.
+    pub fn send_seqpacket(&mut self, conn: SocketId, msg: &[u8]) -> Result<(), Error> {
+        self.send_seqpacket_with_fds(conn, msg, &[])
     }
 
     /// Sends one message on a seqpacket connection, passing `fds` along
     /// (`SCM_RIGHTS`; the receiver gets its own descriptors of the same
-    /// open files). A full peer gives [`Error::WouldBlock`] — nothing was
-    /// sent — and [`Handler::on_writable`] follows once it drains.
-    pub fn send_message(
+    /// open files).
+    pub fn send_seqpacket_with_fds(
         &mut self,
         conn: SocketId,
         msg: &[u8],
         fds: &[BorrowedFd<'_>],
     ) -> Result<(), Error> {
-        let entry = self.live_entry(conn)?;
+        let entry = self.entry(conn)?;
         let Some(Sock::Seq(c)) = &entry.sock else {
             return Err(Error::WrongKind {
-                op: "send_message",
+                op: "send_seqpacket",
                 kind: entry.kind,
             });
         };
@@ -189,77 +239,7 @@ impl Ctx {
             &anc,
             None,
         );
-        self.after_send(conn, res, msg.len()).map(drop)
-    }
-
-    /// Sends one datagram with passed descriptors on a Unix datagram
-    /// socket, to `to` (or the connected peer with `None`).
-    pub fn send_to_with_fds(
-        &mut self,
-        sock: SocketId,
-        msg: &[u8],
-        fds: &[BorrowedFd<'_>],
-        to: Option<&UnixAddr>,
-    ) -> Result<usize, Error> {
-        let entry = self.live_entry(sock)?;
-        let Some(Sock::UnixDgram(s)) = &entry.sock else {
-            return Err(Error::WrongKind {
-                op: "send_to_with_fds",
-                kind: entry.kind,
-            });
-        };
-        let dest = to.map(|a| crate::sys::RawDest::Sock(a.as_sock_addr()));
-        let anc = SendAncillary::new().with_fds(fds);
-        let res = net::send_with_ancillary(
-            s.as_raw_fd(),
-            MsgKind::Datagram,
-            &[IoSlice::new(msg)],
-            &anc,
-            dest.as_ref(),
-        );
-        self.after_send(sock, res, msg.len())
-    }
-
-    /// The credentials of a seqpacket connection's peer (`SO_PEERCRED`, as
-    /// of connect time).
-    pub fn peer_credentials(&self, conn: SocketId) -> Result<UCred, Error> {
-        match &self.live_entry(conn)?.sock {
-            Some(Sock::Seq(c)) => Ok(c.sock.peer_cred()?),
-            _ => Err(Error::WrongKind {
-                op: "peer_credentials",
-                kind: self.live_entry(conn)?.kind,
-            }),
-        }
-    }
-}
-
-/// A send buffer that carries one message of `max` bytes (the kernel
-/// needs some room beyond the payload for its own bookkeeping).
-fn room_for(max: usize) -> usize {
-    max.saturating_add(64 * 1024)
-}
-
-/// Raises `SO_SNDBUF` (forced past `wmem_max` where allowed); best effort:
-/// if it stays smaller, larger sends fail with `MessageTooLarge`.
-fn set_send_buffer(sock: &UnixSeqpacket, size: usize) {
-    let s = socket2::SockRef::from(sock);
-    if s.send_buffer_size().is_ok_and(|now| now >= size) {
-        return;
-    }
-    if let Err(e) = s.set_send_buffer_size(size) {
-        log::debug!("SO_SNDBUF {size}: {e}");
-    }
-    if s.send_buffer_size().is_ok_and(|now| now < size) {
-        if let Err(e) = crate::sys::set_buffer_force(sock.as_raw_fd(), false, size) {
-            log::debug!("SO_SNDBUFFORCE {size}: {e}");
-        }
-    }
-}
-
-fn close_reason(e: io::Error) -> CloseReason {
-    match e.raw_os_error() {
-        Some(libc::ECONNRESET) | Some(libc::EPIPE) => CloseReason::Reset,
-        _ => CloseReason::Error(e),
+        self.after_send(conn, res, msg.len())
     }
 }
 
@@ -276,7 +256,7 @@ const BATCH: usize = cmsg::MAX_RECV_BATCH;
 /// happens with the peer's close or reset, whose readiness event carries
 /// `RDHUP`/`ERR`. So a short read ends the drain only when the event had
 /// neither (`trust_short_read`); otherwise reading goes on to `WouldBlock`.
-pub(super) fn drain_conn<H: Handler + ?Sized>(
+pub(super) fn drain<H: Handler + ?Sized>(
     cx: &mut Ctx,
     bufs: &mut Bufs,
     handler: &mut H,
@@ -289,14 +269,11 @@ pub(super) fn drain_conn<H: Handler + ?Sized>(
         bufs.rbuf2 = vec![0; bufs.rbuf.len()];
     }
     while budget > 0 {
-        let Some(entry) = cx.live_entry(id).ok() else {
-            return false;
-        };
-        let Some(Sock::Seq(c)) = entry.sock.as_ref() else {
+        let Some(Sock::Seq(c)) = cx.table.get(id).and_then(|e| e.sock.as_ref()) else {
             return false;
         };
         let fd = c.sock.as_raw_fd();
-        let max = entry.max_msg;
+        let max = c.max_msg;
         let want = BATCH.min(budget);
         let res = cmsg::recvmmsg(
             fd,
@@ -305,14 +282,11 @@ pub(super) fn drain_conn<H: Handler + ?Sized>(
         );
         let (asked, got) = match res {
             Ok(r) => r,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
-                budget -= 1; // an EINTR storm must not spin here
-                continue;
-            }
             Err(e) => {
-                cx.close_now(id, close_reason(e));
-                finish_callback(cx, handler);
+                budget -= 1; // an EINTR storm must not spin here
+                if cx.recv_failed(handler, id, e) {
+                    continue;
+                }
                 return false;
             }
         };
@@ -347,12 +321,12 @@ fn deliver<H: Handler + ?Sized>(
     mut r: cmsg::Received,
     max: usize,
 ) -> bool {
-    let Some(entry) = cx.live_entry_mut(id) else {
+    let Some(entry) = cx.table.get_mut(id) else {
         return false; // closed by the previous message's callback
     };
     if r.is_seqpacket_eof() {
         cx.close_now(id, CloseReason::EndOfStream);
-        finish_callback(cx, handler);
+        cx.finish_callback(handler);
         return false;
     }
     let size = r.size(buf.len());
@@ -362,30 +336,23 @@ fn deliver<H: Handler + ?Sized>(
         entry.stats.dropped_over_quota += 1;
         entry.stats.fds_closed_unclaimed += anc.fds().len() as u64;
         drop(anc);
-        cx.callbacks += 1;
-        handler.on_error(
-            cx,
-            id,
-            Error::QuotaExceeded(QuotaExceeded { size, quota: max }),
-        );
-        finish_callback(cx, handler);
+        let e = Error::QuotaExceeded(QuotaExceeded { size, quota: max });
+        cx.call(handler, |h, cx| h.on_error(cx, id, e));
         return true;
     }
     entry.stats.messages_in += 1;
     entry.stats.bytes_in += size as u64;
-    cx.callbacks += 1;
-    let msg = SeqMessage {
+    let msg = SeqpacketMessage {
         data: &buf[..size],
         anc: &mut anc,
     };
-    handler.on_message(cx, id, msg);
+    cx.call(handler, |h, cx| h.on_seqpacket(cx, id, msg));
     let unclaimed = anc.fds().len() as u64;
     drop(anc); // closes what the handler did not take
     if unclaimed > 0 {
-        if let Some(e) = cx.live_entry_mut(id) {
+        if let Some(e) = cx.table.get_mut(id) {
             e.stats.fds_closed_unclaimed += unclaimed;
         }
     }
-    finish_callback(cx, handler);
     true
 }

@@ -24,17 +24,20 @@
 use std::io::{self, IoSlice, Read};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::ops::ControlFlow;
+use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
 use mio::Interest;
-use socket2::SockRef;
+use socket2::{SockRef, Socket, Type};
 
-use super::listener::{Accept, AcceptGate};
-use super::{finish_callback, token_of, Ctx, Sock, TimerTarget};
-use crate::addr::PeerAddr;
-use crate::error::Error;
-use crate::framing::{FrameConfig, FrameDecoder};
-use crate::handler::{CloseReason, Handler, SocketId};
+use super::ctx::{Ctx, TimerTarget};
+use super::listener::{ListenIo, Listener};
+use super::options::TcpOptions;
+use super::table::{token_of, Sock};
+use crate::addr::{first_addr, PeerAddr};
+use crate::error::{context, AddError, Error};
+use crate::framing::{FrameConfig, FrameDecoder, FrameError};
+use crate::handler::{CloseReason, Handler, SocketId, SocketKind};
 use crate::sys;
 use crate::timer::TimerKey;
 
@@ -45,62 +48,14 @@ pub(crate) const COALESCE_MAX: usize = 16 * 1024;
 /// A queue that drained keeps at most this much capacity for next time.
 const KEEP_QUEUE_CAPACITY: usize = 4096;
 
-/// Options for TCP listeners and connections:
-/// `TcpOptions { max_send_queue: 1 << 20, ..TcpOptions::new(FrameConfig::default()) }`.
-#[derive(Debug, Clone)]
-pub struct TcpOptions {
-    /// The frame format (length width, endianness, maximum frame length).
-    pub frame: FrameConfig,
-    /// `TCP_NODELAY` (default on: frames are coalesced by the reactor, so
-    /// Nagle's algorithm only adds latency).
-    pub nodelay: bool,
-    /// The most bytes a connection may have waiting for the kernel; a send
-    /// beyond it fails with [`Error::QueueFull`] (default 4 MiB). Raised to
-    /// at least one maximum-size frame.
-    pub max_send_queue: usize,
-    /// A frame that has started arriving must complete within this time,
-    /// or the connection is closed with [`CloseReason::IdleTimeout`]
-    /// (slow-loris protection; default 30 s). Trickling bytes does not
-    /// extend it: set it to cover your largest frame at the slowest rate
-    /// you accept. `None` disables it.
-    pub frame_idle_timeout: Option<Duration>,
-    /// Listeners: the most connections accepted and open at once; at the
-    /// cap, accepting pauses (no spinning) until one closes (default 10,000).
-    pub max_connections: Option<usize>,
-    /// Listeners: the `listen` backlog (default 1,024).
-    pub backlog: i32,
-    /// Listeners: `SO_REUSEPORT`, so that one listener per reactor thread
-    /// can bind the same address; the kernel spreads connections over them.
-    pub reuse_port: bool,
-}
-
-impl TcpOptions {
-    /// Defaults around `frame`.
-    pub fn new(frame: FrameConfig) -> TcpOptions {
-        TcpOptions {
-            frame,
-            nodelay: true,
-            max_send_queue: 4 << 20,
-            frame_idle_timeout: Some(Duration::from_secs(30)),
-            max_connections: Some(10_000),
-            backlog: 1024,
-            reuse_port: false,
-        }
-    }
-
-    fn send_limit(&self) -> usize {
-        let one_frame = self
-            .frame
-            .header_len()
-            .saturating_add(self.frame.max_frame_len());
-        self.max_send_queue.max(one_frame)
-    }
-}
-
-impl Default for TcpOptions {
-    fn default() -> TcpOptions {
-        TcpOptions::new(FrameConfig::default())
-    }
+/// The most bytes a connection may have queued: `max_send_queue`, but at
+/// least one maximum-size frame.
+fn send_limit(opts: &TcpOptions) -> usize {
+    let one_frame = opts
+        .frame
+        .header_len()
+        .saturating_add(opts.frame.max_frame_len());
+    opts.max_send_queue.max(one_frame)
 }
 
 /// One framed TCP connection.
@@ -118,7 +73,7 @@ pub(super) struct TcpConn {
     /// A non-blocking connect is in progress.
     pub(super) connecting: bool,
     /// The listener that accepted it.
-    pub(super) listener: Option<SocketId>,
+    listener: Option<SocketId>,
     /// When the partial frame now buffered started arriving.
     partial_since: Option<Instant>,
     idle_timer: Option<TimerKey>,
@@ -138,7 +93,7 @@ impl TcpConn {
         TcpConn {
             stream,
             cfg: opts.frame,
-            send_limit: opts.send_limit(),
+            send_limit: send_limit(opts),
             idle: opts.frame_idle_timeout,
             decoder: FrameDecoder::new(),
             queue: Vec::new(),
@@ -157,10 +112,6 @@ impl TcpConn {
         self.queue.len() - self.head
     }
 
-    pub(super) fn idle_timer_key(&self) -> Option<TimerKey> {
-        self.idle_timer
-    }
-
     /// Bytes held for this connection: queue and partial frame.
     pub(super) fn buffered_capacity(&self) -> usize {
         self.queue.capacity() + self.decoder.buffered_capacity()
@@ -175,15 +126,14 @@ impl TcpConn {
     }
 }
 
-/// A listening socket and its accept policy.
-pub(super) struct TcpListenerState {
+/// A TCP listening socket and the options its connections get.
+pub(super) struct TcpListenIo {
     pub(super) listener: mio::net::TcpListener,
     opts: TcpOptions,
-    pub(super) gate: AcceptGate,
 }
 
-impl Accept for TcpListenerState {
-    fn accept_one(&mut self, lid: SocketId) -> io::Result<(Sock, usize, PeerAddr)> {
+impl TcpListenIo {
+    pub(super) fn accept(&mut self, lid: SocketId) -> io::Result<(Sock, SocketKind, PeerAddr)> {
         let (stream, peer) = self.listener.accept()?;
         if self.opts.nodelay {
             if let Err(e) = stream.set_nodelay(true) {
@@ -191,40 +141,55 @@ impl Accept for TcpListenerState {
             }
         }
         let conn = TcpConn::new(stream, &self.opts, false, Some(lid));
-        Ok((Sock::Tcp(Box::new(conn)), 0, PeerAddr::Inet(peer)))
+        Ok((
+            Sock::Tcp(Box::new(conn)),
+            SocketKind::Tcp,
+            PeerAddr::Inet(peer),
+        ))
     }
+}
 
-    fn gate(&mut self) -> &mut AcceptGate {
-        &mut self.gate
-    }
+/// The frames sent during a pass, coalesced in one arena and written per
+/// connection at its end.
+#[derive(Debug, Default)]
+pub(super) struct Output {
+    bytes: Vec<u8>,
+    segs: Vec<Seg>,
+}
 
-    fn source(&mut self) -> &mut dyn mio::event::Source {
-        &mut self.listener
+impl Output {
+    pub(super) fn is_empty(&self) -> bool {
+        self.segs.is_empty()
     }
 }
 
 /// One connection's run of bytes in the output arena.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Seg {
+struct Seg {
     id: SocketId,
     start: usize,
     end: usize,
-}
-
-fn close_reason(e: io::Error) -> CloseReason {
-    match e.raw_os_error() {
-        Some(libc::ECONNRESET) | Some(libc::EPIPE) | Some(libc::ECONNABORTED) => CloseReason::Reset,
-        _ => CloseReason::Error(e),
-    }
 }
 
 fn send_iov(stream: &mio::net::TcpStream, iov: &[IoSlice<'_>]) -> io::Result<usize> {
     SockRef::from(stream).send_vectored_with_flags(iov, sys::SEND_FLAGS)
 }
 
+/// `Error::TooLarge` for a frame the connection's format cannot carry.
+fn frame_too_large(e: FrameError) -> Error {
+    match e {
+        FrameError::TooLarge { len, max } => Error::TooLarge {
+            len: usize::try_from(len).unwrap_or(usize::MAX),
+            max: Some(max),
+        },
+        other => Error::Io(io::Error::new(io::ErrorKind::InvalidInput, other)),
+    }
+}
+
 impl Ctx {
-    /// Listens for TCP connections speaking `frame`. Accepted connections
-    /// are reported to [`Handler::on_accept`].
+    /// Listens for TCP connections speaking `frame`; the first address
+    /// that binds wins. Accepted connections are reported to
+    /// [`Handler::on_accept`]; their frames arrive at [`Handler::on_frame`].
     pub fn listen_tcp<A: ToSocketAddrs>(
         &mut self,
         addr: A,
@@ -242,113 +207,126 @@ impl Ctx {
         let mut last = None;
         for a in addr.to_socket_addrs()? {
             match bind_listener(a, opts.backlog, opts.reuse_port) {
-                Ok(l) => {
-                    let state = TcpListenerState {
-                        listener: l,
+                Ok(listener) => {
+                    let io = ListenIo::Tcp(TcpListenIo {
+                        listener,
                         opts: opts.clone(),
-                        gate: AcceptGate::new(opts.max_connections),
-                    };
-                    return self.insert(Sock::TcpListener(Box::new(state)), 0, None);
+                    });
+                    let l = Sock::Listener(Box::new(Listener::new(io, opts.max_connections)));
+                    return self
+                        .insert(SocketKind::TcpListener, l, |s| s)
+                        .map_err(|(_, e)| e);
                 }
-                Err(e) => last = Some(e),
+                Err(e) => last = Some(context(e, format_args!("listen TCP {a}"))),
             }
         }
         Err(Error::Io(last.unwrap_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidInput, "no address to listen on")
+            io::Error::new(io::ErrorKind::InvalidInput, "listen TCP: no address")
         })))
     }
 
-    /// Starts a non-blocking connect to `addr`. The id is usable at once
-    /// (frames sent before the connection completes are queued);
-    /// [`Handler::on_connect`] follows, or [`Handler::on_close`] with the
-    /// error.
-    pub fn connect_tcp(&mut self, addr: SocketAddr, frame: FrameConfig) -> Result<SocketId, Error> {
+    /// Starts a non-blocking connect to `addr` (the first address it
+    /// resolves to). The id is usable at once (frames sent before the
+    /// connection completes are queued); [`Handler::on_connect`] follows,
+    /// or [`Handler::on_close`] with the error.
+    pub fn connect_tcp<A: ToSocketAddrs>(
+        &mut self,
+        addr: A,
+        frame: FrameConfig,
+    ) -> Result<SocketId, Error> {
         self.connect_tcp_with(addr, &TcpOptions::new(frame))
     }
 
     /// [`connect_tcp`](Ctx::connect_tcp) with options.
-    pub fn connect_tcp_with(
+    pub fn connect_tcp_with<A: ToSocketAddrs>(
         &mut self,
-        addr: SocketAddr,
+        addr: A,
         opts: &TcpOptions,
     ) -> Result<SocketId, Error> {
-        let stream = mio::net::TcpStream::connect(addr)?;
+        let addr = first_addr(addr, "connect TCP")?;
+        let stream = mio::net::TcpStream::connect(addr)
+            .map_err(|e| context(e, format_args!("connect TCP {addr}")))?;
         if opts.nodelay {
             stream.set_nodelay(true)?;
         }
-        self.insert(
-            Sock::Tcp(Box::new(TcpConn::new(stream, opts, true, None))),
-            0,
-            None,
-        )
+        let build = |stream| Sock::Tcp(Box::new(TcpConn::new(stream, opts, true, None)));
+        // Its completion is a writable edge.
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        self.insert_with_interest(SocketKind::Tcp, stream, interest, build)
+            .map_err(|(_, e)| e)
     }
 
-    /// Adopts a connected TCP stream speaking `frame` (made non-blocking).
-    pub fn add_tcp_stream(
+    /// Adopts a connected TCP stream speaking `frame` (a std `TcpStream`,
+    /// a socket2 `Socket`...); it is made non-blocking. On failure the
+    /// socket comes back in the error.
+    pub fn add_tcp<S: Into<Socket>>(
         &mut self,
-        stream: std::net::TcpStream,
+        stream: S,
         frame: FrameConfig,
-    ) -> Result<SocketId, Error> {
-        self.add_tcp_stream_with(stream, &TcpOptions::new(frame))
+    ) -> Result<SocketId, AddError> {
+        self.add_tcp_with(stream, &TcpOptions::new(frame))
     }
 
-    /// [`add_tcp_stream`](Ctx::add_tcp_stream) with options.
-    pub fn add_tcp_stream_with(
+    /// [`add_tcp`](Ctx::add_tcp) with options.
+    pub fn add_tcp_with<S: Into<Socket>>(
         &mut self,
-        stream: std::net::TcpStream,
+        stream: S,
         opts: &TcpOptions,
-    ) -> Result<SocketId, Error> {
-        stream.set_nonblocking(true)?;
-        if opts.nodelay {
-            stream.set_nodelay(true)?;
+    ) -> Result<SocketId, AddError> {
+        let socket = stream.into();
+        let prepared = (|| -> Result<(), Error> {
+            if socket.r#type()? != Type::STREAM || socket.peer_addr()?.as_socket().is_none() {
+                return Err(Error::Io(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "add_tcp: not a connected TCP socket",
+                )));
+            }
+            socket.set_nonblocking(true)?;
+            if opts.nodelay {
+                socket.set_tcp_nodelay(true)?;
+            }
+            Ok(())
+        })();
+        if let Err(error) = prepared {
+            return Err(AddError { socket, error });
         }
-        let stream = mio::net::TcpStream::from_std(stream);
-        self.insert(
-            Sock::Tcp(Box::new(TcpConn::new(stream, opts, false, None))),
-            0,
-            None,
-        )
+        let stream = mio::net::TcpStream::from_std(socket.into());
+        let build = |stream| Sock::Tcp(Box::new(TcpConn::new(stream, opts, false, None)));
+        self.insert(SocketKind::Tcp, stream, build)
+            .map_err(|(stream, error)| AddError {
+                socket: Socket::from(OwnedFd::from(stream)),
+                error,
+            })
     }
 
-    /// The remote address of a TCP connection.
-    pub fn peer_addr(&self, conn: SocketId) -> Result<PeerAddr, Error> {
-        match &self.live_entry(conn)?.sock {
-            Some(Sock::Tcp(c)) => Ok(PeerAddr::Inet(c.stream.peer_addr()?)),
-            _ => Err(Error::WrongKind {
-                op: "peer_addr",
-                kind: self.live_entry(conn)?.kind,
-            }),
-        }
-    }
-
-    /// Sends one frame (header + `payload`).
+    /// Sends one frame (header + `payload`): all of it, or nothing.
     ///
     /// Inside a callback, small frames are coalesced and written when the
     /// pass ends; otherwise the frame goes out at once (header and payload
     /// as two iovecs, no copy) when nothing is queued. What the kernel does
-    /// not take is queued. Errors: [`Error::Frame`] if the frame is over the
-    /// maximum (nothing is sent), [`Error::QueueFull`] if the queue would
-    /// pass `max_send_queue` ([`Handler::on_writable`] follows once it
-    /// drains), [`Error::StaleId`] for a closed connection.
+    /// not take is queued. Errors: [`Error::TooLarge`] if the frame is over
+    /// the format's maximum (nothing is sent), [`Error::WouldBlock`] if the
+    /// queue would pass `max_send_queue` ([`Handler::on_writable`] follows
+    /// once it drains), [`Error::StaleId`] for a closed connection.
     pub fn send_frame(&mut self, conn: SocketId, payload: &[u8]) -> Result<(), Error> {
-        self.send_frame_vectored(conn, &[payload])
+        self.send_frame_vectored(conn, &[IoSlice::new(payload)])
     }
 
     /// Sends one frame whose payload is the concatenation of `parts`.
-    pub fn send_frame_vectored(&mut self, conn: SocketId, parts: &[&[u8]]) -> Result<(), Error> {
+    pub fn send_frame_vectored(
+        &mut self,
+        conn: SocketId,
+        parts: &[IoSlice<'_>],
+    ) -> Result<(), Error> {
         let len = parts.iter().map(|p| p.len()).sum::<usize>();
         let dispatching = self.dispatching;
         let Ctx {
-            sockets,
+            table,
             poll,
-            out,
-            out_segs,
+            tcp_out: out,
             ..
         } = self;
-        let entry = match sockets.get_mut(conn.index as usize) {
-            Some(e) if e.gen == conn.gen && e.sock.is_some() => e,
-            _ => return Err(Error::StaleId),
-        };
+        let entry = table.get_mut(conn).ok_or(Error::StaleId)?;
         let kind = entry.kind;
         let Some(Sock::Tcp(c)) = entry.sock.as_mut() else {
             return Err(Error::WrongKind {
@@ -356,17 +334,14 @@ impl Ctx {
                 kind,
             });
         };
-        let header = c.cfg.encode_header(len).map_err(Error::Frame)?;
+        let header = c.cfg.encode_header(len).map_err(frame_too_large)?;
         let header = header.as_bytes();
         let total = header.len() + len;
         let backlog = c.queued() + c.pending;
         if backlog + total > c.send_limit {
             c.notify_writable = true;
             entry.stats.send_would_block += 1;
-            return Err(Error::QueueFull {
-                queued: backlog,
-                limit: c.send_limit,
-            });
+            return Err(Error::WouldBlock);
         }
         entry.stats.messages_out += 1;
         entry.stats.bytes_out += len as u64;
@@ -379,15 +354,15 @@ impl Ctx {
             return Ok(());
         }
         if dispatching && (c.pending > 0 || total <= COALESCE_MAX || parts.len() > 15) {
-            let start = out.len();
-            out.extend_from_slice(header);
+            let start = out.bytes.len();
+            out.bytes.extend_from_slice(header);
             for p in parts {
-                out.extend_from_slice(p);
+                out.bytes.extend_from_slice(p);
             }
-            out_segs.push(Seg {
+            out.segs.push(Seg {
                 id: conn,
                 start,
-                end: out.len(),
+                end: out.bytes.len(),
             });
             c.pending += total;
             return Ok(());
@@ -398,24 +373,18 @@ impl Ctx {
             for p in parts {
                 c.queue.extend_from_slice(p);
             }
-            return match write_queue(c) {
-                Ok(()) => {
-                    arm_if_queued(poll, c, conn);
-                    Ok(())
-                }
-                Err(e) => Err(Error::Io(e)),
-            };
+            write_queue(c).map_err(|e| Error::from_send(e, total))?;
+            arm_if_queued(poll, c, conn);
+            return Ok(());
         }
         // At once, no copy: header and payload parts as iovecs.
         let mut iov = [IoSlice::new(&[]); 16];
         iov[0] = IoSlice::new(header);
-        for (slot, p) in iov[1..].iter_mut().zip(parts) {
-            *slot = IoSlice::new(p);
-        }
+        iov[1..=parts.len()].copy_from_slice(parts);
         let written = match send_iov(&c.stream, &iov[..=parts.len()]) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-            Err(e) => return Err(Error::Io(e)),
+            Err(e) => return Err(Error::from_send(e, total)),
         };
         if written < total {
             queue_remainder(c, written, header, parts);
@@ -426,8 +395,8 @@ impl Ctx {
 }
 
 /// Copies what `writev` did not take (after `written` bytes) into the queue.
-fn queue_remainder(c: &mut TcpConn, mut written: usize, header: &[u8], parts: &[&[u8]]) {
-    for piece in std::iter::once(header).chain(parts.iter().copied()) {
+fn queue_remainder(c: &mut TcpConn, mut written: usize, header: &[u8], parts: &[IoSlice<'_>]) {
+    for piece in std::iter::once(header).chain(parts.iter().map(|p| &**p)) {
         if written >= piece.len() {
             written -= piece.len();
             continue;
@@ -513,7 +482,7 @@ fn bind_listener(
 /// flag: a FIN or RST that came with the data raises no further edge, so
 /// then (and for carried sockets, which have no event) we read on until
 /// `WouldBlock` or the end of the stream.
-pub(super) fn drain_conn<H: Handler + ?Sized>(
+pub(super) fn drain<H: Handler + ?Sized>(
     cx: &mut Ctx,
     rbuf: &mut [u8],
     handler: &mut H,
@@ -521,7 +490,7 @@ pub(super) fn drain_conn<H: Handler + ?Sized>(
     trust_short_read: bool,
 ) -> bool {
     for _ in 0..cx.config.read_budget {
-        let Some(Sock::Tcp(c)) = cx.live_entry_mut(id).and_then(|e| e.sock.as_mut()) else {
+        let Some(c) = conn_mut(cx, id) else {
             return false;
         };
         if c.connecting {
@@ -530,15 +499,14 @@ pub(super) fn drain_conn<H: Handler + ?Sized>(
         let n = match (&c.stream).read(rbuf) {
             Ok(0) => {
                 cx.close_now(id, CloseReason::EndOfStream);
-                finish_callback(cx, handler);
+                cx.finish_callback(handler);
                 return false;
             }
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
-                cx.close_now(id, close_reason(e));
-                finish_callback(cx, handler);
+                if cx.recv_failed(handler, id, e) {
+                    continue;
+                }
                 return false;
             }
         };
@@ -547,16 +515,14 @@ pub(super) fn drain_conn<H: Handler + ?Sized>(
         let mut payload = 0u64;
         let result = decoder.feed(&cfg, &rbuf[..n], |frame| {
             payload += frame.len() as u64;
-            cx.callbacks += 1;
-            handler.on_frame(cx, id, frame);
-            finish_callback(cx, handler);
+            cx.call(handler, |h, cx| h.on_frame(cx, id, frame));
             if cx.contains(id) {
                 ControlFlow::Continue(())
             } else {
                 ControlFlow::Break(())
             }
         });
-        let Some(entry) = cx.live_entry_mut(id) else {
+        let Some(entry) = cx.table.get_mut(id) else {
             return false; // closed by the handler
         };
         entry.stats.bytes_in += payload;
@@ -567,26 +533,19 @@ pub(super) fn drain_conn<H: Handler + ?Sized>(
         match result {
             Ok(outcome) => {
                 entry.stats.messages_in += outcome.frames as u64;
-                if c.decoder.has_partial() {
-                    if outcome.frames > 0 || c.partial_since.is_none() {
-                        // A new frame started arriving in this read.
-                        c.partial_since = None;
-                        let now = cx.now();
-                        arm_frame_idle(cx, id, now);
-                    }
-                } else if let Some(Sock::Tcp(c)) =
-                    cx.live_entry_mut(id).and_then(|e| e.sock.as_mut())
-                {
+                if !c.decoder.has_partial() {
                     c.partial_since = None;
+                } else if outcome.frames > 0 || c.partial_since.is_none() {
+                    // A new frame started arriving in this read.
+                    let now = cx.now();
+                    arm_frame_idle(cx, id, now);
                 }
             }
             Err(err) => {
                 log::debug!("{id}: {err}; closing");
-                if let Some(e) = cx.live_entry_mut(id) {
-                    e.stats.dropped_too_large += 1;
-                }
+                entry.stats.dropped_too_large += 1;
                 cx.close_now(id, CloseReason::Frame(err));
-                finish_callback(cx, handler);
+                cx.finish_callback(handler);
                 return false;
             }
         }
@@ -597,15 +556,18 @@ pub(super) fn drain_conn<H: Handler + ?Sized>(
     true
 }
 
+/// The TCP connection `id` names.
+fn conn_mut(cx: &mut Ctx, id: SocketId) -> Option<&mut TcpConn> {
+    match cx.table.get_mut(id)?.sock.as_mut()? {
+        Sock::Tcp(c) => Some(c),
+        _ => None,
+    }
+}
+
 /// Records that a partial frame started at `now`; arms its timer.
 fn arm_frame_idle(cx: &mut Ctx, id: SocketId, now: Instant) {
-    let Ctx {
-        sockets, timers, ..
-    } = cx;
-    let Some(Sock::Tcp(c)) = sockets
-        .get_mut(id.index as usize)
-        .and_then(|e| e.sock.as_mut())
-    else {
+    let Ctx { table, timers, .. } = cx;
+    let Some(Sock::Tcp(c)) = table.get_mut(id).and_then(|e| e.sock.as_mut()) else {
         return;
     };
     let Some(idle) = c.idle else {
@@ -624,14 +586,8 @@ pub(super) fn frame_idle_due<H: Handler + ?Sized>(
     id: SocketId,
     now: Instant,
 ) {
-    let Ctx {
-        sockets, timers, ..
-    } = cx;
-    let Some(Sock::Tcp(c)) = sockets
-        .get_mut(id.index as usize)
-        .filter(|e| e.gen == id.gen)
-        .and_then(|e| e.sock.as_mut())
-    else {
+    let Ctx { table, timers, .. } = cx;
+    let Some(Sock::Tcp(c)) = table.get_mut(id).and_then(|e| e.sock.as_mut()) else {
         return;
     };
     c.idle_timer = None;
@@ -646,7 +602,7 @@ pub(super) fn frame_idle_due<H: Handler + ?Sized>(
             c.decoder.pending_len()
         );
         cx.close_now(id, CloseReason::IdleTimeout);
-        finish_callback(cx, handler);
+        cx.finish_callback(handler);
     } else {
         // A newer partial frame: wait for its own deadline.
         c.idle_timer = Some(timers.insert(deadline, TimerTarget::FrameIdle(id)));
@@ -655,50 +611,37 @@ pub(super) fn frame_idle_due<H: Handler + ?Sized>(
 
 /// WRITABLE on a connection: finish a connect, then write the queue; once
 /// it drains, drop WRITABLE interest and owe `on_writable` if a send failed.
-pub(super) fn conn_writable<H: Handler + ?Sized>(cx: &mut Ctx, handler: &mut H, id: SocketId) {
-    let Some(Sock::Tcp(c)) = cx.live_entry_mut(id).and_then(|e| e.sock.as_mut()) else {
+pub(super) fn writable<H: Handler + ?Sized>(cx: &mut Ctx, handler: &mut H, id: SocketId) {
+    let Some(c) = conn_mut(cx, id) else {
         return;
     };
     if c.connecting {
-        match c.stream.take_error() {
-            Ok(Some(e)) | Err(e) => {
-                cx.close_now(id, CloseReason::Error(e));
-                finish_callback(cx, handler);
-                return;
-            }
-            Ok(None) => {}
-        }
-        match c.stream.peer_addr() {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotConnected => return, // still in progress
-            Err(e) => {
-                cx.close_now(id, CloseReason::Error(e));
-                finish_callback(cx, handler);
-                return;
-            }
+        let failed = match c.stream.take_error() {
+            Ok(Some(e)) | Err(e) => Some(e),
+            Ok(None) => match c.stream.peer_addr() {
+                Ok(_) => None,
+                // Still in progress.
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
+                Err(e) => Some(e),
+            },
+        };
+        if let Some(e) = failed {
+            cx.close_now(id, CloseReason::Error(e));
+            cx.finish_callback(handler);
+            return;
         }
         c.connecting = false;
-        cx.callbacks += 1;
-        handler.on_connect(cx, id);
-        finish_callback(cx, handler);
+        cx.call(handler, |h, cx| h.on_connect(cx, id));
         // Reading may have been waiting for the connect: serve it next.
-        if let Some(e) = cx.live_entry_mut(id) {
-            if !e.carried {
-                e.carried = true;
-                cx.carry.push(id);
-            }
-        }
+        cx.carry_over(id);
     }
-    let Ctx { sockets, poll, .. } = cx;
-    let Some(Sock::Tcp(c)) = sockets
-        .get_mut(id.index as usize)
-        .and_then(|e| e.sock.as_mut())
-    else {
+    let Ctx { table, poll, .. } = cx;
+    let Some(Sock::Tcp(c)) = table.get_mut(id).and_then(|e| e.sock.as_mut()) else {
         return;
     };
     if let Err(e) = write_queue(c) {
-        cx.close_now(id, close_reason(e));
-        finish_callback(cx, handler);
+        cx.close_now(id, CloseReason::from_io(e));
+        cx.finish_callback(handler);
         return;
     }
     if c.queued() > 0 {
@@ -708,47 +651,53 @@ pub(super) fn conn_writable<H: Handler + ?Sized>(cx: &mut Ctx, handler: &mut H, 
     set_write_armed(poll, c, id, false);
     if c.notify_writable && c.pending == 0 {
         c.notify_writable = false;
-        cx.callbacks += 1;
-        handler.on_writable(cx, id);
-        finish_callback(cx, handler);
+        cx.call(handler, |h, cx| h.on_writable(cx, id));
     }
 }
 
-/// A connection is being closed: write what it has pending — its queue,
-/// then frames coalesced this pass — as far as the kernel takes them now.
-/// A frame sent just before `close` in the same callback thus still goes
-/// out; what the kernel cannot take at once is discarded with the socket.
-pub(super) fn write_before_close(out: &[u8], segs: &[Seg], id: SocketId, c: &mut TcpConn) {
-    if c.connecting {
-        return;
+/// A connection is being closed: cancel its timer and write what it has
+/// pending — its queue, then frames coalesced this pass — as far as the
+/// kernel takes them now. A frame sent just before `close` in the same
+/// callback thus still goes out; what the kernel cannot take at once is
+/// discarded with the socket. Returns the listener that accepted it.
+pub(super) fn closing(cx: &mut Ctx, id: SocketId, c: &mut TcpConn) -> Option<SocketId> {
+    if let Some(key) = c.idle_timer.take() {
+        cx.timers.cancel(key);
     }
-    let pending = segs
-        .iter()
-        .filter(|s| s.id == id)
-        .map(|s| &out[s.start..s.end]);
-    let queued = &c.queue[c.head..];
-    for bytes in std::iter::once(queued).chain(pending) {
-        let mut done = 0;
-        while done < bytes.len() {
-            match send_iov(&c.stream, &[IoSlice::new(&bytes[done..])]) {
-                Ok(n) => done += n,
-                Err(e) => {
-                    log::debug!("{id}: closing with {} B unsent: {e}", bytes.len() - done);
-                    return;
+    if !c.connecting {
+        let out = &cx.tcp_out;
+        let pending = out
+            .segs
+            .iter()
+            .filter(|s| s.id == id)
+            .map(|s| &out.bytes[s.start..s.end]);
+        let queued = &c.queue[c.head..];
+        'write: for bytes in std::iter::once(queued).chain(pending) {
+            let mut done = 0;
+            while done < bytes.len() {
+                match send_iov(&c.stream, &[IoSlice::new(&bytes[done..])]) {
+                    Ok(n) => done += n,
+                    Err(e) => {
+                        log::debug!("{id}: closing with {} B unsent: {e}", bytes.len() - done);
+                        break 'write;
+                    }
                 }
             }
         }
     }
+    c.listener
 }
 
 /// Writes the frames coalesced during this pass: one `writev` per
 /// connection (more only past `IOV_MAX`), the remainder into its queue.
 pub(super) fn flush_output<H: Handler + ?Sized>(cx: &mut Ctx, handler: &mut H) {
-    if cx.out_segs.is_empty() {
+    if cx.tcp_out.is_empty() {
         return;
     }
-    let mut segs = std::mem::take(&mut cx.out_segs);
-    let out = std::mem::take(&mut cx.out);
+    let Output {
+        bytes: out,
+        mut segs,
+    } = std::mem::take(&mut cx.tcp_out);
     // Group by connection; starts grow with append order, so each
     // connection's frames stay in order.
     segs.sort_unstable_by_key(|s| (s.id.index, s.start));
@@ -757,28 +706,24 @@ pub(super) fn flush_output<H: Handler + ?Sized>(cx: &mut Ctx, handler: &mut H) {
         let id = segs[i].id;
         let j = i + segs[i..].iter().take_while(|s| s.id == id).count();
         if let Err(e) = flush_conn(cx, id, &out, &segs[i..j]) {
-            cx.close_now(id, close_reason(e));
+            cx.close_now(id, CloseReason::from_io(e));
         }
         i = j;
     }
     segs.clear();
-    cx.out_segs = segs;
-    cx.out = out;
-    cx.out.clear();
-    if cx.out.capacity() > 4 << 20 {
-        cx.out = Vec::new();
+    let mut bytes = out;
+    bytes.clear();
+    if bytes.capacity() > 4 << 20 {
+        bytes = Vec::new();
     }
-    finish_callback(cx, handler);
+    cx.tcp_out = Output { bytes, segs };
+    cx.finish_callback(handler);
 }
 
 fn flush_conn(cx: &mut Ctx, id: SocketId, out: &[u8], segs: &[Seg]) -> io::Result<()> {
-    let Ctx { sockets, poll, .. } = cx;
-    let c = match sockets.get_mut(id.index as usize) {
-        Some(e) if e.gen == id.gen => match e.sock.as_mut() {
-            Some(Sock::Tcp(c)) => c,
-            _ => return Ok(()),
-        },
-        _ => return Ok(()), // closed during the pass: its output is dropped
+    let Ctx { table, poll, .. } = cx;
+    let Some(Sock::Tcp(c)) = table.get_mut(id).and_then(|e| e.sock.as_mut()) else {
+        return Ok(()); // closed during the pass: its output is dropped
     };
     c.pending = 0;
     if c.connecting || c.queued() > 0 {

@@ -82,15 +82,6 @@ pub struct RudpConfig {
     pub max_half_open: usize,
     /// Endpoint: answer INITIAL packets (act as a server). Default `true`.
     pub accept_incoming: bool,
-    /// Reactor, Linux: UDP segmentation and receive offload. Consecutive
-    /// datagrams of one size to one peer leave as one kernel packet
-    /// (`UDP_SEGMENT`, cut into datagrams by the kernel or the network
-    /// card), and a train of datagrams from one sender is read with one
-    /// copy (`UDP_GRO`). Default `true`. The wire is the same either way: a
-    /// peer without offload receives ordinary datagrams. Sending falls
-    /// back to single datagrams for good if the kernel refuses a train
-    /// (a device that cannot offload checksums, a smaller path MTU).
-    pub offload: bool,
     /// Endpoint: length of a cookie time bucket; a cookie is valid in its
     /// bucket and the next one (so for 1–2× this). Default 10 s.
     pub cookie_lifetime: Duration,
@@ -131,7 +122,6 @@ impl Default for RudpConfig {
             max_connections: 4096,
             max_half_open: 256,
             accept_incoming: true,
-            offload: true,
             cookie_lifetime: Duration::from_secs(10),
             max_unreliable_partials: 8,
             max_protocol_violations: 16,

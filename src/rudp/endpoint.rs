@@ -65,6 +65,11 @@ pub struct EndpointStats {
     pub protocol_violations: u64,
     /// Connections freed.
     pub closed: u64,
+    /// Connections open now (both directions, including closed ones whose
+    /// events were not yet polled).
+    pub connections: u64,
+    /// Server connections accepted but not yet confirmed by the client, now.
+    pub half_open: u64,
 }
 
 #[derive(Debug)]
@@ -178,9 +183,13 @@ impl Endpoint {
         &self.cfg
     }
 
-    /// Endpoint-wide counters.
-    pub fn stats(&self) -> &EndpointStats {
-        &self.stats
+    /// Endpoint-wide counters, and the connections open now.
+    pub fn stats(&self) -> EndpointStats {
+        EndpointStats {
+            connections: self.live as u64,
+            half_open: self.half_open as u64,
+            ..self.stats.clone()
+        }
     }
 
     /// Live connections (including closed ones whose events were not yet polled).

@@ -336,9 +336,8 @@ impl Handler for Recorder {
         msg: msgloop::Datagram<'_>,
     ) {
         if self.echo {
-            match cx.send_to(sock, msg.data(), msg.from()) {
-                Ok(n) => assert_eq!(n, msg.len(), "a datagram is sent whole"),
-                Err(e) => self.echo_errors.push(e),
+            if let Err(e) = cx.send_to(sock, msg.data(), msg.from()) {
+                self.echo_errors.push(e);
             }
         }
         self.events.push(Event::Datagram {

@@ -1,0 +1,129 @@
+//! Counters: [`SocketStats`] per socket, [`ReactorStats`] for a reactor.
+
+use std::fmt;
+
+/// Counters of one socket, or (in [`ReactorStats`]) of all sockets ever
+/// held by a reactor.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SocketStats {
+    /// Messages delivered to the handler.
+    pub messages_in: u64,
+    /// Payload bytes delivered to the handler.
+    pub bytes_in: u64,
+    /// Messages sent.
+    pub messages_out: u64,
+    /// Payload bytes sent.
+    pub bytes_out: u64,
+    /// Messages over the quota: consumed, not delivered.
+    pub dropped_over_quota: u64,
+    /// Receive errors reported to the handler (ICMP errors on UDP, ...).
+    pub recv_errors: u64,
+    /// Sends that failed (other than `WouldBlock`).
+    pub send_errors: u64,
+    /// Sends refused with `WouldBlock` (or a full queue or window).
+    pub send_would_block: u64,
+    /// Received file descriptors the handler did not take (closed).
+    pub fds_closed_unclaimed: u64,
+    /// Connections closed because the peer sent a frame over the maximum
+    /// (or an invalid length).
+    pub dropped_too_large: u64,
+    /// Datagrams dropped because they were cut (larger than any datagram
+    /// the protocol sends: reliable UDP).
+    pub dropped_truncated: u64,
+    /// Reliable UDP: peers connected now.
+    pub rudp_peers: u64,
+    /// Reliable UDP: packets declared lost, summed over the peers.
+    pub rudp_packets_lost: u64,
+    /// Reliable UDP: message chunks retransmitted, summed over the peers.
+    pub rudp_retransmitted: u64,
+    /// Reliable UDP: the largest smoothed round-trip time among the peers,
+    /// in microseconds.
+    pub rudp_max_srtt_us: u64,
+    /// Reliable UDP: trains of datagrams sent as one kernel packet
+    /// (segmentation offload, [`DgramOptions::offload`](crate::DgramOptions::offload)).
+    pub rudp_trains_sent: u64,
+    /// Reliable UDP: trains of datagrams read with one copy (receive
+    /// offload).
+    pub rudp_trains_received: u64,
+    /// Reliable UDP: times the kernel refused a train, turning the
+    /// socket's segmentation offload off (0 or 1 per socket).
+    pub rudp_offload_refused: u64,
+}
+
+impl SocketStats {
+    pub(super) fn add(&mut self, o: &SocketStats) {
+        self.messages_in += o.messages_in;
+        self.bytes_in += o.bytes_in;
+        self.messages_out += o.messages_out;
+        self.bytes_out += o.bytes_out;
+        self.dropped_over_quota += o.dropped_over_quota;
+        self.recv_errors += o.recv_errors;
+        self.send_errors += o.send_errors;
+        self.send_would_block += o.send_would_block;
+        self.fds_closed_unclaimed += o.fds_closed_unclaimed;
+        self.dropped_too_large += o.dropped_too_large;
+        self.dropped_truncated += o.dropped_truncated;
+        self.rudp_peers += o.rudp_peers;
+        self.rudp_packets_lost += o.rudp_packets_lost;
+        self.rudp_retransmitted += o.rudp_retransmitted;
+        self.rudp_max_srtt_us = self.rudp_max_srtt_us.max(o.rudp_max_srtt_us);
+        self.rudp_trains_sent += o.rudp_trains_sent;
+        self.rudp_trains_received += o.rudp_trains_received;
+        self.rudp_offload_refused += o.rudp_offload_refused;
+    }
+}
+
+impl fmt::Display for SocketStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "in={} msgs/{} B out={} msgs/{} B drops: over_quota={} too_large={} truncated={} \
+             refused_sends={} | errors: recv={} send={} | fds_closed_unclaimed={}",
+            self.messages_in,
+            self.bytes_in,
+            self.messages_out,
+            self.bytes_out,
+            self.dropped_over_quota,
+            self.dropped_too_large,
+            self.dropped_truncated,
+            self.send_would_block,
+            self.recv_errors,
+            self.send_errors,
+            self.fds_closed_unclaimed
+        )?;
+        if self.rudp_peers > 0 || self.rudp_retransmitted > 0 {
+            write!(
+                f,
+                " | rudp peers={} lost={} retransmitted={} max_srtt={} us trains: sent={} \
+                 received={} refused={}",
+                self.rudp_peers,
+                self.rudp_packets_lost,
+                self.rudp_retransmitted,
+                self.rudp_max_srtt_us,
+                self.rudp_trains_sent,
+                self.rudp_trains_received,
+                self.rudp_offload_refused
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// A snapshot of a reactor's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReactorStats {
+    /// Sockets open now.
+    pub open_sockets: usize,
+    /// Sockets closed so far.
+    pub closed_sockets: u64,
+    /// Timers pending.
+    pub pending_timers: usize,
+    /// Calls to `run_once`.
+    pub run_once_calls: u64,
+    /// Handler callbacks made.
+    pub callbacks: u64,
+    /// Counters summed over every socket, open or closed.
+    pub totals: SocketStats,
+}
