@@ -16,6 +16,7 @@
 
 mod ancillary;
 mod seqpacket;
+mod unix_path;
 
 #[doc(hidden)]
 pub use ancillary::{parse_control, ParsedControl};
@@ -25,3 +26,5 @@ pub use ancillary::{
     AncillaryBuf, RecvAncillary, SendAncillary, UCred, UnixDatagramExt, SCM_MAX_FD,
 };
 pub use seqpacket::{BindOptions, UnixSeqpacket, UnixSeqpacketListener, DEFAULT_BACKLOG};
+#[allow(unused_imports)] // for the reactor's Unix datagram sockets
+pub(crate) use unix_path::remove_stale_socket_file;
