@@ -7,7 +7,8 @@
 //! 1. [`parse`] is safe and total over any `&[u8]`: it walks the control
 //!    messages and reports raw descriptor *numbers* (plain `i32`s), the
 //!    credentials and whether anything was cut or malformed. The fuzz
-//!    target calls it (through `net::parse_control`).
+//!    target calls it (through `net::parse_control`, built for fuzzing
+//!    only).
 //! 2. [`recvmsg`] runs the system call and, on the next line, walks the
 //!    control bytes the kernel has just written with [`parse`], wrapping each
 //!    descriptor number in an `OwnedFd`. Only there is a number known to be
