@@ -13,10 +13,12 @@ use std::io::{self, IoSlice, Read, Seek, Write};
 use std::net::Shutdown;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::net::UnixDatagram;
+use std::os::unix::net::{UnixDatagram, UnixListener};
+use std::path::Path;
 use std::time::Duration;
 
 use msgloop::net::UnixDatagramExt;
+use msgloop::socket2::{Domain, SockAddr, Socket, Type};
 use msgloop::{
     AncillaryBuf, BindOptions, FullSizeResult, MsgBuf, QuotaExceeded, RecvMsg, RecvResult,
     SendAncillary, TruncResult, TruncatingRecvMsg, TruncatingRecvMsgWithFullSize, UCred, UnixAddr,
@@ -75,6 +77,25 @@ fn recv_fresh(s: &UnixSeqpacket) -> (RecvResult<()>, Vec<u8>) {
     let mut buf = MsgBuf::from(&mut small[..]);
     let r = s.recv_msg(&mut buf).unwrap();
     (r, buf.filled().to_vec())
+}
+
+/// The raw OS error under an error msgloop annotated (its `source`).
+fn os_error(e: &io::Error) -> Option<i32> {
+    std::error::Error::source(e)?
+        .downcast_ref::<io::Error>()?
+        .raw_os_error()
+}
+
+/// A socket of type `ty` bound at `path` (not listening), and dropped:
+/// its file stays behind, stale.
+fn stale_socket_file(path: &Path, ty: Type) {
+    let s = Socket::new(Domain::UNIX, ty, None).unwrap();
+    s.bind(&SockAddr::unix(path).unwrap()).unwrap();
+}
+
+fn is_socket_file(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket())
 }
 
 fn abstract_name(tag: &str) -> UnixAddr {
@@ -418,6 +439,14 @@ fn backlog_full_connect_is_a_distinct_retryable_error() {
     // The convenience constructor reports the same kind.
     let e = UnixSeqpacket::connect(&path).unwrap_err();
     assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+    // It names the path and says what happened; EAGAIN is its source.
+    let text = e.to_string();
+    assert!(
+        text.starts_with(&format!("connect {}: ", path.display())),
+        "{text}"
+    );
+    assert!(text.contains("backlog is full"), "{text}");
+    assert_eq!(os_error(&e), Some(libc::EAGAIN), "{e:?}");
 
     // Accepting one makes room: the same socket connects on retry.
     let (first, _) = listener.accept().unwrap();
@@ -521,6 +550,176 @@ fn binding_never_removes_a_file_unless_stale_and_a_socket() {
     let e = UnixSeqpacketListener::bind_with(&path, opts).unwrap_err();
     assert_eq!(e.kind(), io::ErrorKind::AddrInUse, "{e}");
     assert_eq!(std::fs::read(&path).unwrap(), b"precious");
+}
+
+#[test]
+fn unlink_stale_replaces_a_stale_file_of_any_socket_type() {
+    let _g = util::serial();
+    let _fds = FdCheck::new();
+    let opts = BindOptions::new().unlink_stale(true);
+    for ty in [Type::SEQPACKET, Type::STREAM, Type::DGRAM] {
+        let path = util::temp_path("stale-any");
+        let _rm = RemoveOnDrop(path.clone());
+        stale_socket_file(&path, ty);
+        assert!(is_socket_file(&path));
+        let e = UnixSeqpacketListener::bind(&path).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AddrInUse, "{ty:?}: {e}");
+        let listener = UnixSeqpacketListener::bind_with(&path, opts).unwrap();
+        let c = UnixSeqpacket::connect(&path).unwrap();
+        let (s, _) = listener.accept().unwrap();
+        c.send(b"new").unwrap();
+        assert_eq!(recv_fresh(&s), (RecvResult::Fit(()), b"new".to_vec()));
+    }
+}
+
+#[test]
+fn unlink_stale_never_removes_a_live_socket_of_any_type() {
+    let _g = util::serial();
+    let _fds = FdCheck::new();
+    let opts = BindOptions::new().unlink_stale(true);
+    let refused = |path: &Path| {
+        let e = UnixSeqpacketListener::bind_with(path, opts).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AddrInUse, "{e}");
+        let text = e.to_string();
+        assert!(
+            text.starts_with(&format!("bind {}: ", path.display())),
+            "{text}"
+        );
+        assert!(text.contains("live socket"), "{text}");
+        assert_eq!(os_error(&e), Some(libc::EADDRINUSE), "{e:?}");
+        assert!(is_socket_file(path), "{} removed", path.display());
+    };
+
+    // A seqpacket listener: refused, and the probe queued no connection.
+    let path = util::temp_path("live-seq");
+    let _rm = RemoveOnDrop(path.clone());
+    let listener = UnixSeqpacketListener::bind(&path).unwrap();
+    refused(&path);
+    let e = listener.accept().unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::WouldBlock, "the probe connected");
+    let c = UnixSeqpacket::connect(&path).unwrap();
+    drop((c, listener.accept().unwrap()));
+
+    // A seqpacket socket bound but not listening yet (a probe of its own
+    // type would be refused, as if the file were stale).
+    let path = util::temp_path("bound-seq");
+    let _rm = RemoveOnDrop(path.clone());
+    let bound = Socket::new(Domain::UNIX, Type::SEQPACKET, None).unwrap();
+    bound.bind(&SockAddr::unix(&path).unwrap()).unwrap();
+    refused(&path);
+    bound.listen(1).unwrap();
+    drop(UnixSeqpacket::connect(&path).unwrap());
+
+    // A stream listener: refused, and nothing queued.
+    let path = util::temp_path("live-stream");
+    let _rm = RemoveOnDrop(path.clone());
+    let stream = UnixListener::bind(&path).unwrap();
+    stream.set_nonblocking(true).unwrap();
+    refused(&path);
+    let e = stream.accept().unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::WouldBlock, "the probe connected");
+
+    // A datagram socket, unconnected and connected to another: refused,
+    // and it still receives.
+    let path = util::temp_path("live-dgram");
+    let _rm = RemoveOnDrop(path.clone());
+    let dgram = UnixDatagram::bind(&path).unwrap();
+    refused(&path);
+    let other = util::temp_path("live-dgram-peer");
+    let _rm2 = RemoveOnDrop(other.clone());
+    let peer = UnixDatagram::bind(&other).unwrap();
+    dgram.connect(&other).unwrap();
+    refused(&path);
+    peer.send_to(b"still here", &path).unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(dgram.recv(&mut buf).unwrap(), 10);
+}
+
+#[test]
+fn unlink_stale_never_removes_what_is_not_a_socket() {
+    let _g = util::serial();
+    let _fds = FdCheck::new();
+    let opts = BindOptions::new().unlink_stale(true);
+
+    let path = util::temp_path("regular");
+    let _rm = RemoveOnDrop(path.clone());
+    std::fs::write(&path, b"precious").unwrap();
+    let e = UnixSeqpacketListener::bind_with(&path, opts).unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::AddrInUse, "{e}");
+    let text = e.to_string();
+    assert!(
+        text.starts_with(&format!("bind {}: ", path.display())),
+        "{text}"
+    );
+    assert!(text.contains("not a socket"), "{text}");
+    assert_eq!(std::fs::read(&path).unwrap(), b"precious");
+
+    // A symlink to a stale socket file: neither is removed.
+    let target = util::temp_path("link-target");
+    let _rm2 = RemoveOnDrop(target.clone());
+    stale_socket_file(&target, Type::SEQPACKET);
+    let link = util::temp_path("link");
+    let _rm3 = RemoveOnDrop(link.clone());
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let e = UnixSeqpacketListener::bind_with(&link, opts).unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::AddrInUse, "{e}");
+    assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
+    assert!(is_socket_file(&target));
+}
+
+#[test]
+fn bind_and_connect_errors_name_the_address_and_keep_the_os_error() {
+    let _g = util::serial();
+    let _fds = FdCheck::new();
+    let path = util::temp_path("errors");
+    let _rm = RemoveOnDrop(path.clone());
+    let prefix = |op: &str| format!("{op} {}: ", path.display());
+
+    // Nothing there: NotFound.
+    let e = UnixSeqpacket::connect(&path).unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::NotFound, "{e}");
+    assert!(e.to_string().starts_with(&prefix("connect")), "{e}");
+    assert_eq!(os_error(&e), Some(libc::ENOENT), "{e:?}");
+
+    // A live listener: a second bind is AddrInUse.
+    let listener = UnixSeqpacketListener::bind(&path).unwrap();
+    let e = UnixSeqpacketListener::bind(&path).unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::AddrInUse, "{e}");
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "{}{}",
+            prefix("bind"),
+            io::Error::from_raw_os_error(libc::EADDRINUSE)
+        )
+    );
+    assert_eq!(os_error(&e), Some(libc::EADDRINUSE), "{e:?}");
+
+    // A stale file: ConnectionRefused.
+    drop(listener);
+    let e = UnixSeqpacket::connect(&path).unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused, "{e}");
+    assert!(e.to_string().starts_with(&prefix("connect")), "{e}");
+    assert_eq!(os_error(&e), Some(libc::ECONNREFUSED), "{e:?}");
+
+    // A socket of another type: connect_to names it too.
+    std::fs::remove_file(&path).unwrap();
+    let dgram = UnixDatagram::bind(&path).unwrap();
+    let s = UnixSeqpacket::new().unwrap();
+    let e = s
+        .connect_to(&UnixAddr::from_pathname(&path).unwrap())
+        .unwrap_err();
+    assert!(e.to_string().starts_with(&prefix("connect")), "{e}");
+    assert_eq!(os_error(&e), Some(libc::EPROTOTYPE), "{e:?}");
+    drop(dgram);
+
+    // Abstract names are named as `@name`.
+    let addr = abstract_name("errors");
+    let _held = UnixSeqpacketListener::bind_addr(&addr).unwrap();
+    let e = UnixSeqpacketListener::bind_addr(&addr).unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::AddrInUse, "{e}");
+    assert!(e.to_string().starts_with(&format!("bind {addr}: ")), "{e}");
+    assert!(addr.to_string().starts_with('@'));
 }
 
 #[test]

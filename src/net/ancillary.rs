@@ -282,39 +282,6 @@ impl<'a> SendAncillary<'a> {
     }
 }
 
-/// Control data parsed without trusting it: see [`parse_control`].
-#[doc(hidden)]
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct ParsedControl {
-    /// The numbers in every `SCM_RIGHTS` message, in order. Plain integers,
-    /// not owned descriptors: nothing here is closed or otherwise trusted.
-    pub fds: Vec<RawFd>,
-    /// The first complete `SCM_CREDENTIALS` message.
-    pub credentials: Option<UCred>,
-    /// A header or payload was cut short, or a length was impossible.
-    pub malformed: bool,
-    /// Control messages of other kinds, skipped.
-    pub other: usize,
-}
-
-/// Parses raw control-message bytes (`msg_control`) — the same walk the
-/// receive path uses. Total: any input gives a result, never a panic.
-///
-/// Descriptor numbers stay plain integers here. Only the real receive path,
-/// right after `recvmsg`, turns the numbers the kernel installed into
-/// `OwnedFd`s. This function exists for the fuzz target.
-#[doc(hidden)]
-pub fn parse_control(bytes: &[u8]) -> ParsedControl {
-    let mut fds = Vec::new();
-    let s = cmsg::parse(bytes, |fd| fds.push(fd));
-    ParsedControl {
-        fds,
-        credentials: s.creds.map(UCred::from),
-        malformed: s.malformed,
-        other: s.other,
-    }
-}
-
 /// What kind of socket a receive or send is on: it decides what a 0-byte
 /// read means and whether `MSG_EOR` is sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -600,26 +567,3 @@ macro_rules! impl_dgram_ext {
 
 impl_dgram_ext!(std::os::unix::net::UnixDatagram);
 impl_dgram_ext!(mio::net::UnixDatagram);
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parse_control_is_total_on_junk() {
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut bytes = [0u8; 96];
-        for _ in 0..2000 {
-            for b in bytes.iter_mut() {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                *b = seed as u8;
-            }
-            for cut in [0, 1, 15, 16, 17, 40, 96] {
-                let _ = parse_control(&bytes[..cut]);
-            }
-        }
-        assert_eq!(parse_control(&[]), ParsedControl::default());
-    }
-}

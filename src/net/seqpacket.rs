@@ -2,18 +2,18 @@
 //! kept, with file-descriptor passing.
 
 use std::fmt;
-use std::fs;
 use std::io::{self, IoSlice};
 use std::net::Shutdown;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 
 use mio::event::Source;
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
+use socket2::{Domain, Socket, Type};
 
 use super::ancillary::{self, AncillaryBuf, MsgKind, RecvAncillary, SendAncillary, UCred};
+use super::unix_path::{failed, remove_stale_socket_file, with_message};
 use crate::addr::UnixAddr;
 use crate::recv::{
     FullSizeResult, MsgBuf, RecvMsg, RecvResult, TruncResult, TruncatingRecvMsg,
@@ -24,15 +24,18 @@ use crate::sys::{self, cmsg, seqpacket as sp};
 /// The listen backlog [`UnixSeqpacketListener::bind`] uses.
 pub const DEFAULT_BACKLOG: i32 = 128;
 
-fn unix_addr(raw: &sys::RawAddr) -> UnixAddr {
-    UnixAddr::from_received(raw.to_sock_addr())
+/// `SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC`: every socket msgloop
+/// creates gets the flags atomically, with the socket.
+fn seqpacket_type() -> Type {
+    Type::SEQPACKET.nonblocking().cloexec()
 }
 
-fn backlog_full() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::WouldBlock,
-        "the listener's backlog is full: the socket is NOT connected; retry later",
-    )
+/// A new `AF_UNIX` seqpacket socket (non-blocking, close-on-exec) with
+/// `SO_PASSCRED` set.
+fn new_socket() -> io::Result<Socket> {
+    let sock = Socket::new_raw(Domain::UNIX, seqpacket_type(), None)?;
+    sock.set_passcred(true)?;
+    Ok(sock)
 }
 
 /// A connected Unix `SOCK_SEQPACKET` socket: reliable, ordered, connection-
@@ -97,7 +100,7 @@ fn backlog_full() -> io::Error {
 /// **deregistered before it is closed** (dropped): do so, as with mio's own
 /// types. Readiness is edge-triggered: read until `WouldBlock`.
 pub struct UnixSeqpacket {
-    fd: OwnedFd,
+    sock: Socket,
 }
 
 impl UnixSeqpacket {
@@ -124,9 +127,7 @@ impl UnixSeqpacket {
     /// A new socket, not connected: non-blocking, close-on-exec, with
     /// `SO_PASSCRED` set. Connect it with [`connect_to`](UnixSeqpacket::connect_to).
     pub fn new() -> io::Result<UnixSeqpacket> {
-        let fd = sp::socket()?;
-        sp::set_passcred(fd.as_raw_fd(), true)?;
-        Ok(UnixSeqpacket { fd })
+        new_socket().map(|sock| UnixSeqpacket { sock })
     }
 
     /// Connects this socket to `addr`.
@@ -136,44 +137,55 @@ impl UnixSeqpacket {
     /// fails with `NotConnected`), and calling `connect_to` again later may
     /// succeed. It is never an "in progress" connection: waiting for
     /// writability will not complete it.
+    ///
+    /// Errors name the address (`connect /run/app.seq: Connection refused
+    /// (os error 111)`) and keep the kind of the system call's error, which
+    /// is their [`source`](std::error::Error::source).
     pub fn connect_to(&self, addr: &UnixAddr) -> io::Result<()> {
-        match sp::connect(self.fd.as_raw_fd(), addr.as_sock_addr()) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(backlog_full()),
-            other => other,
+        match sys::retry_eintr(|| self.sock.connect(addr.as_sock_addr())) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let msg = format!(
+                    "connect {addr}: the listener's backlog is full: \
+                     the socket is NOT connected; retry later"
+                );
+                Err(with_message(io::ErrorKind::WouldBlock, msg, e))
+            }
+            Err(e) => Err(failed("connect", addr, e)),
         }
     }
 
     /// A connected pair of sockets (`socketpair`), both with `SO_PASSCRED`.
     pub fn pair() -> io::Result<(UnixSeqpacket, UnixSeqpacket)> {
-        let (a, b) = sp::pair()?;
-        sp::set_passcred(a.as_raw_fd(), true)?;
-        sp::set_passcred(b.as_raw_fd(), true)?;
-        Ok((UnixSeqpacket { fd: a }, UnixSeqpacket { fd: b }))
+        let (a, b) = Socket::pair_raw(Domain::UNIX, seqpacket_type(), None)?;
+        a.set_passcred(true)?;
+        b.set_passcred(true)?;
+        Ok((UnixSeqpacket { sock: a }, UnixSeqpacket { sock: b }))
     }
 
     /// This socket's address (unnamed for an end of a pair; see the
     /// [type docs](UnixSeqpacket#empty-messages-and-end-of-stream) for
     /// connecting sockets).
     pub fn local_addr(&self) -> io::Result<UnixAddr> {
-        sp::addr(self.fd.as_raw_fd(), false).map(|a| unix_addr(&a))
+        self.sock.local_addr().map(UnixAddr::from_received)
     }
 
     /// The peer's address: the listener's path or abstract name for a
     /// connecting socket; the connecting socket's address for an accepted one.
     pub fn peer_addr(&self) -> io::Result<UnixAddr> {
-        sp::addr(self.fd.as_raw_fd(), true).map(|a| unix_addr(&a))
+        self.sock.peer_addr().map(UnixAddr::from_received)
     }
 
     /// The peer process's credentials when the connection was made
     /// (`SO_PEERCRED`): for a pair, the process that created it.
     pub fn peer_cred(&self) -> io::Result<UCred> {
-        sp::peer_cred(self.fd.as_raw_fd()).map(UCred::from)
+        sp::peer_cred(self.sock.as_raw_fd()).map(UCred::from)
     }
 
     /// Shuts down reading, writing or both. After `Shutdown::Write` the
     /// peer reads end of stream once the queued messages are read.
     pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
-        sp::shutdown(self.fd.as_raw_fd(), how)
+        self.sock.shutdown(how)
     }
 
     /// Sends `buf` as one message (`MSG_NOSIGNAL|MSG_EOR`; an empty `buf`
@@ -204,7 +216,7 @@ impl UnixSeqpacket {
         bufs: &[IoSlice<'_>],
         anc: &SendAncillary<'_>,
     ) -> io::Result<usize> {
-        ancillary::send_with_ancillary(self.fd.as_raw_fd(), MsgKind::Seqpacket, bufs, anc, None)
+        ancillary::send_with_ancillary(self.sock.as_raw_fd(), MsgKind::Seqpacket, bufs, anc, None)
     }
 
     /// Receives one message into `buf`: `Some(len)`, or `None` at end of
@@ -217,7 +229,7 @@ impl UnixSeqpacket {
         let mut control = [0u64; cmsg::CREDS_WORDS];
         let mut buf = MsgBuf::borrowed(buf);
         let once = ancillary::recv_once(
-            self.fd.as_raw_fd(),
+            self.sock.as_raw_fd(),
             MsgKind::Seqpacket,
             &mut buf,
             &mut control,
@@ -260,17 +272,17 @@ impl UnixSeqpacket {
         buf: &mut MsgBuf<'_>,
         anc: &mut AncillaryBuf,
     ) -> io::Result<(RecvResult<()>, RecvAncillary)> {
-        ancillary::recv_with_ancillary(self.fd.as_raw_fd(), MsgKind::Seqpacket, buf, anc, None)
+        ancillary::recv_with_ancillary(self.sock.as_raw_fd(), MsgKind::Seqpacket, buf, anc, None)
     }
 
     /// Switches non-blocking mode (on by default).
     pub fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
-        sp::set_nonblocking(self.fd.as_raw_fd(), nonblocking)
+        self.sock.set_nonblocking(nonblocking)
     }
 
     /// Takes the pending socket error (`SO_ERROR`), if any.
     pub fn take_error(&self) -> io::Result<Option<io::Error>> {
-        sp::take_error(self.fd.as_raw_fd())
+        self.sock.take_error()
     }
 }
 
@@ -279,7 +291,7 @@ impl TruncatingRecvMsg for UnixSeqpacket {
 
     fn recv_trunc(&self, peek: bool, buf: &mut MsgBuf<'_>) -> io::Result<TruncResult<()>> {
         let mut control = [0u64; cmsg::CREDS_WORDS];
-        let fd = self.fd.as_raw_fd();
+        let fd = self.sock.as_raw_fd();
         let once = ancillary::recv_once(fd, MsgKind::Seqpacket, buf, &mut control, peek, None)?;
         Ok(if once.eof {
             TruncResult::EndOfStream
@@ -298,7 +310,7 @@ impl TruncatingRecvMsgWithFullSize for UnixSeqpacket {
         buf: &mut MsgBuf<'_>,
     ) -> io::Result<FullSizeResult<()>> {
         let mut control = [0u64; cmsg::CREDS_WORDS];
-        let fd = self.fd.as_raw_fd();
+        let fd = self.sock.as_raw_fd();
         let once = ancillary::recv_once(fd, MsgKind::Seqpacket, buf, &mut control, peek, None)?;
         Ok(if once.eof {
             FullSizeResult::EndOfStream
@@ -321,7 +333,7 @@ impl RecvMsg for UnixSeqpacket {
     /// [`RecvResult::EndOfStream`].
     fn recv_msg(&self, buf: &mut MsgBuf<'_>) -> io::Result<RecvResult<()>> {
         let mut control = [0u64; cmsg::CREDS_WORDS];
-        let fd = self.fd.as_raw_fd();
+        let fd = self.sock.as_raw_fd();
         let (res, _discarded) =
             ancillary::recv_msg_control(fd, MsgKind::Seqpacket, buf, &mut control, None)?;
         Ok(res)
@@ -331,7 +343,7 @@ impl RecvMsg for UnixSeqpacket {
 impl fmt::Debug for UnixSeqpacket {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("UnixSeqpacket")
-            .field("fd", &self.fd.as_raw_fd())
+            .field("fd", &self.sock.as_raw_fd())
             .finish()
     }
 }
@@ -413,7 +425,7 @@ impl Default for BindOptions {
 /// # Ok::<(), std::io::Error>(())
 /// ```
 pub struct UnixSeqpacketListener {
-    fd: OwnedFd,
+    sock: Socket,
 }
 
 impl UnixSeqpacketListener {
@@ -445,88 +457,65 @@ impl UnixSeqpacketListener {
     }
 
     /// Binds to `addr` with `opts` (`unlink_stale` concerns paths only).
+    ///
+    /// Errors of `bind` and `listen` name the address (`bind /run/app.seq:
+    /// Address already in use (os error 98)`) and keep the kind of the
+    /// system call's error, which is their
+    /// [`source`](std::error::Error::source). When
+    /// [`unlink_stale`](BindOptions::unlink_stale) leaves the file in
+    /// place, the error is still the bind's `AddrInUse`, and says why.
     pub fn bind_addr_with(addr: &UnixAddr, opts: BindOptions) -> io::Result<UnixSeqpacketListener> {
-        let fd = sp::socket()?;
-        let raw = fd.as_raw_fd();
-        // Before listen: accepted sockets inherit it.
-        sp::set_passcred(raw, true)?;
-        match sp::bind(raw, addr.as_sock_addr()) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AddrInUse && opts.unlink_stale => {
-                let Some(path) = addr.as_pathname() else {
-                    return Err(e);
-                };
-                remove_if_stale(path, addr, e)?;
-                sp::bind(raw, addr.as_sock_addr())?;
+        // SO_PASSCRED is set here, before listen: accepted sockets inherit it.
+        let sock = new_socket()?;
+        if let Err(e) = sock.bind(addr.as_sock_addr()) {
+            let stale_ok = addr.as_pathname().filter(|_| opts.unlink_stale);
+            match stale_ok {
+                Some(path) if e.kind() == io::ErrorKind::AddrInUse => {
+                    if let Err(kept) = remove_stale_socket_file(path) {
+                        let msg = format!("bind {addr}: {e}; {kept}");
+                        return Err(with_message(e.kind(), msg, e));
+                    }
+                    sock.bind(addr.as_sock_addr())
+                        .map_err(|e| failed("bind", addr, e))?;
+                }
+                _ => return Err(failed("bind", addr, e)),
             }
-            Err(e) => return Err(e),
         }
-        sp::listen(raw, opts.backlog)?;
-        Ok(UnixSeqpacketListener { fd })
+        sock.listen(opts.backlog)
+            .map_err(|e| failed("listen", addr, e))?;
+        Ok(UnixSeqpacketListener { sock })
     }
 
     /// Accepts a connection: the new socket (non-blocking, close-on-exec,
     /// `SO_PASSCRED` inherited) and the peer's address. `WouldBlock` when
     /// none is waiting.
     pub fn accept(&self) -> io::Result<(UnixSeqpacket, UnixAddr)> {
-        let (fd, addr) = sp::accept(self.fd.as_raw_fd())?;
-        Ok((UnixSeqpacket { fd }, unix_addr(&addr)))
+        // Both flags set atomically by accept4, as socket(2) does for ours.
+        let flags = libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
+        let (sock, addr) = sys::retry_eintr(|| self.sock.accept4(flags))?;
+        Ok((UnixSeqpacket { sock }, UnixAddr::from_received(addr)))
     }
 
     /// The address the listener is bound to.
     pub fn local_addr(&self) -> io::Result<UnixAddr> {
-        sp::addr(self.fd.as_raw_fd(), false).map(|a| unix_addr(&a))
+        self.sock.local_addr().map(UnixAddr::from_received)
     }
 
     /// Switches non-blocking mode (on by default).
     pub fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
-        sp::set_nonblocking(self.fd.as_raw_fd(), nonblocking)
+        self.sock.set_nonblocking(nonblocking)
     }
 
     /// Takes the pending socket error (`SO_ERROR`), if any.
     pub fn take_error(&self) -> io::Result<Option<io::Error>> {
-        sp::take_error(self.fd.as_raw_fd())
-    }
-}
-
-/// Removes the socket file at `path` if nothing is bound to it any more;
-/// otherwise fails with `AddrInUse` (carrying `bind_err`'s kind).
-fn remove_if_stale(path: &Path, addr: &UnixAddr, bind_err: io::Error) -> io::Result<()> {
-    let meta = match fs::symlink_metadata(path) {
-        Ok(m) => m,
-        // Gone since bind failed: just bind again.
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    if !meta.file_type().is_socket() {
-        return Err(io::Error::new(
-            bind_err.kind(),
-            format!(
-                "{} exists and is not a socket: not removing it",
-                path.display()
-            ),
-        ));
-    }
-    if !sp::is_stale(addr.as_sock_addr())? {
-        return Err(io::Error::new(
-            bind_err.kind(),
-            format!("{}: a socket is still bound there", path.display()),
-        ));
-    }
-    match fs::remove_file(path) {
-        Ok(()) => {
-            log::debug!("removed stale socket file {}", path.display());
-            Ok(())
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
+        self.sock.take_error()
     }
 }
 
 impl fmt::Debug for UnixSeqpacketListener {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("UnixSeqpacketListener")
-            .field("fd", &self.fd.as_raw_fd())
+            .field("fd", &self.sock.as_raw_fd())
             .finish()
     }
 }
@@ -535,25 +524,25 @@ macro_rules! fd_traits {
     ($ty:ident, $adopt:expr) => {
         impl AsRawFd for $ty {
             fn as_raw_fd(&self) -> RawFd {
-                self.fd.as_raw_fd()
+                self.sock.as_raw_fd()
             }
         }
 
         impl AsFd for $ty {
             fn as_fd(&self) -> BorrowedFd<'_> {
-                self.fd.as_fd()
+                self.sock.as_fd()
             }
         }
 
         impl IntoRawFd for $ty {
             fn into_raw_fd(self) -> RawFd {
-                self.fd.into_raw_fd()
+                self.sock.into_raw_fd()
             }
         }
 
         impl From<$ty> for OwnedFd {
             fn from(s: $ty) -> OwnedFd {
-                s.fd
+                s.sock.into()
             }
         }
 
@@ -562,9 +551,10 @@ macro_rules! fd_traits {
             /// used as it is (blocking or not); `SO_PASSCRED` is set so
             /// that empty messages are told from end of stream.
             fn from(fd: OwnedFd) -> $ty {
-                let adopt: fn(&OwnedFd) = $adopt;
-                adopt(&fd);
-                $ty { fd }
+                let sock = Socket::from(fd);
+                let adopt: fn(&Socket) = $adopt;
+                adopt(&sock);
+                $ty { sock }
             }
         }
 
@@ -576,7 +566,7 @@ macro_rules! fd_traits {
                 token: Token,
                 interests: Interest,
             ) -> io::Result<()> {
-                SourceFd(&self.fd.as_raw_fd()).register(registry, token, interests)
+                SourceFd(&self.sock.as_raw_fd()).register(registry, token, interests)
             }
 
             fn reregister(
@@ -585,21 +575,21 @@ macro_rules! fd_traits {
                 token: Token,
                 interests: Interest,
             ) -> io::Result<()> {
-                SourceFd(&self.fd.as_raw_fd()).reregister(registry, token, interests)
+                SourceFd(&self.sock.as_raw_fd()).reregister(registry, token, interests)
             }
 
             fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
-                SourceFd(&self.fd.as_raw_fd()).deregister(registry)
+                SourceFd(&self.sock.as_raw_fd()).deregister(registry)
             }
         }
     };
 }
 
-fn adopt_passcred(fd: &OwnedFd) {
-    if let Err(e) = sp::set_passcred(fd.as_raw_fd(), true) {
+fn adopt_passcred(sock: &Socket) {
+    if let Err(e) = sock.set_passcred(true) {
         log::warn!(
             "SO_PASSCRED on adopted seqpacket fd {}: {e}; empty messages will read as end of stream",
-            fd.as_raw_fd()
+            sock.as_raw_fd()
         );
     }
 }

@@ -7,7 +7,8 @@
 //! 1. [`parse`] is safe and total over any `&[u8]`: it walks the control
 //!    messages and reports raw descriptor *numbers* (plain `i32`s), the
 //!    credentials and whether anything was cut or malformed. The fuzz
-//!    target calls it (through `net::parse_control`).
+//!    target calls it (through `net::parse_control`, built for fuzzing
+//!    only).
 //! 2. [`recvmsg`] runs the system call and, on the next line, walks the
 //!    control bytes the kernel has just written with [`parse`], wrapping each
 //!    descriptor number in an `OwnedFd`. Only there is a number known to be
@@ -253,13 +254,21 @@ pub(crate) fn recvmsg(
             return Err(e);
         }
     };
-    let r = take_received(
-        control,
-        msg.msg_controllen as usize,
-        msg.msg_flags,
-        n,
-        buf.len(),
-    );
+    // SAFETY: `recvmsg` has just succeeded on `msg`, whose control buffer
+    // is `control` (or nothing, when `control` is empty and the kernel
+    // reports 0 bytes); `msg.msg_controllen` is the number of bytes of it
+    // the kernel wrote for this message, so every `SCM_RIGHTS` number in
+    // them is a descriptor it installed for us that nothing owns yet.
+    // This is the one call for it, straight after the system call.
+    let r = unsafe {
+        take_received(
+            control,
+            msg.msg_controllen as usize,
+            msg.msg_flags,
+            n,
+            buf.len(),
+        )
+    };
     if let Some(a) = addr {
         a.len = msg.msg_namelen;
     }
@@ -270,9 +279,22 @@ pub(crate) fn recvmsg(
 /// [`Received`]: the descriptors in the first `controllen` bytes of
 /// `control` become owned, the credentials are parsed.
 ///
-/// Must be called right after the system call that filled `control`, and
-/// once per call: it takes ownership of the descriptor numbers there.
-fn take_received(
+/// # Safety
+///
+/// Every descriptor number in an `SCM_RIGHTS` message within the first
+/// `controllen` bytes of `control` becomes an `OwnedFd`, which closes it
+/// when dropped. So the caller must guarantee that:
+///
+/// - those bytes are the control data the kernel wrote into `control` for
+///   one message received by a `recvmsg` / `recvmmsg` call of this process
+///   that has just succeeded, and `controllen` is the `msg_controllen` the
+///   kernel reported for that message (any bytes past it are ignored);
+/// - each such number is therefore a descriptor the kernel installed in
+///   this process's table for that message, and nothing has taken
+///   ownership of it yet: this function is called once per received
+///   message, and nothing else reads the descriptor numbers out of
+///   `control` and closes or wraps them.
+unsafe fn take_received(
     control: &[u64],
     controllen: usize,
     msg_flags: libc::c_int,
@@ -287,11 +309,12 @@ fn take_received(
     let mut fds = Vec::new();
     let summary = parse(control_bytes, |raw| {
         if raw >= 0 {
-            // SAFETY: these bytes were written by the kernel during the
-            // system call the caller has just made: each SCM_RIGHTS number
-            // is a descriptor it installed in our table for this message.
-            // Nothing else knows it yet, and each is taken exactly once
-            // (the walk visits every entry once; callers call this once).
+            // SAFETY: by this function's contract these bytes are the
+            // control data the kernel has just written for one message, so
+            // each SCM_RIGHTS number is a descriptor it installed in our
+            // table for it, owned by nothing else yet. Each is taken exactly
+            // once: the walk visits every entry once, and the caller calls
+            // this once per message.
             fds.push(unsafe { OwnedFd::from_raw_fd(raw) });
         }
     });
@@ -360,13 +383,20 @@ pub(crate) fn recvmmsg(
         // `msg_controllen` is a `size_t` on glibc, a `socklen_t` elsewhere.
         #[allow(clippy::unnecessary_cast)]
         let controllen = h.msg_hdr.msg_controllen as usize;
-        *slot = Some(take_received(
-            controls[i],
-            controllen,
-            h.msg_hdr.msg_flags,
-            h.msg_len as usize,
-            bufs[i].len(),
-        ));
+        // SAFETY: `recvmmsg` has just received message `i < got`, with
+        // `controls[i]` as its control buffer (set in header `i` above, or
+        // none when it is empty and the kernel reports 0 bytes); the kernel
+        // stored how many bytes of it it wrote in `msg_controllen`. Each
+        // message's descriptors are taken here once, and nowhere else.
+        *slot = Some(unsafe {
+            take_received(
+                controls[i],
+                controllen,
+                h.msg_hdr.msg_flags,
+                h.msg_len as usize,
+                bufs[i].len(),
+            )
+        });
     }
     Ok((n, received))
 }

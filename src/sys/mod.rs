@@ -31,6 +31,19 @@ macro_rules! syscall {
     }};
 }
 
+/// Runs `f` again while it fails with `EINTR`: what [`syscall!`] does,
+/// for calls made through socket2 (which hands `EINTR` to its caller).
+/// Only calls that can block need it: `connect`, `accept`.
+#[cfg(target_os = "linux")]
+pub(crate) fn retry_eintr<T>(mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    loop {
+        match f() {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
 #[cfg(target_os = "linux")]
 pub(crate) mod cmsg;
 #[cfg(target_os = "linux")]
