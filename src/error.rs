@@ -204,18 +204,18 @@ impl From<AddError> for io::Error {
     }
 }
 
-/// An I/O error with what was being done when it happened ("bind UDP
-/// 127.0.0.1:7000"); its kind is the original's, and the original is its
-/// source.
+/// An I/O error that says what was being done when it happened ("bind UDP
+/// 127.0.0.1:7000: Address already in use"); its kind is the original's,
+/// and the original (with its raw OS error) is its source.
 #[derive(Debug)]
 struct Context {
-    what: String,
+    message: String,
     source: io::Error,
 }
 
 impl fmt::Display for Context {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.what, self.source)
+        f.write_str(&self.message)
     }
 }
 
@@ -225,15 +225,16 @@ impl std::error::Error for Context {
     }
 }
 
-/// Wraps `e` with what was being done (keeping its kind).
+/// `e`, saying what was being done: "`what`: `e`" (keeping its kind).
 pub(crate) fn context(e: io::Error, what: fmt::Arguments<'_>) -> io::Error {
-    io::Error::new(
-        e.kind(),
-        Context {
-            what: what.to_string(),
-            source: e,
-        },
-    )
+    let message = format!("{what}: {e}");
+    with_message(e.kind(), message, e)
+}
+
+/// An error of `kind` that displays as `message` and has `source` as its
+/// source.
+pub(crate) fn with_message(kind: io::ErrorKind, message: String, source: io::Error) -> io::Error {
+    io::Error::new(kind, Context { message, source })
 }
 
 #[cfg(test)]
@@ -266,6 +267,7 @@ mod tests {
         assert!(text.starts_with("bind UDP 127.0.0.1:7000: "), "{text}");
         let err = Error::Io(e);
         let source = std::error::Error::source(&err).expect("the os error");
-        assert!(source.to_string().contains("in use"), "{source}");
+        let os = source.downcast_ref::<io::Error>().expect("an io::Error");
+        assert_eq!(os.raw_os_error(), Some(libc::EADDRINUSE));
     }
 }

@@ -1406,10 +1406,14 @@ fn stale_socket_files_and_removal_on_close_and_drop() {
     let stale_opts = SeqpacketOptions::default().unlink_stale(true);
     let addr = |p: &Path| UnixAddr::from_pathname(p).unwrap();
 
-    // A stale file: a listener dropped without removing its file.
+    // A dropped listener removes its file...
     let path = util::temp_path("stale");
-    drop(UnixSeqpacketListener::bind_with(&path, BindOptions::new()).unwrap());
-    assert!(is_socket_file(&path), "a dropped listener leaves its file");
+    drop(UnixSeqpacketListener::bind(&path).unwrap());
+    assert!(!path.exists(), "a dropped listener removes its file");
+    // ...unless told to keep it: a stale file, as a killed process leaves.
+    let keep = BindOptions::new().unlink_on_drop(false);
+    drop(UnixSeqpacketListener::bind_with(&path, &keep).unwrap());
+    assert!(is_socket_file(&path), "kept with unlink_on_drop(false)");
     let count = r.socket_count();
     let e = r.listen_seqpacket(&path).unwrap_err();
     assert_eq!(e.kind(), io::ErrorKind::AddrInUse, "{e:?}");

@@ -411,7 +411,7 @@ fn backlog_full_connect_is_a_distinct_retryable_error() {
     let _g = util::serial();
     let _fds = FdCheck::new();
     let path = util::temp_path("backlog");
-    let listener = UnixSeqpacketListener::bind_with_backlog(&path, 1).unwrap();
+    let listener = UnixSeqpacketListener::bind_with(&path, &BindOptions::new().backlog(1)).unwrap();
     let _rm = RemoveOnDrop(path.clone());
     let addr = UnixAddr::from_pathname(&path).unwrap();
 
@@ -466,13 +466,13 @@ fn abstract_name_bind_connect_and_addresses() {
     let _g = util::serial();
     let _fds = FdCheck::new();
     let addr = abstract_name("abs");
-    let listener = UnixSeqpacketListener::bind_addr(&addr).unwrap();
+    let listener = UnixSeqpacketListener::bind(&addr).unwrap();
     assert_eq!(listener.local_addr().unwrap(), addr);
     // A second bind to the same name fails; no file is involved.
-    let e = UnixSeqpacketListener::bind_addr(&addr).unwrap_err();
+    let e = UnixSeqpacketListener::bind(&addr).unwrap_err();
     assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
 
-    let client = UnixSeqpacket::connect_addr(&addr).unwrap();
+    let client = UnixSeqpacket::connect(&addr).unwrap();
     let (server, from) = listener.accept().unwrap();
     assert_eq!(client.peer_addr().unwrap(), addr);
     // SO_PASSCRED autobinds the connecting socket to an abstract name.
@@ -523,7 +523,7 @@ fn binding_never_removes_a_file_unless_stale_and_a_socket() {
     let e = UnixSeqpacketListener::bind(&path).unwrap_err();
     assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
     let opts = BindOptions::new().unlink_stale(true);
-    let e = UnixSeqpacketListener::bind_with(&path, opts).unwrap_err();
+    let e = UnixSeqpacketListener::bind_with(&path, &opts).unwrap_err();
     assert_eq!(e.kind(), io::ErrorKind::AddrInUse, "{e}");
     let c = UnixSeqpacket::connect(&path).unwrap();
     let (s, _) = first.accept().unwrap();
@@ -539,7 +539,7 @@ fn binding_never_removes_a_file_unless_stale_and_a_socket() {
     assert!(path.exists());
     let e = UnixSeqpacketListener::bind(&path).unwrap_err();
     assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
-    let second = UnixSeqpacketListener::bind_with(&path, opts).unwrap();
+    let second = UnixSeqpacketListener::bind_with(&path, &opts).unwrap();
     let c = UnixSeqpacket::connect(&path).unwrap();
     second.accept().unwrap();
     drop((c, second));
@@ -547,7 +547,7 @@ fn binding_never_removes_a_file_unless_stale_and_a_socket() {
     // A regular file is never removed.
     std::fs::remove_file(&path).unwrap();
     std::fs::write(&path, b"precious").unwrap();
-    let e = UnixSeqpacketListener::bind_with(&path, opts).unwrap_err();
+    let e = UnixSeqpacketListener::bind_with(&path, &opts).unwrap_err();
     assert_eq!(e.kind(), io::ErrorKind::AddrInUse, "{e}");
     assert_eq!(std::fs::read(&path).unwrap(), b"precious");
 }
@@ -564,7 +564,7 @@ fn unlink_stale_replaces_a_stale_file_of_any_socket_type() {
         assert!(is_socket_file(&path));
         let e = UnixSeqpacketListener::bind(&path).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::AddrInUse, "{ty:?}: {e}");
-        let listener = UnixSeqpacketListener::bind_with(&path, opts).unwrap();
+        let listener = UnixSeqpacketListener::bind_with(&path, &opts).unwrap();
         let c = UnixSeqpacket::connect(&path).unwrap();
         let (s, _) = listener.accept().unwrap();
         c.send(b"new").unwrap();
@@ -578,7 +578,7 @@ fn unlink_stale_never_removes_a_live_socket_of_any_type() {
     let _fds = FdCheck::new();
     let opts = BindOptions::new().unlink_stale(true);
     let refused = |path: &Path| {
-        let e = UnixSeqpacketListener::bind_with(path, opts).unwrap_err();
+        let e = UnixSeqpacketListener::bind_with(path, &opts).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::AddrInUse, "{e}");
         let text = e.to_string();
         assert!(
@@ -644,7 +644,7 @@ fn unlink_stale_never_removes_what_is_not_a_socket() {
     let path = util::temp_path("regular");
     let _rm = RemoveOnDrop(path.clone());
     std::fs::write(&path, b"precious").unwrap();
-    let e = UnixSeqpacketListener::bind_with(&path, opts).unwrap_err();
+    let e = UnixSeqpacketListener::bind_with(&path, &opts).unwrap_err();
     assert_eq!(e.kind(), io::ErrorKind::AddrInUse, "{e}");
     let text = e.to_string();
     assert!(
@@ -661,7 +661,7 @@ fn unlink_stale_never_removes_what_is_not_a_socket() {
     let link = util::temp_path("link");
     let _rm3 = RemoveOnDrop(link.clone());
     std::os::unix::fs::symlink(&target, &link).unwrap();
-    let e = UnixSeqpacketListener::bind_with(&link, opts).unwrap_err();
+    let e = UnixSeqpacketListener::bind_with(&link, &opts).unwrap_err();
     assert_eq!(e.kind(), io::ErrorKind::AddrInUse, "{e}");
     assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
     assert!(is_socket_file(&target));
@@ -715,8 +715,8 @@ fn bind_and_connect_errors_name_the_address_and_keep_the_os_error() {
 
     // Abstract names are named as `@name`.
     let addr = abstract_name("errors");
-    let _held = UnixSeqpacketListener::bind_addr(&addr).unwrap();
-    let e = UnixSeqpacketListener::bind_addr(&addr).unwrap_err();
+    let _held = UnixSeqpacketListener::bind(&addr).unwrap();
+    let e = UnixSeqpacketListener::bind(&addr).unwrap_err();
     assert_eq!(e.kind(), io::ErrorKind::AddrInUse, "{e}");
     assert!(e.to_string().starts_with(&format!("bind {addr}: ")), "{e}");
     assert!(addr.to_string().starts_with('@'));

@@ -1,21 +1,13 @@
 //! What only the fuzz target and the unit tests see: built with
 //! `--cfg fuzzing` (which cargo-fuzz sets) or for `cargo test`, and never
-//! part of the crate's API. `net` re-exports all of it with a glob
-//! (`msgloop::net::parse_control`), which names nothing in other builds.
-// `fuzzing` is not declared to check-cfg (no `[lints.rust]` entry in the
-// manifest); the allow covers the cfgs below.
-#![allow(unexpected_cfgs)]
+//! part of the crate's API.
 
-#[cfg(any(test, fuzzing))]
 use std::os::fd::RawFd;
 
-#[cfg(any(test, fuzzing))]
 use super::UCred;
-#[cfg(any(test, fuzzing))]
 use crate::sys::cmsg;
 
 /// Control data parsed without trusting it: see [`parse_control`].
-#[cfg(any(test, fuzzing))]
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ParsedControl {
     /// The numbers in every `SCM_RIGHTS` message, in order. Plain integers,
@@ -35,7 +27,6 @@ pub struct ParsedControl {
 /// Descriptor numbers stay plain integers here. Only the real receive path,
 /// right after `recvmsg`, turns the numbers the kernel installed into
 /// `OwnedFd`s.
-#[cfg(any(test, fuzzing))]
 pub fn parse_control(bytes: &[u8]) -> ParsedControl {
     let mut fds = Vec::new();
     let s = cmsg::parse(bytes, |fd| fds.push(fd));

@@ -15,17 +15,15 @@
 //! `SO_PASSCRED`, and sizing a message on `MSG_PEEK|MSG_TRUNC`.
 
 mod ancillary;
+#[cfg(any(test, fuzzing))]
 mod fuzz;
 mod seqpacket;
-mod unix_path;
 
 #[allow(unused_imports)] // for the reactor
 pub(crate) use ancillary::{recv_with_ancillary, send_with_ancillary, MsgKind};
 pub use ancillary::{
     AncillaryBuf, RecvAncillary, SendAncillary, UCred, UnixDatagramExt, SCM_MAX_FD,
 };
-#[allow(unused_imports, unreachable_pub)] // empty unless cfg(fuzzing) or test
-pub use fuzz::*;
+#[cfg(any(test, fuzzing))]
+pub use fuzz::{parse_control, ParsedControl};
 pub use seqpacket::{BindOptions, UnixSeqpacket, UnixSeqpacketListener, DEFAULT_BACKLOG};
-#[allow(unused_imports)] // for the reactor's Unix datagram sockets
-pub(crate) use unix_path::remove_stale_socket_file;

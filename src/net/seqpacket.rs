@@ -5,7 +5,6 @@ use std::fmt;
 use std::io::{self, IoSlice};
 use std::net::Shutdown;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd, RawFd};
-use std::path::Path;
 
 use mio::event::Source;
 use mio::unix::SourceFd;
@@ -13,12 +12,13 @@ use mio::{Interest, Registry, Token};
 use socket2::{Domain, Socket, Type};
 
 use super::ancillary::{self, AncillaryBuf, MsgKind, RecvAncillary, SendAncillary, UCred};
-use super::unix_path::{failed, remove_stale_socket_file, with_message};
-use crate::addr::UnixAddr;
+use crate::addr::{ToUnixAddr, UnixAddr};
+use crate::error::{context, with_message};
 use crate::recv::{
     FullSizeResult, MsgBuf, RecvMsg, RecvResult, TruncResult, TruncatingRecvMsg,
     TruncatingRecvMsgWithFullSize,
 };
+use crate::socket_file::{remove_stale, SocketFile};
 use crate::sys::{self, cmsg, seqpacket as sp};
 
 /// The listen backlog [`UnixSeqpacketListener::bind`] uses.
@@ -104,6 +104,14 @@ pub struct UnixSeqpacket {
 }
 
 impl UnixSeqpacket {
+    fn from_socket(sock: Socket) -> UnixSeqpacket {
+        UnixSeqpacket { sock }
+    }
+
+    fn into_socket(self) -> Socket {
+        self.sock
+    }
+
     /// Connects to the listener bound at `path`.
     ///
     /// Unix `connect` never stays in progress: it completes at once or
@@ -112,13 +120,9 @@ impl UnixSeqpacket {
     /// connection was made (to retry on the same socket, use
     /// [`new`](UnixSeqpacket::new) and [`connect_to`](UnixSeqpacket::connect_to)).
     /// Nobody listening gives `ConnectionRefused`; no file, `NotFound`.
-    pub fn connect<P: AsRef<Path>>(path: P) -> io::Result<UnixSeqpacket> {
-        UnixSeqpacket::connect_addr(&UnixAddr::from_pathname(path)?)
-    }
-
-    /// Connects to `addr`: a path or, on Linux, an abstract name. Errors as
-    /// for [`connect`](UnixSeqpacket::connect).
-    pub fn connect_addr(addr: &UnixAddr) -> io::Result<UnixSeqpacket> {
+    ///
+    /// `addr` is a path or a [`UnixAddr`] (which can be an abstract name).
+    pub fn connect<A: ToUnixAddr>(addr: A) -> io::Result<UnixSeqpacket> {
         let s = UnixSeqpacket::new()?;
         s.connect_to(addr)?;
         Ok(s)
@@ -141,7 +145,8 @@ impl UnixSeqpacket {
     /// Errors name the address (`connect /run/app.seq: Connection refused
     /// (os error 111)`) and keep the kind of the system call's error, which
     /// is their [`source`](std::error::Error::source).
-    pub fn connect_to(&self, addr: &UnixAddr) -> io::Result<()> {
+    pub fn connect_to<A: ToUnixAddr>(&self, addr: A) -> io::Result<()> {
+        let addr = addr.to_unix_addr()?;
         match sys::retry_eintr(|| self.sock.connect(addr.as_sock_addr())) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -151,7 +156,7 @@ impl UnixSeqpacket {
                 );
                 Err(with_message(io::ErrorKind::WouldBlock, msg, e))
             }
-            Err(e) => Err(failed("connect", addr, e)),
+            Err(e) => Err(context(e, format_args!("connect {addr}"))),
         }
     }
 
@@ -366,14 +371,20 @@ pub struct BindOptions {
     /// Anything else at the path — a regular file, a live socket — is left
     /// alone and binding fails with `AddrInUse`. Default `false`.
     pub unlink_stale: bool,
+    /// Remove the socket file when the listener is dropped, if the path
+    /// still names the file it created (the rule for every socket file
+    /// msgloop creates). Default `true`.
+    pub unlink_on_drop: bool,
 }
 
 impl BindOptions {
-    /// The defaults: [`DEFAULT_BACKLOG`], no unlinking.
+    /// The defaults: [`DEFAULT_BACKLOG`], stale files kept, the file
+    /// removed on drop.
     pub fn new() -> BindOptions {
         BindOptions {
             backlog: DEFAULT_BACKLOG,
             unlink_stale: false,
+            unlink_on_drop: true,
         }
     }
 
@@ -388,6 +399,13 @@ impl BindOptions {
     #[must_use]
     pub fn unlink_stale(mut self, unlink_stale: bool) -> BindOptions {
         self.unlink_stale = unlink_stale;
+        self
+    }
+
+    /// Sets [`unlink_on_drop`](BindOptions::unlink_on_drop).
+    #[must_use]
+    pub fn unlink_on_drop(mut self, unlink_on_drop: bool) -> BindOptions {
+        self.unlink_on_drop = unlink_on_drop;
         self
     }
 }
@@ -406,8 +424,9 @@ impl Default for BindOptions {
 ///
 /// Binding never removes an existing file: a path that exists gives
 /// `AddrInUse`, unless [`BindOptions::unlink_stale`] allows removing a
-/// socket file nobody is bound to any more. Dropping the listener does not
-/// remove its file either.
+/// socket file nobody is bound to any more. Dropping the listener removes
+/// the file it created (if the path still names it), unless
+/// [`BindOptions::unlink_on_drop`] is off.
 ///
 /// It implements [`mio::event::Source`]; deregister it before dropping it.
 ///
@@ -421,42 +440,37 @@ impl Default for BindOptions {
 /// client.send(b"ping")?;
 /// let mut buf = [0u8; 16];
 /// assert_eq!(server.recv(&mut buf)?, Some(4));
-/// std::fs::remove_file(&path)?;
+/// drop(listener); // removes its file
+/// assert!(!path.exists());
 /// # Ok::<(), std::io::Error>(())
 /// ```
 pub struct UnixSeqpacketListener {
     sock: Socket,
+    /// The socket file it created, removed on drop.
+    _file: Option<SocketFile>,
 }
 
 impl UnixSeqpacketListener {
-    /// Binds to `path` and listens with [`DEFAULT_BACKLOG`].
-    pub fn bind<P: AsRef<Path>>(path: P) -> io::Result<UnixSeqpacketListener> {
-        UnixSeqpacketListener::bind_with(path, BindOptions::new())
+    fn from_socket(sock: Socket) -> UnixSeqpacketListener {
+        UnixSeqpacketListener { sock, _file: None }
     }
 
-    /// Binds to `addr` (a path, or on Linux an abstract name) and listens
-    /// with [`DEFAULT_BACKLOG`].
-    pub fn bind_addr(addr: &UnixAddr) -> io::Result<UnixSeqpacketListener> {
-        UnixSeqpacketListener::bind_addr_with(addr, BindOptions::new())
+    /// The socket, with its file kept: it outlives this value.
+    fn into_socket(self) -> Socket {
+        if let Some(f) = self._file {
+            f.keep();
+        }
+        self.sock
     }
 
-    /// Binds to `path` and listens with `backlog`.
-    pub fn bind_with_backlog<P: AsRef<Path>>(
-        path: P,
-        backlog: i32,
-    ) -> io::Result<UnixSeqpacketListener> {
-        UnixSeqpacketListener::bind_with(path, BindOptions::new().backlog(backlog))
+    /// Binds to `addr` — a path, or a [`UnixAddr`] (which can be an
+    /// abstract name) — and listens with [`DEFAULT_BACKLOG`].
+    pub fn bind<A: ToUnixAddr>(addr: A) -> io::Result<UnixSeqpacketListener> {
+        UnixSeqpacketListener::bind_with(addr, &BindOptions::new())
     }
 
-    /// Binds to `path` with `opts`.
-    pub fn bind_with<P: AsRef<Path>>(
-        path: P,
-        opts: BindOptions,
-    ) -> io::Result<UnixSeqpacketListener> {
-        UnixSeqpacketListener::bind_addr_with(&UnixAddr::from_pathname(path)?, opts)
-    }
-
-    /// Binds to `addr` with `opts` (`unlink_stale` concerns paths only).
+    /// Binds to `addr` with `opts` (`unlink_stale` and `unlink_on_drop`
+    /// concern paths only).
     ///
     /// Errors of `bind` and `listen` name the address (`bind /run/app.seq:
     /// Address already in use (os error 98)`) and keep the kind of the
@@ -464,26 +478,34 @@ impl UnixSeqpacketListener {
     /// [`source`](std::error::Error::source). When
     /// [`unlink_stale`](BindOptions::unlink_stale) leaves the file in
     /// place, the error is still the bind's `AddrInUse`, and says why.
-    pub fn bind_addr_with(addr: &UnixAddr, opts: BindOptions) -> io::Result<UnixSeqpacketListener> {
+    pub fn bind_with<A: ToUnixAddr>(
+        addr: A,
+        opts: &BindOptions,
+    ) -> io::Result<UnixSeqpacketListener> {
+        let addr = addr.to_unix_addr()?;
         // SO_PASSCRED is set here, before listen: accepted sockets inherit it.
         let sock = new_socket()?;
         if let Err(e) = sock.bind(addr.as_sock_addr()) {
             let stale_ok = addr.as_pathname().filter(|_| opts.unlink_stale);
             match stale_ok {
                 Some(path) if e.kind() == io::ErrorKind::AddrInUse => {
-                    if let Err(kept) = remove_stale_socket_file(path) {
+                    if let Err(kept) = remove_stale(path) {
                         let msg = format!("bind {addr}: {e}; {kept}");
                         return Err(with_message(e.kind(), msg, e));
                     }
                     sock.bind(addr.as_sock_addr())
-                        .map_err(|e| failed("bind", addr, e))?;
+                        .map_err(|e| context(e, format_args!("bind {addr}")))?;
                 }
-                _ => return Err(failed("bind", addr, e)),
+                _ => return Err(context(e, format_args!("bind {addr}"))),
             }
         }
+        let file = addr
+            .as_pathname()
+            .filter(|_| opts.unlink_on_drop)
+            .and_then(SocketFile::capture);
         sock.listen(opts.backlog)
-            .map_err(|e| failed("listen", addr, e))?;
-        Ok(UnixSeqpacketListener { sock })
+            .map_err(|e| context(e, format_args!("listen {addr}")))?;
+        Ok(UnixSeqpacketListener { sock, _file: file })
     }
 
     /// Accepts a connection: the new socket (non-blocking, close-on-exec,
@@ -536,13 +558,19 @@ macro_rules! fd_traits {
 
         impl IntoRawFd for $ty {
             fn into_raw_fd(self) -> RawFd {
-                self.sock.into_raw_fd()
+                self.into_socket().into_raw_fd()
             }
         }
 
         impl From<$ty> for OwnedFd {
             fn from(s: $ty) -> OwnedFd {
-                s.sock.into()
+                s.into_socket().into()
+            }
+        }
+
+        impl From<$ty> for Socket {
+            fn from(s: $ty) -> Socket {
+                s.into_socket()
             }
         }
 
@@ -554,7 +582,7 @@ macro_rules! fd_traits {
                 let sock = Socket::from(fd);
                 let adopt: fn(&Socket) = $adopt;
                 adopt(&sock);
-                $ty { sock }
+                $ty::from_socket(sock)
             }
         }
 

@@ -26,15 +26,13 @@ use crate::net::{
     self, BindOptions, MsgKind, RecvAncillary, SendAncillary, UnixSeqpacket, UnixSeqpacketListener,
 };
 use crate::recv::QuotaExceeded;
-use crate::socket_file::SocketFile;
 use crate::sys::cmsg;
 
-/// A listening seqpacket socket and the settings its connections get.
+/// A listening seqpacket socket (which removes its socket file when it
+/// closes) and the settings its connections get.
 pub(super) struct SeqListenIo {
     pub(super) listener: UnixSeqpacketListener,
     conn: ConnSettings,
-    /// The socket file it created, removed when it closes.
-    _file: Option<SocketFile>,
 }
 
 /// What every connection of a listener gets.
@@ -85,12 +83,6 @@ impl SeqListenIo {
     }
 }
 
-impl From<UnixSeqpacket> for Socket {
-    fn from(s: UnixSeqpacket) -> Socket {
-        Socket::from(OwnedFd::from(s))
-    }
-}
-
 /// One seqpacket connection.
 pub(super) struct SeqConn {
     pub(super) sock: UnixSeqpacket,
@@ -117,22 +109,14 @@ impl Ctx {
         addr: A,
         opts: &SeqpacketOptions,
     ) -> Result<SocketId, Error> {
-        let addr = addr.to_unix_addr()?;
         let bind = BindOptions::new()
             .backlog(opts.backlog)
-            .unlink_stale(opts.unlink_stale);
-        let listener = UnixSeqpacketListener::bind_addr_with(&addr, bind)?;
-        let file = match (addr.as_pathname(), opts.unlink_on_close) {
-            (Some(p), true) => SocketFile::capture(p),
-            _ => None,
-        };
+            .unlink_stale(opts.unlink_stale)
+            .unlink_on_drop(opts.unlink_on_close);
+        let listener = UnixSeqpacketListener::bind_with(addr, &bind)?;
         let conn = ConnSettings::new(opts, self.config.unix_max_message_len);
         self.rbuf_needed = self.rbuf_needed.max(conn.max_message_len);
-        let io = ListenIo::Seq(SeqListenIo {
-            listener,
-            conn,
-            _file: file,
-        });
+        let io = ListenIo::Seq(SeqListenIo { listener, conn });
         let l = Listener::new(io, opts.max_connections);
         self.insert(
             SocketKind::SeqpacketListener,
@@ -156,7 +140,7 @@ impl Ctx {
         addr: A,
         opts: &SeqpacketOptions,
     ) -> Result<SocketId, Error> {
-        let sock = UnixSeqpacket::connect_addr(&addr.to_unix_addr()?)?;
+        let sock = UnixSeqpacket::connect(addr)?;
         Ok(self.add_seqpacket_with(OwnedFd::from(sock), opts)?)
     }
 
