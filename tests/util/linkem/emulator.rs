@@ -23,7 +23,9 @@
 //!    serialization ended). Unless [`Impairments::jitter_reorders`], a
 //!    packet is never released before the one that arrived before it (its
 //!    release is raised to that one's): jitter then bunches packets rather
-//!    than reorders them.
+//!    than reorders them. (So packets closer together than the jitter's
+//!    spread see delays skewed towards `delay + jitter`; sparse ones see
+//!    the uniform spread.)
 //! 5. **Reordering** ([`Reorder`]): with its probability, a packet is held
 //!    `extra_delay` longer than step 4 says and is exempt from the FIFO
 //!    rule, so later packets may overtake it.
@@ -551,6 +553,9 @@ pub struct LinkStats {
     pub elapsed: Duration,
     /// How many times the forwarding thread woke up.
     pub wakeups: u64,
+    /// CPU time the forwarding thread used (from
+    /// `/proc/self/task/<tid>/schedstat`; zero where that is missing).
+    pub cpu: Duration,
 }
 
 impl LinkStats {
@@ -570,6 +575,15 @@ impl LinkStats {
         }
     }
 
+    /// The forwarding thread's CPU use: `cpu / elapsed` (1.0 = a core).
+    pub fn cpu_share(&self) -> f64 {
+        if self.elapsed.is_zero() {
+            0.0
+        } else {
+            self.cpu.as_secs_f64() / self.elapsed.as_secs_f64()
+        }
+    }
+
     /// The lateness of both directions together.
     pub fn lateness(&self) -> Lateness {
         let mut l = self.a_to_b.lateness.clone();
@@ -582,11 +596,12 @@ impl fmt::Display for LinkStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "A→B {} | B→A {} | late {} | {:.1} s",
+            "A→B {} | B→A {} | late {} | {:.1} s, cpu {:.0}%",
             self.a_to_b,
             self.b_to_a,
             self.lateness(),
-            self.elapsed.as_secs_f64()
+            self.elapsed.as_secs_f64(),
+            100.0 * self.cpu_share()
         )
     }
 }
@@ -793,6 +808,8 @@ impl Ord for Pending {
 struct State {
     stats: LinkStats,
     started: u64,
+    /// The thread's CPU time at `started`, ns.
+    cpu_at_start: u64,
     config: [Impairments; 2],
     generation: u64,
 }
@@ -815,6 +832,8 @@ pub(crate) struct Emulator {
     waker: Waker,
     thread: Option<JoinHandle<()>>,
     realtime: Realtime,
+    /// The forwarding thread's id.
+    tid: i32,
 }
 
 impl Emulator {
@@ -854,6 +873,7 @@ impl Emulator {
             state: Mutex::new(State {
                 stats: LinkStats::default(),
                 started: now_ns(),
+                cpu_at_start: 0,
                 config: config.clone(),
                 generation: 0,
             }),
@@ -865,7 +885,7 @@ impl Emulator {
             .name("linkem".into())
             .spawn(move || {
                 let rt = set_realtime(rt_priority);
-                let _ = tx.send(rt);
+                let _ = tx.send((rt, nix::unistd::gettid().as_raw()));
                 let mut fwd = Forwarder {
                     dirs: [
                         DirState::new(config[0].clone(), seed, 0),
@@ -881,14 +901,16 @@ impl Emulator {
                 };
                 fwd.run(poll, &sh);
             })?;
-        let realtime = rx
+        let (realtime, tid) = rx
             .recv()
             .map_err(|_| io::Error::other("the forwarding thread died at start"))?;
+        shared.lock().cpu_at_start = thread_cpu_ns(tid);
         Ok(Emulator {
             shared,
             waker,
             thread: Some(thread),
             realtime,
+            tid,
         })
     }
 
@@ -900,6 +922,7 @@ impl Emulator {
         let st = self.shared.lock();
         let mut s = st.stats.clone();
         s.elapsed = Duration::from_nanos(now_ns().saturating_sub(st.started));
+        s.cpu = Duration::from_nanos(thread_cpu_ns(self.tid).saturating_sub(st.cpu_at_start));
         s
     }
 
@@ -907,6 +930,7 @@ impl Emulator {
         let mut st = self.shared.lock();
         st.stats = LinkStats::default();
         st.started = now_ns();
+        st.cpu_at_start = thread_cpu_ns(self.tid);
     }
 
     pub(crate) fn impairments(&self, d: Dir) -> Impairments {
@@ -1072,6 +1096,14 @@ impl Forwarder {
             }
         }
     }
+}
+
+/// CPU time of thread `tid` of this process, ns (0 if unknown).
+fn thread_cpu_ns(tid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat"))
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Puts the calling thread under `SCHED_FIFO` at `prio` with `chrt` and

@@ -58,7 +58,7 @@
 //! fails under `CI=true`.
 #![allow(dead_code, unused_imports)]
 
-use std::io;
+use std::io::{self, Write};
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
@@ -358,7 +358,8 @@ pub fn unavailable() -> Option<String> {
 }
 
 /// For a test that needs links: `true` if they can be made here.
-/// Otherwise prints `SKIPPED <test_name>: <why>` and returns `false` —
+/// Otherwise prints `SKIPPED <test_name>: <why>` (to stdout, as the other
+/// tests do, and to the uncaptured stderr) and returns `false` —
 /// except under `CI=true`, where it fails the test instead (CI must run
 /// it).
 pub fn require(test_name: &str) -> bool {
@@ -368,6 +369,9 @@ pub fn require(test_name: &str) -> bool {
             let ci = std::env::var("CI").is_ok_and(|v| v == "true");
             assert!(!ci, "CI=true: {test_name} cannot run: {why}");
             println!("SKIPPED {test_name}: {why}");
+            // The test harness captures `println!`, and a passing test's
+            // output is not shown: say it on the real stderr too.
+            let _ = writeln!(io::stderr(), "SKIPPED {test_name}: {why}");
             false
         }
     }
