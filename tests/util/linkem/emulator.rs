@@ -919,18 +919,22 @@ impl Emulator {
     }
 
     pub(crate) fn stats(&self) -> LinkStats {
+        // Read /proc before locking: the forwarding thread waits for the
+        // lock.
+        let cpu = thread_cpu_ns(self.tid);
         let st = self.shared.lock();
         let mut s = st.stats.clone();
         s.elapsed = Duration::from_nanos(now_ns().saturating_sub(st.started));
-        s.cpu = Duration::from_nanos(thread_cpu_ns(self.tid).saturating_sub(st.cpu_at_start));
+        s.cpu = Duration::from_nanos(cpu.saturating_sub(st.cpu_at_start));
         s
     }
 
     pub(crate) fn reset_stats(&self) {
+        let cpu = thread_cpu_ns(self.tid);
         let mut st = self.shared.lock();
         st.stats = LinkStats::default();
         st.started = now_ns();
-        st.cpu_at_start = thread_cpu_ns(self.tid);
+        st.cpu_at_start = cpu;
     }
 
     pub(crate) fn impairments(&self, d: Dir) -> Impairments {
