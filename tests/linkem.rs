@@ -222,8 +222,8 @@ fn queue_drops_when_overfilled() {
     assert_eq!(d.forwarded + d.dropped_queue, 300);
     assert_eq!(probe.received(), d.forwarded);
 
-    // Sized in time: 20 ms at 5 Mbit/s. No packet waits longer than that
-    // (plus its own 1.96 ms on the wire, plus the receiver's latency).
+    // Sized in time: 20 ms at 5 Mbit/s, so about 10 packets wait and one
+    // is on the wire when the burst arrives; each 1.96 ms another gets in.
     link.set_impairments(Dir::AtoB, Impairments::none().rate_mbit(5.0).queue_ms(20.0))
         .unwrap();
     link.reset_stats();
@@ -238,12 +238,19 @@ fn queue_drops_when_overfilled() {
     .unwrap();
     let s = link.stats();
     println!("{probe}\n{s}");
+    let tx_ns = 1228.0 * 8.0 / 5e6 * 1e9;
+    let room = 12 + (probe.send_time.as_nanos() as f64 / tx_ns).ceil() as u64;
     assert!(s.a_to_b.dropped_queue >= 200, "{s}");
-    let max = probe.delay_quantile(1.0);
     assert!(
-        max < Duration::from_millis(20 + 2 + 5),
-        "a packet waited {max:?}"
+        (10..=room).contains(&s.a_to_b.forwarded),
+        "{} forwarded, expected 10..={room}",
+        s.a_to_b.forwarded
     );
+    // No packet waits longer than 20 ms, plus its own 1.96 ms on the
+    // wire, plus the receiver's latency (generous: a loaded machine delays
+    // some receptions by 10 ms; a 300-packet queue would show 600 ms).
+    let max = probe.delay_quantile(1.0);
+    assert!(max < Duration::from_millis(20 + 2 + 15), "{max:?}");
 }
 
 #[test]
@@ -276,7 +283,9 @@ fn jitter_keeps_order_and_reorder_reorders() {
     assert_eq!(link.stats().a_to_b.reordered, 0);
     assert!(probe.delay_quantile(0.0) >= Duration::from_millis(7));
 
-    // Sparse packets: the delays spread uniformly over 10 ± 2 ms.
+    // Sparse packets: the delays spread uniformly over 10 ± 2 ms. (The
+    // receiver's own latency only adds, and on a loaded machine it adds
+    // milliseconds to some packets: check the fastest ones and the spread.)
     link.set_impairments(Dir::AtoB, Impairments::none().delay_ms(10.0).jitter_ms(2.0))
         .unwrap();
     let probe = udp_probe(
@@ -290,8 +299,9 @@ fn jitter_keeps_order_and_reorder_reorders() {
     .unwrap();
     println!("jitter, sparse: {probe}");
     assert_eq!(probe.received(), 150);
-    assert!(probe.delay_quantile(0.0) >= Duration::from_millis(8));
-    assert!(probe.delay_quantile(0.1) < Duration::from_millis(9));
+    let min = probe.delay_quantile(0.0);
+    assert!(min >= Duration::from_millis(8), "early: {min:?}");
+    assert!(min < Duration::from_micros(8600), "none near 8 ms: {min:?}");
     assert!(probe.delay_quantile(0.9) > Duration::from_millis(11));
 
     link.set_impairments(
