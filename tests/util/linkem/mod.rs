@@ -72,16 +72,17 @@
 //!   140–190k packets/s (1.4–1.8 Gbit/s) one way, the sender included.
 //! - Paced UDP with a 5 ms delay (every release timer-driven): 2 × 60k
 //!   packets/s (2 × 590 Mbit/s) delivered whole; 2 × 20k costs the
-//!   forwarding thread ~30–45 % of a core (it also runs the receiving
+//!   forwarding thread ~25–45 % of a core (it also runs the receiving
 //!   hosts' network stack, as it writes into their devices).
 //! - Kernel TCP at 200 Mbit/s: 191.7 Mbit/s goodput (of 193 possible with
 //!   1,448/1,500-byte segments).
 //! - Lateness (release time minus scheduled time): p50 15–40 µs (timer
-//!   wake-up latency of the VM). p99 is 40–100 µs under `SCHED_FIFO`
-//!   ([`LinkConfig::rt_priority`]), but 0.1–6 ms at normal priority when
-//!   other processes load the cores; the maximum is 1–2.5 ms even under
-//!   `SCHED_FIFO` (a non-preemptible kernel finishes its current task's
-//!   system call first). Benchmarks should ask for `rt_priority`.
+//!   wake-up latency of the VM). Up to 2 × 20k packets/s, p99 is
+//!   40–130 µs under `SCHED_FIFO` ([`LinkConfig::rt_priority`]), but
+//!   0.1–13 ms at normal priority when other processes load the cores; the
+//!   maximum is 0.5–2.5 ms even under `SCHED_FIFO` (probably the
+//!   non-preemptible kernel finishing another task's system call first).
+//!   Benchmarks should ask for `rt_priority`.
 //! - Not measured by lateness: a descheduled thread also reads arrivals
 //!   late, which looks like a burst to the bottleneck model.
 //!
