@@ -707,7 +707,7 @@ fn bind_and_connect_errors_name_the_address_and_keep_the_os_error() {
     let dgram = UnixDatagram::bind(&path).unwrap();
     let s = UnixSeqpacket::new().unwrap();
     let e = s
-        .connect_to(&UnixAddr::from_pathname(&path).unwrap())
+        .connect_to(UnixAddr::from_pathname(&path).unwrap())
         .unwrap_err();
     assert!(e.to_string().starts_with(&prefix("connect")), "{e}");
     assert_eq!(os_error(&e), Some(libc::EPROTOTYPE), "{e:?}");
