@@ -30,7 +30,6 @@
 //! ```
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,110 +44,90 @@ use msgloop::{
 
 const SUMMARY_EVERY: Duration = Duration::from_secs(10);
 
+/// Addresses are kept as given: the library resolves them (`localhost:7000`
+/// works as well as `127.0.0.1:7000`).
 struct Args {
-    udp: Option<SocketAddr>,
+    udp: Option<String>,
     unix_dgram: Option<PathBuf>,
-    tcp: Option<SocketAddr>,
-    rudp: Option<SocketAddr>,
+    tcp: Option<String>,
+    rudp: Option<String>,
     seqpacket: Option<PathBuf>,
     max_message: usize,
     max_frame: usize,
 }
 
-fn usage() -> ! {
-    eprintln!(
-        "usage: echo_server [--udp ADDR] [--unix-dgram PATH] [--tcp ADDR] [--rudp ADDR]\n\
-         \x20                  [--seqpacket PATH]\n\
-         \x20                  [--max-message BYTES] [--max-frame BYTES]\n\
-         \n\
-         With no transport flag, serves UDP on 127.0.0.1:7000, a Unix datagram\n\
-         socket at $TMPDIR/msgloop-echo.dgram and TCP frames (4-byte big-endian\n\
-         length prefix) on 127.0.0.1:7001, reliable UDP on 127.0.0.1:7002 and a\n\
-         Unix seqpacket listener at $TMPDIR/msgloop-echo.seq (fds come back).\n\
-         --max-message caps Unix datagrams\n\
-         (default 1 MiB; larger ones are dropped and counted); --max-frame caps\n\
-         TCP frames (default 8 MiB; a larger header closes that connection)."
-    );
+const USAGE: &str = "\
+usage: echo_server [--udp ADDR] [--unix-dgram PATH] [--tcp ADDR] [--rudp ADDR]
+                   [--seqpacket PATH] [--max-message BYTES] [--max-frame BYTES]
+
+With no transport flag, serves every transport on its default:
+  UDP            127.0.0.1:7000
+  Unix datagram  $TMPDIR/msgloop-echo.dgram (clients must bind to get replies)
+  TCP frames     127.0.0.1:7001 (4-byte big-endian length prefix)
+  reliable UDP   127.0.0.1:7002 (see examples/rudp_chat.rs for a client)
+  Unix seqpacket $TMPDIR/msgloop-echo.seq (passed fds come back)
+Naming any transport serves only those. ADDR is HOST:PORT (names resolve).
+--max-message caps Unix datagrams and seqpacket messages (default 1 MiB;
+larger ones are dropped and counted); --max-frame caps TCP frames (default
+8 MiB; a larger header closes that connection).";
+
+/// A bad command line: the error first, then where to find the usage.
+fn bad_args(msg: &str) -> ! {
+    eprintln!("echo_server: {msg}\n(run with --help for the usage)");
     std::process::exit(2)
 }
 
 fn parse_args() -> Args {
-    let mut udp = None;
-    let mut unix_dgram = None;
-    let mut tcp = None;
-    let mut rudp = None;
-    let mut seqpacket = None;
-    let mut max_message = 1 << 20;
-    let mut max_frame = 8 << 20;
+    let mut args = Args {
+        udp: None,
+        unix_dgram: None,
+        tcp: None,
+        rudp: None,
+        seqpacket: None,
+        max_message: 1 << 20,
+        max_frame: 8 << 20,
+    };
     let mut any = false;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
-        let mut value = || it.next().unwrap_or_else(|| usage());
+        let mut value = || {
+            it.next()
+                .unwrap_or_else(|| bad_args(&format!("{flag} needs a value")))
+        };
+        let size = |v: String| {
+            v.parse::<usize>()
+                .unwrap_or_else(|e| bad_args(&format!("{flag} {v:?}: {e}")))
+        };
         match flag.as_str() {
-            "--udp" => {
-                any = true;
-                udp = Some(value().parse().unwrap_or_else(|e| {
-                    eprintln!("--udp: {e}");
-                    usage()
-                }));
-            }
-            "--unix-dgram" => {
-                any = true;
-                unix_dgram = Some(PathBuf::from(value()));
-            }
-            "--tcp" => {
-                any = true;
-                tcp = Some(value().parse().unwrap_or_else(|e| {
-                    eprintln!("--tcp: {e}");
-                    usage()
-                }));
-            }
-            "--rudp" => {
-                any = true;
-                rudp = Some(value().parse().unwrap_or_else(|e| {
-                    eprintln!("--rudp: {e}");
-                    usage()
-                }));
-            }
-            "--seqpacket" => {
-                any = true;
-                seqpacket = Some(PathBuf::from(value()));
-            }
+            "--udp" => args.udp = Some(value()),
+            "--unix-dgram" => args.unix_dgram = Some(PathBuf::from(value())),
+            "--tcp" => args.tcp = Some(value()),
+            "--rudp" => args.rudp = Some(value()),
+            "--seqpacket" => args.seqpacket = Some(PathBuf::from(value())),
             "--max-frame" => {
-                max_frame = value().parse().unwrap_or_else(|e| {
-                    eprintln!("--max-frame: {e}");
-                    usage()
-                })
+                args.max_frame = size(value());
+                continue;
             }
             "--max-message" => {
-                max_message = value().parse().unwrap_or_else(|e| {
-                    eprintln!("--max-message: {e}");
-                    usage()
-                })
+                args.max_message = size(value());
+                continue;
             }
-            "-h" | "--help" => usage(),
-            other => {
-                eprintln!("unknown argument {other:?}");
-                usage()
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0)
             }
+            other => bad_args(&format!("unknown argument {other:?}")),
         }
+        any = true;
     }
     if !any {
-        udp = Some("127.0.0.1:7000".parse().expect("valid default"));
-        unix_dgram = Some(std::env::temp_dir().join("msgloop-echo.dgram"));
-        tcp = Some("127.0.0.1:7001".parse().expect("valid default"));
-        rudp = Some("127.0.0.1:7002".parse().expect("valid default"));
-        seqpacket = Some(std::env::temp_dir().join("msgloop-echo.seq"));
+        args.udp = Some("127.0.0.1:7000".into());
+        args.unix_dgram = Some(std::env::temp_dir().join("msgloop-echo.dgram"));
+        args.tcp = Some("127.0.0.1:7001".into());
+        args.rudp = Some("127.0.0.1:7002".into());
+        args.seqpacket = Some(std::env::temp_dir().join("msgloop-echo.seq"));
     }
-    Args {
-        udp,
-        unix_dgram,
-        tcp,
-        rudp,
-        seqpacket,
-        max_message,
-        max_frame,
-    }
+    args
 }
 
 /// Per-transport counters the summary prints next to the reactor's own.
@@ -168,6 +147,7 @@ struct Counts {
     rudp_dropped: u64,
     seq_open: u64,
     seq_fds_echoed: u64,
+    seq_fds_cut: u64,
 }
 
 struct Echo {
@@ -217,8 +197,8 @@ impl Echo {
         }
         if self.seqpacket.is_some() {
             line += &format!(
-                " | seqpacket conns open={} fds_echoed={}",
-                c.seq_open, c.seq_fds_echoed
+                " | seqpacket conns open={} fds_echoed={} messages_with_fds_cut={}",
+                c.seq_open, c.seq_fds_echoed, c.seq_fds_cut
             );
         }
         let r = cx.reactor_stats();
@@ -259,10 +239,21 @@ impl Handler for Echo {
         self.counts.tcp_open += 1;
     }
 
-    fn on_seqpacket(&mut self, cx: &mut Ctx, conn: SocketId, msg: SeqpacketMessage<'_>) {
-        // Echo the bytes and pass back the very descriptors we received:
-        // the client gets its own descriptors of the same open files.
-        let fds: Vec<BorrowedFd<'_>> = msg.fds().iter().map(|fd| fd.as_fd()).collect();
+    fn on_seqpacket(&mut self, cx: &mut Ctx, conn: SocketId, mut msg: SeqpacketMessage<'_>) {
+        if msg.fds_truncated() {
+            // More descriptors were passed than could be received (out of
+            // descriptors, or over SCM_MAX_FD): the kernel closed the rest.
+            self.counts.seq_fds_cut += 1;
+            log_rate_limited(
+                &format!("{conn}: passed descriptors were cut (MSG_CTRUNC)"),
+                self.counts.seq_fds_cut,
+            );
+        }
+        // Echo the bytes and pass back the very descriptors we received
+        // (taken: ours, closed when they go out of scope below); the client
+        // gets its own descriptors of the same open files.
+        let owned = msg.take_fds();
+        let fds: Vec<BorrowedFd<'_>> = owned.iter().map(|fd| fd.as_fd()).collect();
         match cx.send_seqpacket_with_fds(conn, msg.data(), &fds) {
             Ok(()) => {
                 self.counts.echoed += 1;
@@ -276,7 +267,6 @@ impl Handler for Echo {
                 );
             }
         }
-        // Our copies of the descriptors close when `msg` goes out of scope.
     }
 
     fn on_frame(&mut self, cx: &mut Ctx, conn: SocketId, frame: &[u8]) {
@@ -356,7 +346,12 @@ impl Handler for Echo {
     }
 
     fn on_signal(&mut self, cx: &mut Ctx, _watcher: SocketId, signal: i32) {
-        eprintln!("echo_server: signal {signal}, shutting down");
+        let name = match signal {
+            libc::SIGINT => "SIGINT",
+            libc::SIGTERM => "SIGTERM",
+            _ => "a signal",
+        };
+        eprintln!("echo_server: {name} ({signal}), shutting down");
         eprintln!("{}", self.summary(cx));
         self.stop = true;
     }
@@ -380,10 +375,17 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: Args) -> Result<(), Error> {
-    let mut reactor = Reactor::new()?;
+/// An error of setting up `transport`, saying which.
+fn setup(transport: &str) -> impl FnOnce(Error) -> String + '_ {
+    move |e| format!("{transport}: {e}")
+}
+
+fn run(args: Args) -> Result<(), String> {
+    let mut reactor = Reactor::new().map_err(|e| format!("reactor: {e}"))?;
     // Before anything else: SIGINT/SIGTERM become on_signal callbacks.
-    reactor.watch_signals(&[libc::SIGINT, libc::SIGTERM])?;
+    reactor
+        .watch_signals(&[libc::SIGINT, libc::SIGTERM])
+        .map_err(setup("signals"))?;
 
     let mut app = Echo {
         udp: None,
@@ -396,50 +398,68 @@ fn run(args: Args) -> Result<(), Error> {
         started: Instant::now(),
         stop: false,
     };
-    if let Some(addr) = args.udp {
-        let opts = DgramOptions::default().recv_buffer_size(Some(4 << 20));
-        let id = reactor.bind_udp_with(addr, &opts)?;
-        eprintln!("echo_server: udp on {}", reactor.local_addr(id)?);
+    if let Some(addr) = &args.udp {
+        let opts = DgramOptions::new().recv_buffer_size(4 << 20);
+        let id = reactor
+            .bind_udp_with(addr.as_str(), &opts)
+            .map_err(setup(&format!("udp {addr}")))?;
+        let local = reactor.local_addr(id).map_err(setup("udp"))?;
+        eprintln!("echo_server: udp on {local}");
         app.udp = Some(id);
     }
     if let Some(path) = &args.unix_dgram {
-        let opts = DgramOptions::default()
-            .max_message_len(Some(args.max_message))
+        // The file is ours: a leftover from a killed run is replaced (never
+        // a live socket's, never a non-socket file), and it is removed again
+        // when we exit. Room to echo the largest message we accept.
+        let room = 2 * args.max_message + 4096;
+        let opts = DgramOptions::new()
+            .max_message_len(args.max_message)
             .unlink_stale(true)
-            .unlink_on_close(true)
-            .send_buffer_size(Some(2 * args.max_message + 4096))
-            .recv_buffer_size(Some(2 * args.max_message + 4096));
-        let id = reactor.bind_unix_datagram_with(&UnixAddr::from_pathname(path)?, &opts)?;
+            .send_buffer_size(room)
+            .recv_buffer_size(room);
+        let id = reactor
+            .bind_unix_datagram_with(path, &opts)
+            .map_err(setup("unix datagram"))?;
         eprintln!("echo_server: unix datagram on {}", path.display());
         app.unix = Some(id);
     }
-    if let Some(addr) = args.tcp {
+    if let Some(addr) = &args.tcp {
         let opts = TcpOptions::new(FrameConfig::new().with_max_frame_len(args.max_frame));
-        let id = reactor.listen_tcp_with(addr, &opts)?;
+        let id = reactor
+            .listen_tcp_with(addr.as_str(), &opts)
+            .map_err(setup(&format!("tcp {addr}")))?;
+        let local = reactor.local_addr(id).map_err(setup("tcp"))?;
         eprintln!(
-            "echo_server: tcp frames on {} (4-byte big-endian length, max {} B)",
-            reactor.local_addr(id)?,
+            "echo_server: tcp frames on {local} (4-byte big-endian length, max {} B)",
             opts.frame.max_frame_len()
         );
         app.tcp = Some(id);
     }
-    if let Some(addr) = args.rudp {
-        let id = reactor.bind_rudp(addr, RudpConfig::default())?;
-        eprintln!("echo_server: reliable udp on {}", reactor.local_addr(id)?);
+    if let Some(addr) = &args.rudp {
+        let id = reactor
+            .bind_rudp(addr.as_str(), RudpConfig::default())
+            .map_err(setup(&format!("reliable udp {addr}")))?;
+        let local = reactor.local_addr(id).map_err(setup("reliable udp"))?;
+        eprintln!("echo_server: reliable udp on {local}");
         app.rudp = Some(id);
     }
     if let Some(path) = &args.seqpacket {
-        let opts = SeqpacketOptions::default()
-            .max_message_len(Some(args.max_message))
+        // Our file: a leftover of a killed run is replaced.
+        let opts = SeqpacketOptions::new()
+            .max_message_len(args.max_message)
             .unlink_stale(true);
-        let id = reactor.listen_seqpacket_with(&UnixAddr::from_pathname(path)?, &opts)?;
+        let id = reactor
+            .listen_seqpacket_with(path, &opts)
+            .map_err(setup("unix seqpacket"))?;
         eprintln!("echo_server: unix seqpacket on {}", path.display());
         app.seqpacket = Some(id);
     }
     reactor.set_timer(SUMMARY_EVERY);
 
     while !app.stop {
-        reactor.run_once(&mut app, None)?;
+        reactor
+            .run_once(&mut app, None)
+            .map_err(|e| format!("run_once: {e}"))?;
     }
     // Dropping the reactor closes every socket and removes their files.
     drop(reactor);

@@ -10,7 +10,7 @@
 //! The client opens `--peers` connections (one socket each, all in one
 //! reactor) and sends `--count` messages of `--size` bytes on each, in
 //! parallel, as fast as the send windows allow: a send refused with
-//! `QueueFull` resumes in `on_rudp_writable`. The server checks every
+//! `Error::WouldBlock` resumes in `on_rudp_writable`. The server checks every
 //! peer's stream and, when the peer finishes, sends back a verdict. The
 //! client prints one line:
 //!

@@ -3,7 +3,11 @@
 //! ```text
 //! cargo run --example rudp_chat -- --listen 127.0.0.1:7100              # the hub
 //! cargo run --example rudp_chat -- --connect 127.0.0.1:7100 --name bob  # more terminals
+//! cargo run --example rudp_chat -- --connect 127.0.0.1:7002             # echo_server's port
 //! ```
+//!
+//! A hub whose stdin is closed goes on relaying (run it detached with
+//! `< /dev/null &`) until SIGINT or SIGTERM.
 //!
 //! The hub is a participant too: it prints what it receives and relays each
 //! message, with the sender's name and its guarantee, to every other peer.
@@ -16,7 +20,7 @@
 //! | `/o text` | `Order`    | unreliable, never after a newer `/o` (latest wins) |
 //! | `/n text` | `None`     | unreliable, any order, at most once                |
 //! | `/stats`  |            | RTT, loss and retransmissions of each peer         |
-//! | `/quit`   |            | close gracefully and exit (so do Ctrl-D, Ctrl-C)   |
+//! | `/quit`   |            | close gracefully and exit (so do Ctrl-C and, for a client, Ctrl-D) |
 //!
 //! Incoming messages print as `[name|guarantee] text`. Guarantees are not
 //! ordered among themselves: an `/o` or `/n` line can overtake a `/d` line
@@ -35,7 +39,7 @@
 //!   `--idle-timeout`).
 //! - **Shutting down cleanly.** SIGINT/SIGTERM arrive as
 //!   [`Handler::on_signal`] callbacks; every peer is closed with
-//!   `close_peer`, and the program exits once they all report closed (or
+//!   `close_rudp`, and the program exits once they all report closed (or
 //!   after 1 s).
 //!
 //! On the wire a chat message is `name`, a newline, then the text; the hub
@@ -136,7 +140,8 @@ fn parse_args() -> Args {
 
 enum Input {
     Line(String),
-    /// stdin is closed (Ctrl-D, or the end of a pipe): quit like `/quit`.
+    /// stdin is closed (Ctrl-D, or the end of a pipe): a client quits like
+    /// `/quit`; a hub goes on relaying.
     Eof,
 }
 
@@ -274,6 +279,12 @@ impl Handler for Chat {
         while let Ok(input) = self.input.try_recv() {
             match input {
                 Input::Line(line) => self.on_line(cx, line.trim_end()),
+                // A hub keeps relaying without a terminal (run detached:
+                // `rudp_chat --listen ADDR < /dev/null &`); it stops on
+                // /quit or a signal. A client has nothing left to say.
+                Input::Eof if self.is_hub => {
+                    println!("* stdin closed: relaying until SIGINT/SIGTERM");
+                }
                 Input::Eof => self.shut_down(cx),
             }
         }

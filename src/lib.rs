@@ -128,6 +128,11 @@ pub mod framing;
 pub mod net;
 pub mod rudp;
 
+// The README's example is compiled as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeExamples;
+
 /// The guides of the repository's `docs/` folder.
 pub mod guide {
     #[doc = include_str!("../docs/datagrams.md")]

@@ -131,8 +131,9 @@ pub(crate) fn run(want: &dyn Fn(&str) -> bool) -> io::Result<()> {
         empty_cost,
         idle_cost / empty_cost,
         "ns_per_idle_run_once",
+        "empty_reactor",
         &format!(
-            "baseline_is=empty_reactor connections={} rss_per_conn_bytes={per_conn:.0} buffered_bytes_total={buffered} accept_secs={accept_secs:.2}",
+            "connections={} rss_per_conn_bytes={per_conn:.0} buffered_bytes_total={buffered} accept_secs={accept_secs:.2}",
             app.accepted
         ),
     );

@@ -9,12 +9,21 @@
 //! Each workload prints one line that scripts can read:
 //!
 //! ```text
-//! workload=NAME msgloop=X baseline=Y ratio=R unit=U [key=value ...]
+//! workload=NAME unit=U msgloop=X baseline=Y ratio=R baseline_is=WHAT [key=value ...]
 //! ```
 //!
-//! `ratio` is msgloop / baseline (higher is better for msgloop). Every
-//! figure is the median of `--rounds` runs (default 5), msgloop and the
-//! baseline alternating so that drifts of the machine hit both alike.
+//! - `msgloop`, `baseline`: the median of each side's rate (in `unit`)
+//!   over its slices or rounds;
+//! - `ratio`: the median, over adjacent pairs of one msgloop slice and one
+//!   baseline slice, of msgloop's rate / the baseline's (higher is better
+//!   for msgloop). Pairing cancels most of a shared machine's drift, so
+//!   `ratio` can differ from `msgloop / baseline`;
+//! - `baseline_is`: what the baseline is, in a word or two (each workload
+//!   below says more);
+//! - the other keys are figures of that workload.
+//!
+//! msgloop and the baseline alternate, `--rounds` times (default 5), so that
+//! drifts of the machine hit both alike.
 //!
 //! Workloads:
 //! - `udp_pingpong`: 64 B round trips, both ends in one thread — a client
@@ -45,6 +54,28 @@ use msgloop::{Ctx, Datagram, DgramOptions, Handler, Reactor, SocketId};
 
 const PAYLOAD: [u8; 64] = [0x5a; 64];
 
+/// Every workload, in the order they run.
+const WORKLOADS: [&str; 18] = [
+    "udp_pingpong",
+    "udp_ingest",
+    "unix_dgram_pingpong",
+    "seqpacket_pingpong",
+    "seqpacket_oneway",
+    "tcp_frames_64",
+    "tcp_echo_64",
+    "tcp_frames_64k",
+    "tcp_idle_10k",
+    "udp_ingest_shards",
+    "tcp_frames_shards",
+    "rudp_delivery_64",
+    "rudp_delivery_1k",
+    "rudp_none_64",
+    "rudp_delivery_1k_no_offload",
+    "rudp_fanout_1k",
+    "rudp_core_64",
+    "rudp_core_1k",
+];
+
 struct Opts {
     only: Option<String>,
     rounds: usize,
@@ -72,7 +103,13 @@ fn parse() -> Opts {
             "--side" => o.side = it.next(),
             "--bench" => {} // passed by `cargo bench`-style runners; ignore
             "-h" | "--help" => {
-                println!("usage: bench [--only WORKLOAD] [--rounds N]");
+                println!(
+                    "usage: bench [--only WORKLOAD] [--rounds N] [--side msgloop|baseline]\n\n\
+                     Workloads (the module docs of examples/bench/ describe each):\n  {}\n\n\
+                     Output: workload=NAME unit=U msgloop=X baseline=Y ratio=R baseline_is=WHAT ...\n\
+                     msgloop, baseline: median rates; ratio: median of paired-slice ratios.",
+                    WORKLOADS.join("\n  ")
+                );
                 std::process::exit(0);
             }
             other => die(&format!("unknown argument {other:?}")),
@@ -97,9 +134,19 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 static SIDE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
 
-fn report(name: &str, ours: f64, base: f64, ratio: f64, unit: &str, extra: &str) {
+/// One workload's line (see the module docs for the keys).
+fn report(
+    name: &str,
+    ours: f64,
+    base: f64,
+    ratio: f64,
+    unit: &str,
+    baseline_is: &str,
+    extra: &str,
+) {
     println!(
-        "workload={name} msgloop={ours:.0} baseline={base:.0} ratio={ratio:.3} unit={unit}{}{extra}",
+        "workload={name} unit={unit} msgloop={ours:.0} baseline={base:.0} ratio={ratio:.3} \
+         baseline_is={baseline_is}{}{extra}",
         if extra.is_empty() { "" } else { " " }
     );
 }
@@ -503,31 +550,12 @@ fn main() {
     let o = parse();
     SIDE.set(o.side.clone()).expect("set once");
     let want = |name: &str| o.only.as_deref().is_none_or(|w| w == name);
-    let known = [
-        "udp_pingpong",
-        "udp_ingest",
-        "unix_dgram_pingpong",
-        "seqpacket_pingpong",
-        "seqpacket_oneway",
-        "tcp_frames_64",
-        "tcp_echo_64",
-        "tcp_frames_64k",
-        "tcp_idle_10k",
-        "udp_ingest_shards",
-        "tcp_frames_shards",
-        "rudp_delivery_64",
-        "rudp_delivery_1k",
-        "rudp_none_64",
-        "rudp_delivery_1k_no_offload",
-        "rudp_fanout_1k",
-        "rudp_core_64",
-        "rudp_core_1k",
-    ];
+
     if let Some(w) = &o.only {
-        if !known.contains(&w.as_str()) {
+        if !WORKLOADS.contains(&w.as_str()) {
             die(&format!(
                 "unknown workload {w:?}; known: {}",
-                known.join(", ")
+                WORKLOADS.join(", ")
             ));
         }
     }
@@ -547,6 +575,7 @@ fn main() {
                 b,
                 r,
                 "round_trips/s",
+                "mio_recv_from_send_to",
                 &format!("payload=64 slices={slices}x{SLICE_ROUND_TRIPS}"),
             );
         }
@@ -558,6 +587,7 @@ fn main() {
                 b,
                 r,
                 "datagrams/s",
+                "blocking_recv_from",
                 &format!(
                     "recvmmsg={c:.0} payload=64 slices={slices}x{}ms",
                     INGEST_WINDOW.as_millis()
@@ -577,6 +607,7 @@ fn main() {
                 b,
                 r,
                 "round_trips/s",
+                "mio_recv_send",
                 &format!("payload=64 slices={slices}x{SLICE_ROUND_TRIPS}"),
             );
         }

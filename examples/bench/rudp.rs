@@ -326,6 +326,7 @@ pub(crate) fn run(rounds: usize, want: &dyn Fn(&str) -> bool) -> io::Result<()> 
             median(b),
             median(r),
             "messages/s",
+            "raw_udp_sendmmsg_recvmmsg",
             &format!(
                 "baseline_unit=datagrams/s payload={size} messages={MESSAGES} datagrams={:.0} \
                  retransmitted={:.0} offload={offload} baseline_gso={:.0} ratio_vs_gso={:.3}",

@@ -251,6 +251,7 @@ pub(crate) fn run(slices: usize, want: &dyn Fn(&str) -> bool) -> io::Result<()> 
             b,
             r,
             "messages/s",
+            "memcpy_through_a_queue",
             &format!(
                 "mb_per_s={:.1} ns_per_msg={:.0} datagrams={:.0} msgs_per_datagram={:.2} \
                  acks_per_datagram={:.3} payload={size} slices={slices}x{n}",

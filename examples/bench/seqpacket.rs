@@ -268,7 +268,8 @@ pub(crate) fn run(rounds: usize, slices: usize, want: &dyn Fn(&str) -> bool) -> 
             b,
             r,
             "round_trips/s",
-            &format!("payload=64 slices={slices}x{SLICE_ROUND_TRIPS} baseline=mio_recvmsg"),
+            "mio_recvmsg",
+            &format!("payload=64 slices={slices}x{SLICE_ROUND_TRIPS}"),
         );
         let mut plain = mio_side(None)?;
         let (a, b, r) = interleave(slices, SLICE_ROUND_TRIPS, &mut ours, &mut plain)?;
@@ -278,7 +279,8 @@ pub(crate) fn run(rounds: usize, slices: usize, want: &dyn Fn(&str) -> bool) -> 
             b,
             r,
             "round_trips/s",
-            &format!("payload=64 slices={slices}x{SLICE_ROUND_TRIPS} baseline=mio_recv"),
+            "mio_recv",
+            &format!("payload=64 slices={slices}x{SLICE_ROUND_TRIPS}"),
         );
     }
     if want("seqpacket_oneway") {
@@ -296,9 +298,8 @@ pub(crate) fn run(rounds: usize, slices: usize, want: &dyn Fn(&str) -> bool) -> 
             median(vb),
             median(vr),
             "messages/s",
-            &format!(
-                "payload=64 messages={ONEWAY_MESSAGES} baseline=blocking_recv rounds={rounds}"
-            ),
+            "blocking_recv",
+            &format!("payload=64 messages={ONEWAY_MESSAGES} rounds={rounds}"),
         );
     }
     Ok(())

@@ -177,7 +177,8 @@ pub(crate) fn run(rounds: usize, want: &dyn Fn(&str) -> bool) -> io::Result<()> 
             median(one),
             median(r),
             unit,
-            "msgloop_is=2_reactors baseline_is=1_reactor payload=64",
+            "1_reactor",
+            "msgloop_is=2_reactors payload=64",
         );
     }
     let _ = io::stdout().flush();

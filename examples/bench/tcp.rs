@@ -277,6 +277,7 @@ pub(crate) fn run(rounds: usize, want: &dyn Fn(&str) -> bool) -> io::Result<()> 
             b,
             r,
             "frames/s",
+            "blocking_read_in_place_framer",
             &format!("payload=64 frames_per_round={frames} rounds={rounds}"),
         );
     }
@@ -288,7 +289,8 @@ pub(crate) fn run(rounds: usize, want: &dyn Fn(&str) -> bool) -> io::Result<()> 
             b,
             r,
             "round_trips/s",
-            &format!("payload=64 baseline=blocking_lockstep round_trips={ECHO_ROUND_TRIPS} rounds={rounds}"),
+            "blocking_lockstep",
+            &format!("payload=64 round_trips={ECHO_ROUND_TRIPS} rounds={rounds}"),
         );
     }
     if want("tcp_frames_64k") {
@@ -307,9 +309,8 @@ pub(crate) fn run(rounds: usize, want: &dyn Fn(&str) -> bool) -> io::Result<()> 
             b * 1e3,
             r,
             "MB/s",
-            &format!(
-                "payload=65536 baseline=raw_bulk_1MiB bytes_per_round={total} rounds={rounds}"
-            ),
+            "raw_bulk_1MiB_reads",
+            &format!("payload=65536 bytes_per_round={total} rounds={rounds}"),
         );
     }
     Ok(())

@@ -374,7 +374,10 @@ pub(super) fn bind_udp_socket<A: ToSocketAddrs>(
     what: &str,
 ) -> io::Result<Socket> {
     let mut last = None;
-    for a in addr.to_socket_addrs()? {
+    let addrs = addr
+        .to_socket_addrs()
+        .map_err(|e| context(e, format_args!("bind {what}: resolving the address")))?;
+    for a in addrs {
         let attempt = (|| {
             let sock = Socket::new(
                 Domain::for_address(a),

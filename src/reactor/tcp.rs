@@ -19,7 +19,7 @@
 //! does not take is copied into the connection's queue, bounded by
 //! `max_send_queue`; WRITABLE interest is registered only while that queue
 //! exists, and a send that would overflow it fails with
-//! [`Error::QueueFull`] — never a spin, never unbounded growth.
+//! [`Error::WouldBlock`] — never a spin, never unbounded growth.
 
 use std::io::{self, IoSlice, Read};
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -77,7 +77,7 @@ pub(super) struct TcpConn {
     /// When the partial frame now buffered started arriving.
     partial_since: Option<Instant>,
     idle_timer: Option<TimerKey>,
-    /// A send failed with `QueueFull`: call `on_writable` once it drains.
+    /// A send was refused (queue full): call `on_writable` once it drains.
     notify_writable: bool,
     /// WRITABLE interest is registered.
     write_armed: bool,
@@ -205,7 +205,10 @@ impl Ctx {
         opts: &TcpOptions,
     ) -> Result<SocketId, Error> {
         let mut last = None;
-        for a in addr.to_socket_addrs()? {
+        let addrs = addr
+            .to_socket_addrs()
+            .map_err(|e| context(e, format_args!("listen TCP: resolving the address")))?;
+        for a in addrs {
             match bind_listener(a, opts.backlog, opts.reuse_port) {
                 Ok(listener) => {
                     let io = ListenIo::Tcp(TcpListenIo {
