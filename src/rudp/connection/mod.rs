@@ -149,7 +149,9 @@ impl Connection {
     fn new(cfg: RudpConfig, side: Side, conn_id: u32, now: Instant, seed: u64) -> Self {
         let cfg = cfg.sanitized();
         let mut rng = Rng::new(seed ^ u64::from(conn_id).rotate_left(32));
-        let initial = cfg.initial_sequence.unwrap_or_else(|| rng.next_u32());
+        let initial = cfg
+            .forced_initial_sequence()
+            .unwrap_or_else(|| rng.next_u32());
         let local = Params {
             initial_seq: initial,
             recv_window: cfg.recv_window,
