@@ -867,7 +867,8 @@ impl Connection {
     /// the last ack-eliciting packet, plus the peer's ack delay when a
     /// single packet is in flight (its ack may be delayed); `None` when it
     /// would not come before the RTO, before the first RTT sample, or when
-    /// a probe is already out.
+    /// a probe is already out. (At WAN RTTs the RTO usually comes first:
+    /// see `docs/rudp.md` §12.)
     fn probe_deadline(&self) -> Option<Instant> {
         if self.probe_sent || !self.rtt.has_sample || self.tx.in_flight() == 0 {
             return None;

@@ -701,6 +701,9 @@ impl SendState {
     /// Takes the peer's cumulative ack `cum` (ignored if older than one
     /// already taken) and releases the messages it covers. Returns true
     /// when some were released.
+    ///
+    /// Every ack carries it, so messages are freed even when the acks that
+    /// named their packets were lost.
     pub(super) fn on_cum_ack(&mut self, cum: u32) -> bool {
         if seq_gt(cum, self.peer_cum) {
             self.peer_cum = cum;

@@ -490,8 +490,8 @@ fn messages_of(sim: &mut Sim, node: usize) -> u32 {
 /// congestion-window cuts they caused are undone and the reordering
 /// tolerance widens, so retransmissions stay far below one per reordered
 /// datagram and the window reaches its cap instead of being halved.
-/// (Flights stay under 64 packets here; see STATUS.md for reordering deeper
-/// than the receiver's 128-packet duplicate window.)
+/// (Flights stay under 64 packets here; see `docs/rudp.md` §12 for
+/// reordering deeper than the receiver's 128-packet duplicate window.)
 #[test]
 fn regression_spurious_losses_widen_tolerance_and_undo_the_cut() {
     let link = LinkConfig {
