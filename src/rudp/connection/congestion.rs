@@ -115,6 +115,7 @@ impl Congestion {
         self.recovery_start.is_some_and(|r| seq_lt(pn, r))
     }
 
+    #[inline]
     pub(super) fn on_ack(&mut self, pn: u32, cwnd_limited: bool) {
         if self.in_recovery(pn) || !cwnd_limited {
             return;

@@ -182,6 +182,7 @@ impl Inbox {
 
     /// The next event, with message bytes copied out (or moved, for messages
     /// that have a vector of their own).
+    #[inline]
     pub(super) fn pop_event(&mut self) -> Option<Event> {
         let Some(ev) = self.events.pop_front() else {
             self.arena.clear();
@@ -212,6 +213,7 @@ impl Inbox {
     }
 
     /// The next event, borrowing message bytes from the inbox.
+    #[inline]
     pub(super) fn pop_ref(&mut self) -> Option<EventRef<'_>> {
         Some(match self.pop_raw()? {
             RawEvent::Connected => EventRef::Connected,

@@ -13,6 +13,11 @@
 //! - `rtt`, `congestion`, `loss`: the RTT estimate, the congestion window,
 //!   and the reordering tolerance that spurious losses teach;
 //! - `stats`: the counters.
+//!
+//! The methods the connection calls per message or per packet across these
+//! files are `#[inline]`: files can land in different codegen units, which
+//! LLVM does not inline between (without it the `rudp_core` benchmarks ran
+//! 10–20% slower).
 
 use std::time::{Duration, Instant};
 

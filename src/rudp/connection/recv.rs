@@ -269,6 +269,7 @@ impl RecvState {
     /// kept for sending first: every packet received is named by some ack,
     /// however many arrive between two calls to `poll_transmit` (else the
     /// sender, not hearing of them, would resend them).
+    #[inline]
     pub(super) fn insert_ackable(&mut self, pn: u32, now: Instant) {
         if let (Some(u), Some(l)) = (self.unreported, self.ackable.largest) {
             if seq_gt(pn, l) && seq_dist(u, pn) > 64 {
@@ -317,6 +318,7 @@ impl RecvState {
 
     /// Checks every chunk of a packet against the limits, without changing
     /// anything.
+    #[inline]
     pub(super) fn validate_chunks(&self, chunks: &Chunks<'_>) -> Result<(), &'static str> {
         for c in chunks.iter() {
             self.validate_chunk(&c)?;
@@ -366,6 +368,7 @@ impl RecvState {
     /// Takes a Delivery chunk into the window, delivering what it
     /// completes, within the byte budget (messages waiting in `inbox`
     /// included).
+    #[inline]
     pub(super) fn on_reliable(
         &mut self,
         c: &ChunkRepr<'_>,
@@ -517,6 +520,7 @@ impl RecvState {
     /// Delivers a None or Order chunk (once its message is whole), within
     /// the byte budget and the number of partial reassemblies; drops it
     /// otherwise.
+    #[inline]
     pub(super) fn on_unreliable(
         &mut self,
         c: &ChunkRepr<'_>,

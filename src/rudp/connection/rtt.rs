@@ -28,6 +28,7 @@ impl RttEstimator {
 
     /// RFC 6298 / RFC 9002 update. `ack_delay` is subtracted when it does not
     /// make the sample smaller than the minimum RTT.
+    #[inline]
     pub(super) fn update(
         &mut self,
         sample: Duration,
@@ -54,6 +55,7 @@ impl RttEstimator {
         }
     }
 
+    #[inline]
     pub(super) fn rto(
         &self,
         peer_max_ack_delay: Duration,
@@ -65,6 +67,7 @@ impl RttEstimator {
 
     /// Time threshold of loss detection: 9/8 of the RTT (RFC 9002), or the
     /// reordering window learnt from spurious losses, whichever is larger.
+    #[inline]
     pub(super) fn loss_delay(&self, reorder_window: Duration) -> Duration {
         (self.srtt.max(self.latest) * 9 / 8)
             .max(reorder_window)

@@ -149,6 +149,7 @@ struct OutMsg {
 }
 
 impl OutMsg {
+    #[inline]
     fn fragment(&mut self, frag_size: usize) {
         let len = self.len as usize;
         if len <= frag_size {
@@ -395,6 +396,7 @@ impl SendState {
     }
 
     /// The oldest packet kept, and its number.
+    #[inline]
     pub(super) fn oldest(&self) -> Option<(u32, &SentPacket)> {
         self.sent.front().map(|p| (self.sent_base, p))
     }
@@ -478,6 +480,7 @@ impl SendState {
 
     /// Packs chunks into `out[pos..]` (retransmissions, then unreliable
     /// messages, then new reliable ones).
+    #[inline]
     pub(super) fn fill(
         &mut self,
         out: &mut [u8],
@@ -629,6 +632,7 @@ impl SendState {
     }
 
     /// Drops resolved packets from the front, and their chunk-log entries.
+    #[inline]
     pub(super) fn pop_resolved(&mut self) {
         while self
             .sent
@@ -656,6 +660,7 @@ impl SendState {
 
     /// Records a numbered packet just sent, whose reliable chunks were
     /// logged from `log_start` on; returns its packet number.
+    #[inline]
     pub(super) fn on_packet_sent(
         &mut self,
         now: Instant,
@@ -704,6 +709,7 @@ impl SendState {
     ///
     /// Every ack carries it, so messages are freed even when the acks that
     /// named their packets were lost.
+    #[inline]
     pub(super) fn on_cum_ack(&mut self, cum: u32) -> bool {
         if seq_gt(cum, self.peer_cum) {
             self.peer_cum = cum;
@@ -714,12 +720,14 @@ impl SendState {
     }
 
     /// Releases the messages at the front that are fully acknowledged.
+    #[inline]
     pub(super) fn release_acked(&mut self) {
         self.advance_una(self.peer_cum);
     }
 
     /// Marks packet `pn` acknowledged if it is in flight, and returns it.
     /// Its chunks are acknowledged by [`ack_chunks`](Self::ack_chunks).
+    #[inline]
     pub(super) fn ack_packet(&mut self, pn: u32) -> Option<SentPacket> {
         let idx = seq_dist(self.sent_base, pn) as usize;
         let p = self
@@ -732,6 +740,7 @@ impl SendState {
     }
 
     /// Acknowledges the reliable chunks of an acknowledged packet.
+    #[inline]
     pub(super) fn ack_chunks(&mut self, p: &SentPacket) {
         // When even the packet's largest sequence number is below `una`,
         // every chunk in it is released already.
@@ -745,6 +754,7 @@ impl SendState {
     }
 
     /// An ack named `largest` as the largest packet received.
+    #[inline]
     pub(super) fn on_largest_acked(&mut self, largest: u32) {
         if self.largest_acked.is_none_or(|l| seq_gt(largest, l)) {
             self.largest_acked = Some(largest);
@@ -774,6 +784,7 @@ impl SendState {
 
     /// Every reliable chunk of `p` is known delivered (acknowledged, or
     /// below the cumulative ack).
+    #[inline]
     pub(super) fn content_acked(&self, p: &SentPacket) -> bool {
         (p.log_start..p.log_end).all(|li| match self.log_entry(li) {
             Some((seq, frag)) => self.msg(seq).is_none_or(|m| m.frag_acked(frag)),
