@@ -24,10 +24,27 @@ use std::collections::HashSet;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use msgloop::rudp::rng::Rng;
 use msgloop::rudp::wire::{PacketRepr, Params};
 use msgloop::rudp::{CloseReason, RudpConfig};
 use msgloop::{Ctx, Handler, PeerId, Reactor, SocketId};
+
+/// SplitMix64: seeded pseudo-random numbers for the flood's connection ids
+/// and nonces.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
 
 struct Counting;
 

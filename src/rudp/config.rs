@@ -93,8 +93,12 @@ pub struct RudpConfig {
     pub max_protocol_violations: u32,
     /// Test support: force the initial packet number and sequence numbers
     /// (instead of random ones), e.g. near `u32::MAX` to test wrapping.
-    #[doc(hidden)]
-    pub initial_sequence: Option<u32>,
+    ///
+    /// Only in the crate's own test build: a private field in other builds
+    /// would forbid `RudpConfig { .., ..RudpConfig::default() }` outside the
+    /// crate.
+    #[cfg(test)]
+    pub(crate) initial_sequence: Option<u32>,
 }
 
 impl Default for RudpConfig {
@@ -125,6 +129,7 @@ impl Default for RudpConfig {
             cookie_lifetime: Duration::from_secs(10),
             max_unreliable_partials: 8,
             max_protocol_violations: 16,
+            #[cfg(test)]
             initial_sequence: None,
         }
     }
@@ -172,6 +177,15 @@ impl RudpConfig {
         c.max_unreliable_partials = c.max_unreliable_partials.clamp(1, 1024);
         c.max_protocol_violations = c.max_protocol_violations.max(1);
         c
+    }
+
+    /// The initial packet and sequence number forced by a test, if any
+    /// (never outside the crate's tests).
+    pub(crate) fn forced_initial_sequence(&self) -> Option<u32> {
+        #[cfg(test)]
+        return self.initial_sequence;
+        #[cfg(not(test))]
+        None
     }
 
     /// Fragment payload size for an effective datagram size `mtu`.

@@ -754,6 +754,10 @@ impl Endpoint {
     }
 
     /// The next event of any connection. After `Closed`, the id is dead.
+    ///
+    /// A closed connection is freed when its last event (`Closed`) is
+    /// polled, by this or [`poll_event_ref`](Self::poll_event_ref); until
+    /// then it counts toward `RudpConfig::max_connections`.
     pub fn poll_event(&mut self) -> Option<(PeerId, Event)> {
         let idx = self.next_event_conn()?;
         let peer = self.peer_id(idx);

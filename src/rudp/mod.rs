@@ -50,10 +50,12 @@ mod config;
 mod connection;
 mod endpoint;
 mod error;
-pub mod rng;
+mod rng;
 pub mod seq;
-#[doc(hidden)]
-pub mod sim;
+#[cfg(test)]
+mod sim;
+#[cfg(test)]
+mod tests;
 mod timer;
 pub mod wire;
 

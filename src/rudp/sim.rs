@@ -1,11 +1,11 @@
 //! Test support: a seeded, deterministic network simulator for endpoints.
 //!
-//! Not part of the stable API. N [`Endpoint`]s exchange datagrams over
-//! simulated links with loss, duplication, reordering, latency and jitter,
-//! under a virtual clock. [`Sim::run_until`] is a bounded drive loop (like
-//! quinn's `Pair::drive_bounded`): a protocol that livelocks (keeps doing
-//! work without time advancing) or never reaches the goal fails the test
-//! instead of hanging it.
+//! N [`Endpoint`]s exchange datagrams over simulated links with loss,
+//! duplication, reordering, latency and jitter, under a virtual clock.
+//! [`Sim::run_until`] is a bounded drive loop (like quinn's
+//! `Pair::drive_bounded`): a protocol that livelocks (keeps doing work
+//! without time advancing) or never reaches the goal fails the test instead
+//! of hanging it.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -18,20 +18,20 @@ use super::{Endpoint, Event, PeerId, RudpConfig};
 
 /// Impairments of one direction of a link.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct LinkConfig {
+pub(crate) struct LinkConfig {
     /// Probability a datagram is dropped.
-    pub loss: f64,
+    pub(crate) loss: f64,
     /// Probability a datagram is delivered twice.
-    pub duplicate: f64,
+    pub(crate) duplicate: f64,
     /// Probability a datagram is held back by an extra delay (reordering).
-    pub reorder: f64,
+    pub(crate) reorder: f64,
     /// One-way base latency.
-    pub latency: Duration,
+    pub(crate) latency: Duration,
     /// Uniform extra delay in `0..jitter`.
-    pub jitter: Duration,
+    pub(crate) jitter: Duration,
     /// Extra delay of a reordered datagram, uniform in `0..reorder_delay`
     /// (plus 1 ms, so it really arrives after later ones).
-    pub reorder_delay: Duration,
+    pub(crate) reorder_delay: Duration,
 }
 
 impl Default for LinkConfig {
@@ -49,37 +49,37 @@ impl Default for LinkConfig {
 
 /// Counters of the simulated network.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct NetStats {
+pub(crate) struct NetStats {
     /// Datagrams handed to the network.
-    pub sent: u64,
+    pub(crate) sent: u64,
     /// Datagrams delivered (duplicates included).
-    pub delivered: u64,
+    pub(crate) delivered: u64,
     /// Datagrams dropped by loss or by the drop filter.
-    pub dropped: u64,
+    pub(crate) dropped: u64,
     /// Extra copies created.
-    pub duplicated: u64,
+    pub(crate) duplicated: u64,
     /// Datagrams given a reordering delay.
-    pub reordered: u64,
+    pub(crate) reordered: u64,
     /// Datagrams to an address with no node.
-    pub unroutable: u64,
+    pub(crate) unroutable: u64,
 }
 
 /// One simulated host.
 #[derive(Debug)]
-pub struct Node {
+pub(crate) struct Node {
     /// Its endpoint.
-    pub ep: Endpoint,
+    pub(crate) ep: Endpoint,
     /// Its address.
-    pub addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     /// Events polled from the endpoint, oldest first.
-    pub events: VecDeque<(PeerId, Event)>,
+    pub(crate) events: VecDeque<(PeerId, Event)>,
     /// Datagrams this node sent.
-    pub sent: u64,
+    pub(crate) sent: u64,
     /// Errors returned by `handle_datagram`.
-    pub errors: u64,
+    pub(crate) errors: u64,
     /// Whether [`Sim::step`] polls this node's events into `events`
     /// (default); when false the test polls the endpoint itself.
-    pub collect_events: bool,
+    pub(crate) collect_events: bool,
 }
 
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -92,24 +92,24 @@ struct InFlight {
 }
 
 /// A filter that may drop datagrams: `(from node, to node, bytes) -> drop?`.
-pub type DropFilter = Box<dyn FnMut(usize, usize, &[u8]) -> bool>;
+pub(crate) type DropFilter = Box<dyn FnMut(usize, usize, &[u8]) -> bool>;
 
 /// The simulator.
-pub struct Sim {
+pub(crate) struct Sim {
     /// Virtual now.
-    pub now: Instant,
+    pub(crate) now: Instant,
     /// The hosts.
-    pub nodes: Vec<Node>,
+    pub(crate) nodes: Vec<Node>,
     /// Default impairments.
-    pub link: LinkConfig,
+    pub(crate) link: LinkConfig,
     /// Per-direction overrides, keyed by (from node, to node).
-    pub links: HashMap<(usize, usize), LinkConfig>,
+    pub(crate) links: HashMap<(usize, usize), LinkConfig>,
     /// Drop datagrams for which this returns true (applied before loss).
-    pub drop_filter: Option<DropFilter>,
+    pub(crate) drop_filter: Option<DropFilter>,
     /// Network counters.
-    pub net: NetStats,
+    pub(crate) net: NetStats,
     /// Steps taken so far.
-    pub steps: u64,
+    pub(crate) steps: u64,
     rng: Rng,
     queue: BinaryHeap<Reverse<InFlight>>,
     order: u64,
@@ -130,7 +130,7 @@ impl fmt::Debug for Sim {
 
 /// Why a bounded run stopped without reaching its goal.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SimError {
+pub(crate) enum SimError {
     /// More steps than allowed (livelock or too slow).
     StepLimit(u64),
     /// Virtual time ran past the limit.
@@ -142,7 +142,7 @@ pub enum SimError {
 impl Sim {
     /// A simulator with `n` nodes using `cfg`, every link impaired by `link`.
     /// Node `i` listens on 10.0.0.(i+1):(4000+i) (virtual addresses).
-    pub fn new(n: usize, cfg: RudpConfig, link: LinkConfig, seed: u64) -> Self {
+    pub(crate) fn new(n: usize, cfg: RudpConfig, link: LinkConfig, seed: u64) -> Self {
         let mut rng = Rng::new(seed);
         let mut nodes = Vec::with_capacity(n);
         let mut by_addr = HashMap::new();
@@ -179,7 +179,7 @@ impl Sim {
 
     /// Two nodes; node 0 connects to node 1. Returns the client's id for the
     /// server (node 0's view).
-    pub fn pair(cfg: RudpConfig, link: LinkConfig, seed: u64) -> (Self, PeerId) {
+    pub(crate) fn pair(cfg: RudpConfig, link: LinkConfig, seed: u64) -> (Self, PeerId) {
         let mut sim = Sim::new(2, cfg, link, seed);
         let server = sim.nodes[1].addr;
         let now = sim.now;
@@ -191,7 +191,7 @@ impl Sim {
     }
 
     /// Injects a datagram as if `from` had sent it to node `to`, arriving now.
-    pub fn inject(&mut self, from: SocketAddr, to: usize, data: &[u8]) {
+    pub(crate) fn inject(&mut self, from: SocketAddr, to: usize, data: &[u8]) {
         let Some(dst) = self.nodes.get(to).map(|n| n.addr) else {
             return;
         };
@@ -203,11 +203,6 @@ impl Sim {
             to: dst,
             data: data.to_vec(),
         }));
-    }
-
-    /// Datagrams in the network.
-    pub fn in_flight(&self) -> usize {
-        self.queue.len()
     }
 
     fn route(&mut self, from: usize, to_addr: SocketAddr, len: usize) {
@@ -258,7 +253,7 @@ impl Sim {
     /// collect events; when none of that did anything, advance the clock to
     /// the next datagram arrival or deadline. Returns false when there is
     /// nothing left to do at all.
-    pub fn step(&mut self) -> bool {
+    pub(crate) fn step(&mut self) -> bool {
         self.steps += 1;
         let now = self.now;
         let mut progressed = false;
@@ -318,7 +313,7 @@ impl Sim {
 
     /// Steps until `done(self)` holds, failing after `max_steps` steps or
     /// `max_time` of virtual time, or when the simulation goes idle first.
-    pub fn run_until(
+    pub(crate) fn run_until(
         &mut self,
         max_steps: u64,
         max_time: Duration,
@@ -347,7 +342,7 @@ impl Sim {
     }
 
     /// Runs for `d` of virtual time (bounded by `max_steps`).
-    pub fn run_for(&mut self, d: Duration, max_steps: u64) -> Result<(), SimError> {
+    pub(crate) fn run_for(&mut self, d: Duration, max_steps: u64) -> Result<(), SimError> {
         let end = self.now + d;
         let limit = self.steps + max_steps;
         while self.now < end {
@@ -363,7 +358,7 @@ impl Sim {
     }
 
     /// Removes and returns node `i`'s collected events.
-    pub fn take_events(&mut self, i: usize) -> Vec<(PeerId, Event)> {
+    pub(crate) fn take_events(&mut self, i: usize) -> Vec<(PeerId, Event)> {
         self.nodes[i].events.drain(..).collect()
     }
 }

@@ -1,13 +1,13 @@
 //! The loss × RTT matrix: loss {0,1,5,10,20,30}% × RTT {0,50,300} ms, with
 //! 1% duplication and 5% reordering on the lossy rows. Virtual time; run with
-//! `cargo test --release --test rudp_loss_matrix -- --nocapture` to see the
-//! table.
+//! `cargo test --release --lib rudp::tests::loss_matrix -- --nocapture` to
+//! see the table.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use msgloop::rudp::sim::{LinkConfig, Sim};
-use msgloop::rudp::{Event, Guarantee, RudpConfig, SendError};
+use crate::rudp::sim::{LinkConfig, Sim};
+use crate::rudp::{Event, Guarantee, RudpConfig, SendError};
 
 const STEPS: u64 = 5_000_000;
 

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use msgloop::rudp::sim::{LinkConfig, Sim};
-use msgloop::rudp::wire::{PacketRepr, PacketType};
-use msgloop::rudp::{CloseReason, Event, Guarantee, PeerId, RudpConfig, SendError};
+use crate::rudp::sim::{LinkConfig, Sim};
+use crate::rudp::wire::{PacketRepr, PacketType};
+use crate::rudp::{CloseReason, Event, Guarantee, PeerId, RudpConfig, SendError};
 
 const STEPS: u64 = 2_000_000;
 
@@ -591,7 +591,7 @@ fn sets_under_loss_keep_group_order() {
         ..LinkConfig::default()
     };
     let (mut sim, peer) = Sim::pair(RudpConfig::default(), link, 41);
-    let mut rng = msgloop::rudp::rng::Rng::new(99);
+    let mut rng = crate::rudp::rng::Rng::new(99);
     let mut groups: Vec<u32> = Vec::new(); // group size per group
     let mut id = 0u32;
     for _ in 0..400 {

@@ -1,14 +1,14 @@
 //! Regressions: the failures of earlier reliable-UDP libraries (rudp 0.2.1,
 //! laminar, KCP), and peer misbehaviour that must be a typed error, never a
 //! panic or a corrupted stream. More prior-art regressions live in
-//! `rudp_sim.rs` (first packet lost, quiet-link loss, one-way acks, packing).
+//! `sim.rs` (first packet lost, quiet-link loss, one-way acks, packing).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use msgloop::rudp::sim::{LinkConfig, Sim};
-use msgloop::rudp::wire::{AckRepr, ChunkRepr, Chunks, CloseCode, PacketRepr, PacketType, VERSION};
-use msgloop::rudp::{
+use crate::rudp::sim::{LinkConfig, Sim};
+use crate::rudp::wire::{AckRepr, ChunkRepr, Chunks, CloseCode, PacketRepr, PacketType, VERSION};
+use crate::rudp::{
     CloseReason, Connection, Event, EventRef, Guarantee, PeerId, RudpConfig, RudpError, SendError,
 };
 
@@ -170,13 +170,13 @@ fn violating_data_is_rejected_without_state_change() {
         // A non-last fragment of the wrong size.
         (
             INIT + 60,
-            Some(msgloop::rudp::wire::FragInfo { index: 0, count: 3 }),
+            Some(crate::rudp::wire::FragInfo { index: 0, count: 3 }),
             10,
         ),
         // Too many fragments for max_message_len.
         (
             INIT + 61,
-            Some(msgloop::rudp::wire::FragInfo {
+            Some(crate::rudp::wire::FragInfo {
                 index: 1,
                 count: 60_000,
             }),
@@ -490,8 +490,8 @@ fn messages_of(sim: &mut Sim, node: usize) -> u32 {
 /// congestion-window cuts they caused are undone and the reordering
 /// tolerance widens, so retransmissions stay far below one per reordered
 /// datagram and the window reaches its cap instead of being halved.
-/// (Flights stay under 64 packets here; see STATUS.md for reordering deeper
-/// than the receiver's 128-packet duplicate window.)
+/// (Flights stay under 64 packets here; see `docs/rudp.md` §12 for
+/// reordering deeper than the receiver's 128-packet duplicate window.)
 #[test]
 fn regression_spurious_losses_widen_tolerance_and_undo_the_cut() {
     let link = LinkConfig {

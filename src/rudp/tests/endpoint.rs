@@ -4,9 +4,9 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use msgloop::rudp::sim::{LinkConfig, Sim};
-use msgloop::rudp::wire::{PacketRepr, PacketType, Params};
-use msgloop::rudp::{CloseReason, Endpoint, Event, Guarantee, RudpConfig, RudpError, SendError};
+use crate::rudp::sim::{LinkConfig, Sim};
+use crate::rudp::wire::{PacketRepr, PacketType, Params};
+use crate::rudp::{CloseReason, Endpoint, Event, Guarantee, RudpConfig, RudpError, SendError};
 use proptest::prelude::*;
 
 const STEPS: u64 = 2_000_000;
@@ -275,7 +275,7 @@ fn junk() -> impl Strategy<Value = Vec<u8>> {
             let reprs = [
                 PacketRepr::Ack {
                     conn_id: id | 1,
-                    ack: msgloop::rudp::wire::AckRepr {
+                    ack: crate::rudp::wire::AckRepr {
                         largest: pn,
                         bitmap: bm,
                         delay: 0,
@@ -284,7 +284,7 @@ fn junk() -> impl Strategy<Value = Vec<u8>> {
                 },
                 PacketRepr::Close {
                     conn_id: id | 1,
-                    reason: msgloop::rudp::wire::CloseCode::Normal,
+                    reason: crate::rudp::wire::CloseCode::Normal,
                 },
             ];
             let p = reprs[(c % 2) as usize];
