@@ -326,12 +326,7 @@ impl Handler for Echo {
         }
     }
 
-    fn on_rudp_closed(
-        &mut self,
-        _cx: &mut Ctx,
-        _peer: PeerId,
-        _reason: msgloop::rudp::CloseReason,
-    ) {
+    fn on_rudp_closed(&mut self, _cx: &mut Ctx, _peer: PeerId, _reason: msgloop::RudpCloseReason) {
         self.counts.rudp_peers = self.counts.rudp_peers.saturating_sub(1);
     }
 

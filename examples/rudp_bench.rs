@@ -57,7 +57,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use msgloop::rudp::{CloseReason, ConnectionStats, Guarantee, RudpConfig};
+use msgloop::rudp::{ConnectionStats, Guarantee, RudpCloseReason, RudpConfig};
 use msgloop::{Ctx, Error, Handler, PeerId, Reactor, SocketId, TimerId};
 
 const DATA: u8 = b'D';
@@ -497,7 +497,7 @@ impl Handler for Server {
         }
     }
 
-    fn on_rudp_closed(&mut self, cx: &mut Ctx, peer: PeerId, reason: CloseReason) {
+    fn on_rudp_closed(&mut self, cx: &mut Ctx, peer: PeerId, reason: RudpCloseReason) {
         let Some(s) = self.streams.remove(&peer) else {
             return;
         };
@@ -551,7 +551,7 @@ struct Flow {
     verdict: Option<Verdict>,
     /// Taken when the verdict arrives, before the peer closes.
     stats: Option<ConnectionStats>,
-    closed: Option<CloseReason>,
+    closed: Option<RudpCloseReason>,
     /// A send failed for another reason than a full window.
     error: Option<Error>,
 }
@@ -742,7 +742,7 @@ impl Handler for Client {
         self.check_done(cx);
     }
 
-    fn on_rudp_closed(&mut self, cx: &mut Ctx, peer: PeerId, reason: CloseReason) {
+    fn on_rudp_closed(&mut self, cx: &mut Ctx, peer: PeerId, reason: RudpCloseReason) {
         if let Some(flow) = self.flow(peer) {
             flow.closed = Some(reason);
         }

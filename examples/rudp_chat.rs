@@ -52,7 +52,7 @@ use std::process::ExitCode;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use msgloop::rudp::{CloseReason, Guarantee, RudpConfig};
+use msgloop::rudp::{Guarantee, RudpCloseReason, RudpConfig};
 use msgloop::{Ctx, Error, Handler, PeerId, Reactor, SocketId, TimerId, Waker};
 
 /// How long `/quit` or a signal waits for peers to acknowledge the close.
@@ -320,19 +320,22 @@ impl Handler for Chat {
         }
     }
 
-    fn on_rudp_closed(&mut self, _cx: &mut Ctx, peer: PeerId, reason: CloseReason) {
+    fn on_rudp_closed(&mut self, _cx: &mut Ctx, peer: PeerId, reason: RudpCloseReason) {
         let who = self.peers.remove(&peer).unwrap_or_else(|| peer.to_string());
         let why = match reason {
-            CloseReason::Timeout => "nothing heard from it within the idle (or handshake) timeout",
-            CloseReason::ClosedByPeer => "closed by the peer",
-            CloseReason::Local => "closed by us",
-            CloseReason::ProtocolViolation(v) => v,
+            RudpCloseReason::Timeout => {
+                "nothing heard from it within the idle (or handshake) timeout"
+            }
+            RudpCloseReason::ClosedByPeer => "closed by the peer",
+            RudpCloseReason::Local => "closed by us",
+            RudpCloseReason::ProtocolViolation(v) => v,
+            _ => "closed",
         };
         println!("* {who} closed (reason {reason:?}: {why})");
         if !self.is_hub && !self.closing {
             // A client without its hub has nobody to talk to. Losing it is
             // a failure; the hub saying goodbye is not.
-            self.failed = reason != CloseReason::ClosedByPeer;
+            self.failed = reason != RudpCloseReason::ClosedByPeer;
             self.stop = true;
         }
         if self.closing && self.peers.is_empty() {
@@ -387,12 +390,10 @@ fn run(args: Args) -> Result<bool, Error> {
 
     // A short idle timeout with regular heartbeats: a silent link is kept
     // alive by PINGs, a dead one is noticed within `idle_timeout`.
-    let config = RudpConfig {
-        idle_timeout: args.idle_timeout,
-        heartbeat_interval: Duration::from_secs(1).min(args.idle_timeout / 4),
-        handshake_timeout: args.idle_timeout,
-        ..RudpConfig::default()
-    };
+    let config = RudpConfig::default()
+        .idle_timeout(args.idle_timeout)
+        .heartbeat_interval(Duration::from_secs(1).min(args.idle_timeout / 4))
+        .handshake_timeout(args.idle_timeout);
     let is_hub = matches!(args.role, Role::Hub(_));
     let mut peers = HashMap::new();
     match args.role {

@@ -134,6 +134,7 @@ impl fmt::Display for UnixAddr {
 
 /// Where a datagram came from: an IP address and port, or a Unix address.
 #[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum PeerAddr {
     /// An IPv4 or IPv6 sender (UDP).
     Inet(SocketAddr),

@@ -90,6 +90,7 @@ pub enum Endian {
 /// A decoding error means the peer violated the protocol; the stream cannot be
 /// resynchronised and the connection should be closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum FrameError {
     /// The (declared) payload length exceeds the configured maximum.
     ///

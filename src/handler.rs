@@ -84,7 +84,7 @@ pub struct PeerId {
     /// The reliable-UDP socket.
     pub sock: SocketId,
     /// The connection within its endpoint.
-    pub peer: crate::rudp::PeerId,
+    pub peer: crate::rudp::ConnectionHandle,
 }
 
 impl fmt::Debug for PeerId {
@@ -366,7 +366,8 @@ pub trait Handler {
 
     /// A reliable-UDP peer is gone: timed out, closed by the peer, a
     /// protocol violation, or [`Ctx::close_rudp`]. Its id is dead.
-    fn on_rudp_closed(&mut self, cx: &mut Ctx, peer: PeerId, reason: crate::rudp::CloseReason) {}
+    fn on_rudp_closed(&mut self, cx: &mut Ctx, peer: PeerId, reason: crate::rudp::RudpCloseReason) {
+    }
 
     /// A reliable-UDP peer can take messages again after a send failed
     /// with [`Error::WouldBlock`].

@@ -112,6 +112,36 @@
 #![warn(unreachable_pub)]
 #![doc(test(attr(deny(warnings))))]
 
+/// A setter per field, `fn field(mut self, value: T) -> Self`; an
+/// `Option<T>` field's setter takes `impl Into<Option<T>>` (a plain value or
+/// `None`).
+macro_rules! setters {
+    ($ty:ident { $($field:ident: $head:ident $(<$inner:ty>)?),* $(,)? }) => {
+        impl $ty {
+            $( setter!($ty, $field, $head $(<$inner>)?); )*
+        }
+    };
+}
+
+macro_rules! setter {
+    ($ty:ident, $field:ident, Option<$inner:ty>) => {
+        #[doc = concat!("Sets [`", stringify!($field), "`](field@", stringify!($ty), "::", stringify!($field), ").")]
+        #[must_use]
+        pub fn $field(mut self, value: impl Into<Option<$inner>>) -> $ty {
+            self.$field = value.into();
+            self
+        }
+    };
+    ($ty:ident, $field:ident, $t:ty) => {
+        #[doc = concat!("Sets [`", stringify!($field), "`](field@", stringify!($ty), "::", stringify!($field), ").")]
+        #[must_use]
+        pub fn $field(mut self, value: $t) -> $ty {
+            self.$field = value;
+            self
+        }
+    };
+}
+
 mod addr;
 mod error;
 mod handler;
@@ -170,7 +200,7 @@ pub use recv::{
     FullSizeResult, MsgBuf, QuotaExceeded, RecvMsg, RecvResult, TruncResult, TruncatingRecvMsg,
     MAX_UDP_PAYLOAD,
 };
-pub use rudp::{Guarantee, RudpConfig};
+pub use rudp::{Guarantee, RudpCloseReason, RudpConfig};
 
 /// Re-exported so adopting a socket you configured needs no extra import.
 pub use socket2;

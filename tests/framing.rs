@@ -301,6 +301,7 @@ proptest! {
                 prop_assert_eq!(header_len, hl);
                 prop_assert!(len < hl as u64);
             }
+            Err(e) => prop_assert!(false, "an error decode never returns: {e:?}"),
         }
     }
 }

@@ -23,7 +23,7 @@ use std::net::UdpSocket;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use msgloop::rudp::{CloseReason, Guarantee, RudpConfig};
+use msgloop::rudp::{Guarantee, RudpCloseReason, RudpConfig};
 use msgloop::{Ctx, DgramOptions, Error, Handler, PeerId, Reactor, SocketId};
 
 /// This test's name, for `--exact` in the child.
@@ -269,7 +269,7 @@ struct Load {
     servers: [SocketId; 2],
     senders: Vec<Sender>,
     streams: HashMap<PeerId, Stream>,
-    closed: Vec<(PeerId, CloseReason)>,
+    closed: Vec<(PeerId, RudpCloseReason)>,
     writable: u64,
     queue_full: u64,
     msg: Vec<u8>,
@@ -360,7 +360,7 @@ impl Handler for Load {
         st.next += 1;
     }
 
-    fn on_rudp_closed(&mut self, _cx: &mut Ctx, peer: PeerId, reason: CloseReason) {
+    fn on_rudp_closed(&mut self, _cx: &mut Ctx, peer: PeerId, reason: RudpCloseReason) {
         self.closed.push((peer, reason));
     }
 }

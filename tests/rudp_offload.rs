@@ -7,7 +7,7 @@ mod util;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use msgloop::rudp::{CloseReason, Guarantee, RudpConfig};
+use msgloop::rudp::{Guarantee, RudpCloseReason, RudpConfig};
 use msgloop::{Ctx, DgramOptions, Error, Handler, PeerId, Reactor, SocketId};
 
 /// Message `seq` of client `client`: mostly 1 KiB (full trains), every
@@ -38,7 +38,7 @@ struct Echo {
     servers: Vec<SocketId>,
     clients: Vec<Client>,
     count: u64,
-    closed: Vec<(PeerId, CloseReason)>,
+    closed: Vec<(PeerId, RudpCloseReason)>,
 }
 
 impl Echo {
@@ -92,7 +92,7 @@ impl Handler for Echo {
         c.echoed += 1;
     }
 
-    fn on_rudp_closed(&mut self, _cx: &mut Ctx, peer: PeerId, reason: CloseReason) {
+    fn on_rudp_closed(&mut self, _cx: &mut Ctx, peer: PeerId, reason: RudpCloseReason) {
         self.closed.push((peer, reason));
     }
 }
@@ -256,10 +256,7 @@ fn a_train_the_kernel_refuses_goes_out_as_single_datagrams() {
         .expect("ip");
     assert!(out.status.success(), "ip link: {out:?}");
     let mut r = Reactor::new().expect("reactor");
-    let cfg = RudpConfig {
-        mtu: 1472,
-        ..RudpConfig::default()
-    };
+    let cfg = RudpConfig::default().mtu(1472);
     let app = echo_run(
         &mut r,
         "127.0.0.1:0",

@@ -4,14 +4,14 @@ mod util;
 
 use std::time::{Duration, Instant};
 
-use msgloop::rudp::{CloseReason, Guarantee, RudpConfig};
+use msgloop::rudp::{Guarantee, RudpCloseReason, RudpConfig};
 use msgloop::{Ctx, Error, Handler, PeerId, Reactor};
 
 #[derive(Default)]
 struct App {
     client: Option<PeerId>,
     connected: Vec<PeerId>,
-    closed: Vec<(PeerId, CloseReason)>,
+    closed: Vec<(PeerId, RudpCloseReason)>,
     received: Vec<(PeerId, Vec<u8>, Guarantee)>,
     writable: u32,
     /// Messages the client still has to send (seq, guarantee), pumped on
@@ -77,7 +77,7 @@ impl Handler for App {
             }
         }
     }
-    fn on_rudp_closed(&mut self, _cx: &mut Ctx, peer: PeerId, reason: CloseReason) {
+    fn on_rudp_closed(&mut self, _cx: &mut Ctx, peer: PeerId, reason: RudpCloseReason) {
         self.closed.push((peer, reason));
     }
 }
@@ -314,11 +314,11 @@ fn closing_a_peer_tells_the_other_side_and_ids_go_stale() {
     assert!(app
         .closed
         .iter()
-        .any(|(p, why)| *p == peer && *why == CloseReason::Local));
+        .any(|(p, why)| *p == peer && *why == RudpCloseReason::Local));
     assert!(app
         .closed
         .iter()
-        .any(|(p, why)| *p != peer && *why == CloseReason::ClosedByPeer));
+        .any(|(p, why)| *p != peer && *why == RudpCloseReason::ClosedByPeer));
     assert!(matches!(
         r.send_rudp(peer, b"late", Guarantee::Delivery),
         Err(Error::StaleId)
@@ -330,11 +330,9 @@ fn a_peer_that_vanishes_is_timed_out() {
     let _g = util::serial();
     let _fds = util::FdCheck::new();
     let mut r = Reactor::new().unwrap();
-    let cfg = RudpConfig {
-        idle_timeout: Duration::from_millis(300),
-        heartbeat_interval: Duration::from_millis(50),
-        ..RudpConfig::default()
-    };
+    let cfg = RudpConfig::default()
+        .idle_timeout(Duration::from_millis(300))
+        .heartbeat_interval(Duration::from_millis(50));
     let server = r.bind_rudp("127.0.0.1:0", cfg.clone()).unwrap();
     let client = r.bind_rudp("127.0.0.1:0", cfg).unwrap();
     let addr = r.local_addr(server).unwrap().as_inet().unwrap();
@@ -355,7 +353,7 @@ fn a_peer_that_vanishes_is_timed_out() {
         |a| !a.closed.is_empty(),
         Duration::from_secs(5),
     );
-    assert_eq!(app.closed[0].1, CloseReason::Timeout);
+    assert_eq!(app.closed[0].1, RudpCloseReason::Timeout);
     assert_eq!(
         r.rudp_endpoint_stats(server).unwrap().connections as usize,
         0,

@@ -25,7 +25,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use msgloop::rudp::wire::{PacketRepr, Params};
-use msgloop::rudp::{CloseReason, RudpConfig};
+use msgloop::rudp::{RudpCloseReason, RudpConfig};
 use msgloop::{Ctx, Handler, PeerId, Reactor, SocketId};
 
 /// SplitMix64: seeded pseudo-random numbers for the flood's connection ids
@@ -103,7 +103,7 @@ fn net_bytes() -> i64 {
 #[derive(Default)]
 struct Peers {
     connected: HashSet<PeerId>,
-    closed: Vec<(PeerId, CloseReason)>,
+    closed: Vec<(PeerId, RudpCloseReason)>,
     messages: u64,
 }
 
@@ -111,7 +111,7 @@ impl Handler for Peers {
     fn on_rudp_connected(&mut self, _cx: &mut Ctx, peer: PeerId) {
         assert!(self.connected.insert(peer), "{peer} connected twice");
     }
-    fn on_rudp_closed(&mut self, _cx: &mut Ctx, peer: PeerId, reason: CloseReason) {
+    fn on_rudp_closed(&mut self, _cx: &mut Ctx, peer: PeerId, reason: RudpCloseReason) {
         self.closed.push((peer, reason));
     }
     fn on_rudp(&mut self, _cx: &mut Ctx, _p: PeerId, _m: &[u8], _g: msgloop::rudp::Guarantee) {
@@ -171,11 +171,9 @@ fn a_thousand_idle_peers_cost_little_and_vanished_ones_are_freed() {
     let _fds = util::FdCheck::new();
     // Heartbeats every second, timeout after 2 s of silence: idle enough
     // for the measurement (a few tens of ms) and quick to time out.
-    let cfg = RudpConfig {
-        idle_timeout: Duration::from_secs(2),
-        heartbeat_interval: Duration::from_secs(1),
-        ..RudpConfig::default()
-    };
+    let cfg = RudpConfig::default()
+        .idle_timeout(Duration::from_secs(2))
+        .heartbeat_interval(Duration::from_secs(1));
     let mut server = (Reactor::new().expect("reactor"), Peers::default());
     let mut client = (Reactor::new().expect("reactor"), Peers::default());
     let sock = server
@@ -273,7 +271,7 @@ fn a_thousand_idle_peers_cost_little_and_vanished_ones_are_freed() {
             .1
             .closed
             .iter()
-            .all(|(_, why)| *why == CloseReason::Timeout),
+            .all(|(_, why)| *why == RudpCloseReason::Timeout),
         "every vanished peer closes with Timeout"
     );
     let closed: HashSet<PeerId> = server.1.closed.iter().map(|(p, _)| *p).collect();
@@ -463,11 +461,9 @@ fn unconfirmed_handshakes_hold_at_most_the_half_open_cap_and_expire() {
     let _fds = util::FdCheck::new();
     let mut r = Reactor::new().expect("reactor");
     let mut h = Peers::default();
-    let server_cfg = RudpConfig {
-        max_half_open: CAP,
-        handshake_timeout: Duration::from_millis(800),
-        ..RudpConfig::default()
-    };
+    let server_cfg = RudpConfig::default()
+        .max_half_open(CAP)
+        .handshake_timeout(Duration::from_millis(800));
     let server = r.bind_rudp("127.0.0.1:0", server_cfg).expect("bind");
     let addr: SocketAddr = r.local_addr(server).unwrap().as_inet().unwrap();
     let client = r
@@ -533,7 +529,7 @@ fn unconfirmed_handshakes_hold_at_most_the_half_open_cap_and_expire() {
     let timeouts = h
         .closed
         .iter()
-        .filter(|(p, why)| p.sock == server && *why == CloseReason::Timeout)
+        .filter(|(p, why)| p.sock == server && *why == RudpCloseReason::Timeout)
         .count();
     println!(
         "half-open flood: {SOURCES} sources echoed valid cookies; {CAP} held (cap), {} refused; \

@@ -517,7 +517,7 @@ fn binding_never_removes_a_file_unless_stale_and_a_socket() {
     let _fds = FdCheck::new();
     let path = util::temp_path("stale");
     let _rm = RemoveOnDrop(path.clone());
-    let first = UnixSeqpacketListener::bind(&path).unwrap();
+    let first = UnixSeqpacketListener::bind_with(&path, &keep_file()).unwrap();
 
     // Live listener: AddrInUse, with or without unlink_stale; it still works.
     let e = UnixSeqpacketListener::bind(&path).unwrap_err();
@@ -543,9 +543,9 @@ fn binding_never_removes_a_file_unless_stale_and_a_socket() {
     let c = UnixSeqpacket::connect(&path).unwrap();
     second.accept().unwrap();
     drop((c, second));
+    assert!(!path.exists(), "a dropped listener removes its file");
 
     // A regular file is never removed.
-    std::fs::remove_file(&path).unwrap();
     std::fs::write(&path, b"precious").unwrap();
     let e = UnixSeqpacketListener::bind_with(&path, &opts).unwrap_err();
     assert_eq!(e.kind(), io::ErrorKind::AddrInUse, "{e}");
@@ -682,7 +682,7 @@ fn bind_and_connect_errors_name_the_address_and_keep_the_os_error() {
     assert_eq!(os_error(&e), Some(libc::ENOENT), "{e:?}");
 
     // A live listener: a second bind is AddrInUse.
-    let listener = UnixSeqpacketListener::bind(&path).unwrap();
+    let listener = UnixSeqpacketListener::bind_with(&path, &keep_file()).unwrap();
     let e = UnixSeqpacketListener::bind(&path).unwrap_err();
     assert_eq!(e.kind(), io::ErrorKind::AddrInUse, "{e}");
     assert_eq!(
@@ -989,4 +989,10 @@ fn owned_fd_round_trip_keeps_the_socket_working() {
     b.set_nonblocking(false).unwrap();
     // Blocking mode: end of stream still returns at once.
     assert_eq!(b.recv(&mut [0u8; 1]).unwrap(), None);
+}
+
+/// Bind options that leave the socket file behind when the listener is
+/// dropped, as a killed process does: a stale file.
+fn keep_file() -> BindOptions {
+    BindOptions::new().unlink_on_drop(false)
 }

@@ -23,7 +23,7 @@ use std::io;
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
-use msgloop::rudp::{CloseReason, Guarantee, RudpConfig};
+use msgloop::rudp::{Guarantee, RudpCloseReason, RudpConfig};
 use msgloop::{Ctx, DgramOptions, Handler, PeerId, Reactor};
 
 use super::{median, report};
@@ -38,7 +38,7 @@ struct Run {
     next: u64,
     received: u64,
     duplicates_or_reordered: u64,
-    closed: Option<CloseReason>,
+    closed: Option<RudpCloseReason>,
     buf: Vec<u8>,
 }
 
@@ -76,7 +76,7 @@ impl Handler for Run {
         }
     }
 
-    fn on_rudp_closed(&mut self, _cx: &mut Ctx, _peer: PeerId, reason: CloseReason) {
+    fn on_rudp_closed(&mut self, _cx: &mut Ctx, _peer: PeerId, reason: RudpCloseReason) {
         self.closed = Some(reason);
     }
 }

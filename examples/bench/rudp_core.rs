@@ -26,7 +26,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use msgloop::rudp::{Endpoint, EventRef, Guarantee, PeerId, RudpConfig, SendError};
+use msgloop::rudp::{ConnectionHandle, Endpoint, EventRef, Guarantee, RudpConfig, SendError};
 
 use super::{interleave, report, Side};
 
@@ -49,7 +49,7 @@ struct CorePair {
     b: Endpoint,
     a_addr: SocketAddr,
     b_addr: SocketAddr,
-    peer: PeerId,
+    peer: ConnectionHandle,
     size: usize,
     msg: Vec<u8>,
     buf: Vec<u8>,

@@ -24,17 +24,7 @@ fn addr(i: u8) -> SocketAddr {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let cfg = RudpConfig {
-        // Small limits reach the limit paths quickly.
-        max_send_queue_messages: 64,
-        max_send_queue_bytes: 1 << 16,
-        max_message_len: 1 << 14,
-        max_recv_buffer_bytes: 1 << 16,
-        recv_window: 64,
-        max_connections: 8,
-        max_half_open: 4,
-        ..RudpConfig::default()
-    };
+    let cfg = RudpConfig::default().max_send_queue_messages(64).max_send_queue_bytes(1 << 16).max_message_len(1 << 14).max_recv_buffer_bytes(1 << 16).recv_window(64).max_connections(8).max_half_open(4);
     let mut now = Instant::now();
     let mut server = Endpoint::new(cfg.clone(), 1);
     let mut client = Endpoint::new(cfg, 2);

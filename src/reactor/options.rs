@@ -19,22 +19,6 @@ use std::time::Duration;
 
 use crate::framing::FrameConfig;
 
-/// A setter per field: `fn field(mut self, value: impl Into<T>) -> Self`.
-macro_rules! setters {
-    ($ty:ident { $($field:ident: $t:ty),* $(,)? }) => {
-        impl $ty {
-            $(
-                #[doc = concat!("Sets [`", stringify!($field), "`](field@", stringify!($ty), "::", stringify!($field), ").")]
-                #[must_use]
-                pub fn $field(mut self, value: impl Into<$t>) -> $ty {
-                    self.$field = value.into();
-                    self
-                }
-            )*
-        }
-    };
-}
-
 /// Reactor-wide settings: `Config::new().read_budget(16)`.
 #[derive(Debug, Clone)]
 #[non_exhaustive]

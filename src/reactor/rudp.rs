@@ -356,7 +356,7 @@ impl Ctx {
         peer: PeerId,
         op: &'static str,
         msgs: &[&[u8]],
-        send: impl FnOnce(&mut Endpoint, crate::rudp::PeerId) -> Result<(), SendError>,
+        send: impl FnOnce(&mut Endpoint, crate::rudp::ConnectionHandle) -> Result<(), SendError>,
     ) -> Result<(), Error> {
         let entry = self.entry_mut(peer.sock)?;
         let kind = entry.kind;
@@ -662,7 +662,7 @@ pub(super) fn deliver_events<H: Handler + ?Sized>(
         /// The bytes are in `scratch`, or at this range of `rbuf`.
         Message(Guarantee, Option<std::ops::Range<usize>>),
         Writable,
-        Closed(crate::rudp::CloseReason),
+        Closed(crate::rudp::RudpCloseReason),
     }
     loop {
         let Some(entry) = cx.table.get_mut(id) else {

@@ -16,6 +16,7 @@ pub(crate) const FRAG_OVERHEAD: usize =
 /// [`Connection`](super::Connection) is created (see [`RudpConfig::sanitized`]),
 /// never rejected with a panic.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct RudpConfig {
     /// Largest UDP payload sent and accepted. Default 1,200 bytes; clamped to
     /// 128..=65,507. Both ends use the smaller of their two values. In the
@@ -64,7 +65,7 @@ pub struct RudpConfig {
     /// finds losses were spurious (reordering), see `docs/rudp.md` §5.
     pub packet_threshold: u32,
     /// Consecutive retransmission timeouts before the peer is declared gone
-    /// (`CloseReason::Timeout`). Default 8.
+    /// (`RudpCloseReason::Timeout`). Default 8.
     pub max_retransmits: u32,
     /// A PING is sent when nothing ack-eliciting was sent for this long.
     /// Default 1 s (clamped to at most half the idle timeout).
@@ -89,7 +90,7 @@ pub struct RudpConfig {
     /// connection; the oldest is dropped beyond it. Default 8.
     pub max_unreliable_partials: usize,
     /// Protocol violations tolerated (each discards its datagram) before the
-    /// connection is closed with `CloseReason::ProtocolViolation`. Default 16.
+    /// connection is closed with `RudpCloseReason::ProtocolViolation`. Default 16.
     pub max_protocol_violations: u32,
     /// Test support: force the initial packet number and sequence numbers
     /// (instead of random ones), e.g. near `u32::MAX` to test wrapping.
@@ -100,6 +101,34 @@ pub struct RudpConfig {
     #[cfg(test)]
     pub(crate) initial_sequence: Option<u32>,
 }
+
+setters!(RudpConfig {
+    mtu: usize,
+    max_message_len: usize,
+    max_send_queue_bytes: usize,
+    max_send_queue_messages: usize,
+    recv_window: u32,
+    max_recv_buffer_bytes: usize,
+    initial_cwnd: u32,
+    min_cwnd: u32,
+    max_in_flight: u32,
+    initial_rtt: Duration,
+    min_rto: Duration,
+    max_rto: Duration,
+    max_ack_delay: Duration,
+    ack_eliciting_threshold: u32,
+    packet_threshold: u32,
+    max_retransmits: u32,
+    heartbeat_interval: Duration,
+    idle_timeout: Duration,
+    handshake_timeout: Duration,
+    max_connections: usize,
+    max_half_open: usize,
+    accept_incoming: bool,
+    cookie_lifetime: Duration,
+    max_unreliable_partials: usize,
+    max_protocol_violations: u32,
+});
 
 impl Default for RudpConfig {
     fn default() -> Self {
@@ -136,6 +165,11 @@ impl Default for RudpConfig {
 }
 
 impl RudpConfig {
+    /// The defaults ([`RudpConfig::default`]).
+    pub fn new() -> RudpConfig {
+        RudpConfig::default()
+    }
+
     /// A copy with every value clamped into its valid range.
     pub fn sanitized(&self) -> RudpConfig {
         let mut c = self.clone();

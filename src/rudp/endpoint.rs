@@ -18,12 +18,12 @@ const MAX_STATELESS_QUEUE: usize = 256;
 /// Identifies a connection of an [`Endpoint`]. Carries a generation: once the
 /// connection is gone, its id is rejected even if the slot is reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PeerId {
+pub struct ConnectionHandle {
     index: u32,
     generation: u32,
 }
 
-impl PeerId {
+impl ConnectionHandle {
     /// Slot index (stable while the connection lives; reused afterwards).
     pub fn index(&self) -> u32 {
         self.index
@@ -42,6 +42,7 @@ pub struct Transmit {
 
 /// Endpoint-wide counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct EndpointStats {
     /// Datagrams passed to `handle_datagram`.
     pub datagrams_received: u64,
@@ -208,31 +209,31 @@ impl Endpoint {
     }
 
     /// The connection behind `peer`, if it is live.
-    pub fn connection(&self, peer: PeerId) -> Option<&Connection> {
+    pub fn connection(&self, peer: ConnectionHandle) -> Option<&Connection> {
         self.entry(peer).map(|e| &e.conn)
     }
 
     /// Statistics of `peer`'s connection.
-    pub fn peer_stats(&self, peer: PeerId) -> Option<ConnectionStats> {
+    pub fn peer_stats(&self, peer: ConnectionHandle) -> Option<ConnectionStats> {
         self.connection(peer).map(Connection::stats)
     }
 
     /// The remote address of `peer`.
-    pub fn remote_addr(&self, peer: PeerId) -> Option<SocketAddr> {
+    pub fn remote_addr(&self, peer: ConnectionHandle) -> Option<SocketAddr> {
         self.entry(peer).map(|e| e.remote)
     }
 
     /// Every live peer (unspecified order).
-    pub fn peers(&self) -> impl Iterator<Item = PeerId> + '_ {
+    pub fn peers(&self) -> impl Iterator<Item = ConnectionHandle> + '_ {
         self.slots.iter().enumerate().filter_map(|(i, s)| {
-            s.entry.as_ref().map(|_| PeerId {
+            s.entry.as_ref().map(|_| ConnectionHandle {
                 index: i as u32,
                 generation: s.generation,
             })
         })
     }
 
-    fn entry(&self, peer: PeerId) -> Option<&Entry> {
+    fn entry(&self, peer: ConnectionHandle) -> Option<&Entry> {
         let s = self.slots.get(peer.index as usize)?;
         if s.generation != peer.generation {
             return None;
@@ -240,7 +241,7 @@ impl Endpoint {
         s.entry.as_deref()
     }
 
-    fn entry_mut(&mut self, peer: PeerId) -> Option<&mut Entry> {
+    fn entry_mut(&mut self, peer: ConnectionHandle) -> Option<&mut Entry> {
         let s = self.slots.get_mut(peer.index as usize)?;
         if s.generation != peer.generation {
             return None;
@@ -248,8 +249,8 @@ impl Endpoint {
         s.entry.as_deref_mut()
     }
 
-    fn peer_id(&self, idx: u32) -> PeerId {
-        PeerId {
+    fn peer_id(&self, idx: u32) -> ConnectionHandle {
+        ConnectionHandle {
             index: idx,
             generation: self.slots.get(idx as usize).map_or(0, |s| s.generation),
         }
@@ -549,6 +550,7 @@ impl Endpoint {
     }
 
     /// The earliest deadline over all connections.
+    #[must_use]
     pub fn poll_timeout(&mut self) -> Option<Instant> {
         while let Some(&Reverse((t, idx, generation))) = self.heap.peek() {
             let actual = if self.heap_entry_valid(t, idx, generation) {
@@ -584,7 +586,11 @@ impl Endpoint {
 
     /// Starts a connection to `remote`. The returned id is usable at once:
     /// messages sent before [`Event::Connected`] are queued.
-    pub fn connect(&mut self, now: Instant, remote: SocketAddr) -> Result<PeerId, RudpError> {
+    pub fn connect(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+    ) -> Result<ConnectionHandle, RudpError> {
         if self.live >= self.cfg.max_connections {
             return Err(RudpError::TooManyConnections);
         }
@@ -603,7 +609,7 @@ impl Endpoint {
 
     fn with_conn<T>(
         &mut self,
-        peer: PeerId,
+        peer: ConnectionHandle,
         f: impl FnOnce(&mut Connection) -> Result<T, SendError>,
     ) -> Result<T, SendError> {
         let e = self.entry_mut(peer).ok_or(SendError::UnknownPeer)?;
@@ -616,7 +622,7 @@ impl Endpoint {
     /// timers nor events, so only the transmit queue needs the connection.
     fn with_conn_send(
         &mut self,
-        peer: PeerId,
+        peer: ConnectionHandle,
         f: impl FnOnce(&mut Connection) -> Result<(), SendError>,
     ) -> Result<(), SendError> {
         let e = self.entry_mut(peer).ok_or(SendError::UnknownPeer)?;
@@ -631,7 +637,7 @@ impl Endpoint {
     /// Queues a message for `peer`.
     pub fn send(
         &mut self,
-        peer: PeerId,
+        peer: ConnectionHandle,
         data: &[u8],
         guarantee: Guarantee,
     ) -> Result<(), SendError> {
@@ -639,12 +645,12 @@ impl Endpoint {
     }
 
     /// Queues a message set for `peer` (see [`Connection::send_set`]).
-    pub fn send_set(&mut self, peer: PeerId, msgs: &[&[u8]]) -> Result<(), SendError> {
+    pub fn send_set(&mut self, peer: ConnectionHandle, msgs: &[&[u8]]) -> Result<(), SendError> {
         self.with_conn_send(peer, |c| c.send_set(msgs))
     }
 
     /// Closes `peer` gracefully (see [`Connection::close`]). Unknown ids are ignored.
-    pub fn close(&mut self, peer: PeerId) {
+    pub fn close(&mut self, peer: ConnectionHandle) {
         let _ = self.with_conn(peer, |c| {
             c.close();
             Ok(())
@@ -665,6 +671,7 @@ impl Endpoint {
     /// Writes the next datagram into `buf` (at least `mtu` bytes) and says
     /// where to send it. Connections take turns, one datagram each (or up
     /// to [`set_transmit_burst`](Self::set_transmit_burst)).
+    #[must_use]
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
         if let Some((dest, bytes)) = self.stateless.front() {
             if let Some(dst) = buf.get_mut(..bytes.len()) {
@@ -758,7 +765,8 @@ impl Endpoint {
     /// A closed connection is freed when its last event (`Closed`) is
     /// polled, by this or [`poll_event_ref`](Self::poll_event_ref); until
     /// then it counts toward `RudpConfig::max_connections`.
-    pub fn poll_event(&mut self) -> Option<(PeerId, Event)> {
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<(ConnectionHandle, Event)> {
         let idx = self.next_event_conn()?;
         let peer = self.peer_id(idx);
         let e = self
@@ -775,16 +783,17 @@ impl Endpoint {
 
     /// Like [`poll_event`](Self::poll_event) but borrows message bytes (no
     /// allocation per message). The borrow ends at the next call.
-    pub fn poll_event_ref(&mut self) -> Option<(PeerId, EventRef<'_>)> {
+    #[must_use]
+    pub fn poll_event_ref(&mut self) -> Option<(ConnectionHandle, EventRef<'_>)> {
         let (peer, conn) = self.next_event_connection()?;
         Some((peer, conn.poll_event_ref()?))
     }
 
     /// The connection whose events come next, and its id.
-    fn next_event_connection(&mut self) -> Option<(PeerId, &mut Connection)> {
+    fn next_event_connection(&mut self) -> Option<(ConnectionHandle, &mut Connection)> {
         let idx = self.next_event_conn()?;
         let slot = self.slots.get_mut(idx as usize)?;
-        let peer = PeerId {
+        let peer = ConnectionHandle {
             index: idx,
             generation: slot.generation,
         };
@@ -794,7 +803,7 @@ impl Endpoint {
     /// Like [`poll_event_ref`](Self::poll_event_ref), leaving messages of
     /// datagrams handled in place in the caller's buffer
     /// ([`MsgRef::InPlace`]).
-    pub(crate) fn poll_event_raw(&mut self) -> Option<(PeerId, RawEvent<'_>)> {
+    pub(crate) fn poll_event_raw(&mut self) -> Option<(ConnectionHandle, RawEvent<'_>)> {
         let (peer, conn) = self.next_event_connection()?;
         Some((peer, conn.poll_event_raw()?))
     }

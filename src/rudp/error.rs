@@ -9,6 +9,7 @@ use super::wire::WireError;
 /// Returned for logging and counted; none of these is fatal to the endpoint,
 /// and a peer can never cause a panic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RudpError {
     /// The bytes are not a valid datagram.
     Wire(WireError),
@@ -59,6 +60,7 @@ impl From<WireError> for RudpError {
 
 /// Why a message could not be queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SendError {
     /// The message is larger than `max_message_len` (ours or the peer's).
     TooLarge {
@@ -76,7 +78,7 @@ pub enum SendError {
     },
     /// The connection is closed or closing.
     Closed,
-    /// The `PeerId` names no live connection (closed, or a stale generation).
+    /// The `ConnectionHandle` names no live connection (closed, or a stale generation).
     UnknownPeer,
 }
 

@@ -62,7 +62,7 @@ pub mod wire;
 pub use config::RudpConfig;
 pub use connection::{Connection, ConnectionStats, PerGuarantee, Side};
 pub(crate) use connection::{MsgRef, RawEvent};
-pub use endpoint::{Endpoint, EndpointStats, PeerId, Transmit};
+pub use endpoint::{ConnectionHandle, Endpoint, EndpointStats, Transmit};
 pub use error::{RudpError, SendError};
 
 /// Delivery guarantee of one message.
@@ -81,7 +81,8 @@ pub enum Guarantee {
 
 /// Why a connection closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseReason {
+#[non_exhaustive]
+pub enum RudpCloseReason {
     /// Nothing heard for the idle timeout, the handshake did not complete in
     /// time, or too many consecutive retransmission timeouts.
     Timeout,
@@ -96,6 +97,7 @@ pub enum CloseReason {
 
 /// Something that happened on a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Event {
     /// The handshake completed; messages can flow.
     Connected,
@@ -110,13 +112,14 @@ pub enum Event {
     /// [`SendError::QueueFull`].
     Writable,
     /// The connection is closed; it produces no further events.
-    Closed(CloseReason),
+    Closed(RudpCloseReason),
 }
 
 /// A borrowed [`Event`]: messages point into the connection's receive arena,
 /// so no allocation happens per message. Valid until the next call on the
 /// connection or endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum EventRef<'a> {
     /// See [`Event::Connected`].
     Connected,
@@ -130,7 +133,7 @@ pub enum EventRef<'a> {
     /// See [`Event::Writable`].
     Writable,
     /// See [`Event::Closed`].
-    Closed(CloseReason),
+    Closed(RudpCloseReason),
 }
 
 impl EventRef<'_> {

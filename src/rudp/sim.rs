@@ -14,7 +14,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use super::rng::Rng;
-use super::{Endpoint, Event, PeerId, RudpConfig};
+use super::{ConnectionHandle, Endpoint, Event, RudpConfig};
 
 /// Impairments of one direction of a link.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -72,7 +72,7 @@ pub(crate) struct Node {
     /// Its address.
     pub(crate) addr: SocketAddr,
     /// Events polled from the endpoint, oldest first.
-    pub(crate) events: VecDeque<(PeerId, Event)>,
+    pub(crate) events: VecDeque<(ConnectionHandle, Event)>,
     /// Datagrams this node sent.
     pub(crate) sent: u64,
     /// Errors returned by `handle_datagram`.
@@ -179,7 +179,7 @@ impl Sim {
 
     /// Two nodes; node 0 connects to node 1. Returns the client's id for the
     /// server (node 0's view).
-    pub(crate) fn pair(cfg: RudpConfig, link: LinkConfig, seed: u64) -> (Self, PeerId) {
+    pub(crate) fn pair(cfg: RudpConfig, link: LinkConfig, seed: u64) -> (Self, ConnectionHandle) {
         let mut sim = Sim::new(2, cfg, link, seed);
         let server = sim.nodes[1].addr;
         let now = sim.now;
@@ -358,7 +358,7 @@ impl Sim {
     }
 
     /// Removes and returns node `i`'s collected events.
-    pub(crate) fn take_events(&mut self, i: usize) -> Vec<(PeerId, Event)> {
+    pub(crate) fn take_events(&mut self, i: usize) -> Vec<(ConnectionHandle, Event)> {
         self.nodes[i].events.drain(..).collect()
     }
 }

@@ -115,6 +115,7 @@ pub const MAX_DATA_OVERHEAD: usize = field::PN_END + field::ACK_BLOCK_LEN;
 
 /// A wire-format error: the bytes are not a valid rudp datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum WireError {
     /// The datagram is shorter than its type requires (or longer, for fixed-size types).
     Truncated,

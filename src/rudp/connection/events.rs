@@ -16,7 +16,7 @@
 use std::collections::VecDeque;
 
 use super::stats::PerGuarantee;
-use crate::rudp::{CloseReason, Event, EventRef, Guarantee};
+use crate::rudp::{Event, EventRef, Guarantee, RudpCloseReason};
 
 /// Data handed to the application, waiting in the event queue.
 #[derive(Debug)]
@@ -64,7 +64,7 @@ pub(crate) enum RawEvent<'a> {
         guarantee: Guarantee,
     },
     Writable,
-    Closed(CloseReason),
+    Closed(RudpCloseReason),
 }
 
 #[derive(Debug)]
@@ -72,7 +72,7 @@ enum PendingEvent {
     Connected,
     Message { guarantee: Guarantee, data: MsgData },
     Writable,
-    Closed(CloseReason),
+    Closed(RudpCloseReason),
 }
 
 /// Events waiting for `poll_event`, with an arena for in-order small messages.
@@ -132,7 +132,7 @@ impl Inbox {
     }
 
     /// Queues `Closed`.
-    pub(super) fn push_closed(&mut self, reason: CloseReason) {
+    pub(super) fn push_closed(&mut self, reason: RudpCloseReason) {
         self.events.push_back(PendingEvent::Closed(reason));
     }
 

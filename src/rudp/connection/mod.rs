@@ -31,7 +31,7 @@ use super::wire::{
     emit_header, emit_pn_ack, field, AckRepr, Chunks, CloseCode, PacketRepr, PacketType, Params,
     FLAG_ACK,
 };
-use super::{CloseReason, Event, EventRef, Guarantee, RudpError, SendError};
+use super::{Event, EventRef, Guarantee, RudpCloseReason, RudpError, SendError};
 
 mod congestion;
 mod events;
@@ -143,7 +143,7 @@ pub struct Connection {
     ping_pending: bool,
     closing: bool,
     close_packet: Option<CloseCode>,
-    close_reason: Option<CloseReason>,
+    close_reason: Option<RudpCloseReason>,
     inbox: Inbox,
     want_writable: bool,
     violations: u32,
@@ -392,7 +392,7 @@ impl Connection {
             State::Closed => {}
             State::Initial | State::Echo => {
                 if self.tx.is_flushed() {
-                    self.close_now(CloseReason::Local);
+                    self.close_now(RudpCloseReason::Local);
                 } else {
                     self.closing = true;
                 }
@@ -407,11 +407,11 @@ impl Connection {
     fn check_close_flush(&mut self) {
         if self.closing && self.close_packet.is_none() && self.tx.is_flushed() {
             self.close_packet = Some(CloseCode::Normal);
-            self.close_reason = Some(CloseReason::Local);
+            self.close_reason = Some(RudpCloseReason::Local);
         }
     }
 
-    fn close_now(&mut self, reason: CloseReason) {
+    fn close_now(&mut self, reason: RudpCloseReason) {
         if self.state == State::Closed {
             return;
         }
@@ -433,7 +433,7 @@ impl Connection {
         );
         if self.violations >= self.cfg.max_protocol_violations && self.state == State::Established {
             self.close_packet = Some(CloseCode::ProtocolViolation);
-            self.close_reason = Some(CloseReason::ProtocolViolation(what));
+            self.close_reason = Some(RudpCloseReason::ProtocolViolation(what));
             self.closing = true;
         }
         RudpError::ProtocolViolation(what)
@@ -514,7 +514,7 @@ impl Connection {
                 }
             }
             PacketRepr::Close { .. } => {
-                self.close_now(CloseReason::ClosedByPeer);
+                self.close_now(RudpCloseReason::ClosedByPeer);
                 Ok(())
             }
         };
@@ -797,7 +797,7 @@ impl Connection {
         self.consecutive_rto += 1;
         self.stats.rto_count += 1;
         if self.consecutive_rto > self.cfg.max_retransmits {
-            self.close_now(CloseReason::Timeout);
+            self.close_now(RudpCloseReason::Timeout);
             return;
         }
         debug!(
@@ -909,7 +909,7 @@ impl Connection {
             if self.state == State::Established && self.confirmed && deadline > now {
                 self.timers.set(Timer::Idle, deadline);
             } else {
-                self.close_now(CloseReason::Timeout);
+                self.close_now(RudpCloseReason::Timeout);
                 return;
             }
         }
@@ -963,6 +963,7 @@ impl Connection {
 
     /// The next instant at which [`handle_timeout`](Self::handle_timeout)
     /// should be called, if any.
+    #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         if self.state == State::Closed {
             return None;
@@ -982,6 +983,7 @@ impl Connection {
     /// or `None` when there is nothing to send now. `buf` should be at least
     /// `RudpConfig::mtu` bytes; with a shorter one only handshake and control
     /// packets are produced.
+    #[must_use]
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
         let n = self.poll_transmit_inner(now, buf)?;
         self.stats.datagrams_sent += 1;
@@ -1024,7 +1026,7 @@ impl Connection {
             }
             .emit(buf)
             .ok()?;
-            let reason = self.close_reason.take().unwrap_or(CloseReason::Local);
+            let reason = self.close_reason.take().unwrap_or(RudpCloseReason::Local);
             self.close_now(reason);
             return Some(n);
         }
@@ -1182,12 +1184,14 @@ impl Connection {
 
     /// The next event, with message bytes copied out (or moved, for messages
     /// that were reassembled or reordered).
+    #[must_use]
     pub fn poll_event(&mut self) -> Option<Event> {
         self.inbox.pop_event()
     }
 
     /// The next event, borrowing message bytes from the connection (no
     /// allocation per message for in-order small messages).
+    #[must_use]
     pub fn poll_event_ref(&mut self) -> Option<EventRef<'_>> {
         self.inbox.pop_ref()
     }

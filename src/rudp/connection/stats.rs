@@ -7,6 +7,7 @@ use crate::rudp::Guarantee;
 
 /// Counters per delivery guarantee.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PerGuarantee {
     /// `Guarantee::None`.
     pub none: u64,
@@ -33,6 +34,7 @@ impl PerGuarantee {
 
 /// Statistics of one connection.
 #[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
 pub struct ConnectionStats {
     /// Smoothed round-trip time.
     pub srtt: Duration,

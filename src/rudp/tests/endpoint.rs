@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::rudp::sim::{LinkConfig, Sim};
 use crate::rudp::wire::{PacketRepr, PacketType, Params};
-use crate::rudp::{CloseReason, Endpoint, Event, Guarantee, RudpConfig, RudpError, SendError};
+use crate::rudp::{Endpoint, Event, Guarantee, RudpCloseReason, RudpConfig, RudpError, SendError};
 use proptest::prelude::*;
 
 const STEPS: u64 = 2_000_000;
@@ -160,7 +160,7 @@ fn half_open_cap_and_expiry() {
         let mut buf = [0u8; 1500];
         while server.poll_transmit(t, &mut buf).is_some() {}
         while let Some((_, e)) = server.poll_event() {
-            if e == Event::Closed(CloseReason::Timeout) {
+            if e == Event::Closed(RudpCloseReason::Timeout) {
                 closed += 1;
             }
         }
@@ -253,7 +253,7 @@ fn connect_to_silent_server_times_out() {
     })
     .unwrap();
     let (r, at) = closed.unwrap();
-    assert_eq!(r, CloseReason::Timeout);
+    assert_eq!(r, RudpCloseReason::Timeout);
     assert!(at - now <= hs + Duration::from_millis(1));
     // INITIAL retransmissions back off: far fewer than one per 100 ms.
     assert!(sim.net.unroutable < 20, "{} INITIALs", sim.net.unroutable);

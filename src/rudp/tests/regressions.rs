@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use crate::rudp::sim::{LinkConfig, Sim};
 use crate::rudp::wire::{AckRepr, ChunkRepr, Chunks, CloseCode, PacketRepr, PacketType, VERSION};
 use crate::rudp::{
-    CloseReason, Connection, Event, EventRef, Guarantee, PeerId, RudpConfig, RudpError, SendError,
+    Connection, ConnectionHandle, Event, EventRef, Guarantee, RudpCloseReason, RudpConfig,
+    RudpError, SendError,
 };
 
 const STEPS: u64 = 2_000_000;
@@ -32,7 +33,7 @@ fn emit(p: &PacketRepr<'_>) -> Vec<u8> {
 
 /// A connected pair with some traffic done; returns (sim, client peer id,
 /// connection id, server address).
-fn connected(link: LinkConfig, seed: u64) -> (Sim, PeerId, u32, SocketAddr) {
+fn connected(link: LinkConfig, seed: u64) -> (Sim, ConnectionHandle, u32, SocketAddr) {
     let (mut sim, peer) = Sim::pair(cfg(), link, seed);
     for i in 0..50u32 {
         sim.nodes[0]
@@ -57,7 +58,7 @@ fn connected(link: LinkConfig, seed: u64) -> (Sim, PeerId, u32, SocketAddr) {
 
 /// Sends `n` more messages client → server over the (lossy) link and checks
 /// they arrive exactly once in order, i.e. the stream was not disturbed.
-fn stream_still_works(sim: &mut Sim, peer: PeerId, n: u32) {
+fn stream_still_works(sim: &mut Sim, peer: ConnectionHandle, n: u32) {
     sim.take_events(1);
     for i in 0..n {
         sim.nodes[0]
@@ -266,9 +267,8 @@ fn repeated_violations_close_the_connection() {
     assert!(sent_close);
     let evs: Vec<_> = std::iter::from_fn(|| sim.nodes[0].ep.poll_event()).collect();
     assert!(
-        evs.iter()
-            .any(|(p, e)| *p == peer
-                && matches!(e, Event::Closed(CloseReason::ProtocolViolation(_)))),
+        evs.iter().any(|(p, e)| *p == peer
+            && matches!(e, Event::Closed(RudpCloseReason::ProtocolViolation(_)))),
         "{evs:?}"
     );
     assert!(sim.nodes[0].ep.connection(peer).is_none());

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::rudp::sim::{LinkConfig, Sim};
 use crate::rudp::wire::{PacketRepr, PacketType};
-use crate::rudp::{CloseReason, Event, Guarantee, PeerId, RudpConfig, SendError};
+use crate::rudp::{ConnectionHandle, Event, Guarantee, RudpCloseReason, RudpConfig, SendError};
 
 const STEPS: u64 = 2_000_000;
 
@@ -38,7 +38,7 @@ fn ptype(d: &[u8]) -> Option<PacketType> {
 /// returns what node 1 received (all events kept in order).
 fn pump_reliable(
     sim: &mut Sim,
-    peer: PeerId,
+    peer: ConnectionHandle,
     n: u32,
     len: usize,
     max_time: Duration,
@@ -398,7 +398,7 @@ fn vanished_peer_times_out() {
     .unwrap();
     for c in closed {
         let (r, at) = c.unwrap();
-        assert_eq!(r, CloseReason::Timeout);
+        assert_eq!(r, RudpCloseReason::Timeout);
         assert!(
             at - t0 <= idle + Duration::from_millis(10),
             "closed after {:?}",
@@ -477,11 +477,11 @@ fn graceful_close_flushes() {
     })
     .unwrap();
     assert_in_order(&got, 200);
-    assert_eq!(client_closed, Some(CloseReason::Local));
+    assert_eq!(client_closed, Some(RudpCloseReason::Local));
     // The CLOSE itself may be lost; then the server times out instead.
     assert!(matches!(
         server_closed,
-        Some(CloseReason::ClosedByPeer | CloseReason::Timeout)
+        Some(RudpCloseReason::ClosedByPeer | RudpCloseReason::Timeout)
     ));
 }
 
