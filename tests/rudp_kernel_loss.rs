@@ -4,7 +4,7 @@
 //! delays (reorders) about 5% of UDP datagrams. 10,000 Delivery messages of
 //! 1 KiB from each of 4 peers must arrive exactly once and in order.
 //!
-//! `tc netem` is not built into the kernel these tests run on (DESIGN §10),
+//! `tc netem` is not built into the kernel these tests run on,
 //! hence nftables `numgen random` for loss and duplication and an HTB class
 //! for reordering.
 //!
