@@ -340,8 +340,8 @@ fn accessors_total_on_unchecked() {
 #[test]
 fn doc_example_bytes() {
     let bytes: [u8; 39] = [
-        0x01, 0x10, 0x01, 0x00, 0x0a, 0x0b, 0x0c, 0x0d, 0, 0, 0, 7, 0, 0, 0, 3, 0, 0, 0, 0, 0,
-        0, 0, 5, 0, 0, 0, 0, 0, 0x64, 0x02, 0, 0, 0, 5, 0, 2, b'h', b'i',
+        0x01, 0x10, 0x01, 0x00, 0x0a, 0x0b, 0x0c, 0x0d, 0, 0, 0, 7, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0,
+        0, 5, 0, 0, 0, 0, 0, 0x64, 0x02, 0, 0, 0, 5, 0, 2, b'h', b'i',
     ];
     let p = PacketRepr::parse(&bytes).unwrap();
     let PacketRepr::Data {
