@@ -1,14 +1,12 @@
-//! A counting global allocator: the reactor's steady state allocates
-//! nothing per datagram (UDP, Unix) or TCP frame received and echoed, and
-//! timer set/cancel cycles do not grow the heap.
+//! A counting global allocator (`util::alloc`): the reactor's steady state
+//! allocates nothing per datagram (UDP, Unix) or TCP frame received and
+//! echoed, and timer set/cancel cycles do not grow the heap.
 //!
 //! Only allocations made on the measuring thread while its flag is set are
 //! counted, so the test harness's other threads do not disturb the counts.
 
 mod util;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::io::{Read, Write};
 use std::net::{TcpStream, UdpSocket};
 use std::os::unix::net::UnixDatagram;
@@ -16,92 +14,14 @@ use std::time::Duration;
 
 use msgloop::framing::FrameConfig;
 use msgloop::{CloseReason, Ctx, Datagram, Handler, PeerAddr, Reactor, SocketId, UnixAddr};
-
-struct Counting;
-
-thread_local! {
-    static MEASURING: Cell<bool> = const { Cell::new(false) };
-    static ALLOCS: Cell<u64> = const { Cell::new(0) };
-    static REALLOCS: Cell<u64> = const { Cell::new(0) };
-    static NET_BYTES: Cell<i64> = const { Cell::new(0) };
-}
-
-fn measuring() -> bool {
-    MEASURING.try_with(Cell::get).unwrap_or(false)
-}
-
-fn bump(c: &'static std::thread::LocalKey<Cell<u64>>) {
-    let _ = c.try_with(|c| c.set(c.get() + 1));
-}
-
-fn add_bytes(n: i64) {
-    let _ = NET_BYTES.try_with(|c| c.set(c.get() + n));
-}
-
-// SAFETY: every call is forwarded unchanged to the system allocator; the
-// bookkeeping touches only const-initialised thread-locals (no allocation).
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if measuring() {
-            bump(&ALLOCS);
-            add_bytes(layout.size() as i64);
-        }
-        System.alloc(layout)
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if measuring() {
-            bump(&ALLOCS);
-            add_bytes(layout.size() as i64);
-        }
-        System.alloc_zeroed(layout)
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if measuring() {
-            add_bytes(-(layout.size() as i64));
-        }
-        System.dealloc(ptr, layout)
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if measuring() {
-            bump(&REALLOCS);
-            add_bytes(new_size as i64 - layout.size() as i64);
-        }
-        System.realloc(ptr, layout, new_size)
-    }
-}
+use util::alloc::{measure, Counts};
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Counts {
-    allocs: u64,
-    reallocs: u64,
-    net_bytes: i64,
-}
-
-/// Runs `f` with counting on for this thread; returns the counts.
-fn measure(f: impl FnOnce()) -> Counts {
-    ALLOCS.with(|c| c.set(0));
-    REALLOCS.with(|c| c.set(0));
-    NET_BYTES.with(|c| c.set(0));
-    MEASURING.with(|m| m.set(true));
-    f();
-    MEASURING.with(|m| m.set(false));
-    Counts {
-        allocs: ALLOCS.with(Cell::get),
-        reallocs: REALLOCS.with(Cell::get),
-        net_bytes: NET_BYTES.with(Cell::get),
-    }
-}
+static GLOBAL: util::alloc::Counting = util::alloc::Counting;
 
 #[test]
 fn the_counter_counts() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let c = measure(|| {
         let v = std::hint::black_box(vec![1u8; 100]);
         drop(v);
@@ -176,8 +96,7 @@ fn check_zero_alloc(
 
 #[test]
 fn udp_echo_allocates_nothing_per_message() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let mut reactor = Reactor::new().unwrap();
     let server = reactor.bind_udp("127.0.0.1:0").unwrap();
     let to = reactor.local_addr(server).unwrap().as_inet().unwrap();
@@ -203,8 +122,7 @@ fn udp_echo_allocates_nothing_per_message() {
 
 #[test]
 fn unix_echo_allocates_nothing_per_message() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let spath = util::temp_path("alloc-server.sock");
     let cpath = util::temp_path("alloc-client.sock");
     let _rm = util::RemoveOnDrop(cpath.clone());
@@ -233,8 +151,7 @@ fn unix_echo_allocates_nothing_per_message() {
 
 #[test]
 fn timer_set_cancel_cycles_do_not_grow_the_heap() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let mut reactor = Reactor::new().unwrap();
     let keep: Vec<_> = (0..3)
         .map(|i| reactor.set_timer(Duration::from_secs(3600 + i)))
@@ -319,8 +236,7 @@ fn tcp_round_trip(reactor: &mut Reactor, echo: &mut FrameEcho, client: &mut TcpS
 
 #[test]
 fn tcp_echo_allocates_nothing_per_frame() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let mut reactor = Reactor::new().unwrap();
     let l = reactor
         .listen_tcp("127.0.0.1:0", FrameConfig::new())

@@ -2,15 +2,14 @@
 //! 100,000 timer set/cancel cycles; afterwards the process's open fds, the
 //! reactor's socket table and the heap are back at their baseline.
 //!
-//! A counting allocator (this binary only) measures the net heap. The soak
-//! runs once as a warm-up, so every table reaches its steady capacity, and
-//! then again for the measurement: the second run must not grow the heap.
+//! A counting allocator (`util::alloc`, counting the test thread, which
+//! does all the work) measures the net heap. The soak runs once as a
+//! warm-up, so every table reaches its steady capacity, and then again for
+//! the measurement: the second run must not grow the heap.
 
 mod util;
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use msgloop::framing::FrameConfig;
@@ -18,28 +17,8 @@ use msgloop::net::UnixSeqpacket;
 use msgloop::rudp::RudpConfig;
 use msgloop::{CloseReason, Ctx, Handler, Reactor, SocketId, UnixAddr};
 
-struct Counting;
-
-static NET_BYTES: AtomicI64 = AtomicI64::new(0);
-
-// SAFETY: defers to the system allocator; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        NET_BYTES.fetch_add(l.size() as i64, Ordering::Relaxed);
-        System.alloc(l)
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        NET_BYTES.fetch_sub(l.size() as i64, Ordering::Relaxed);
-        System.dealloc(p, l)
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        NET_BYTES.fetch_add(n as i64 - l.size() as i64, Ordering::Relaxed);
-        System.realloc(p, l, n)
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: util::alloc::Counting = util::alloc::Counting;
 
 #[derive(Default)]
 struct App {
@@ -138,13 +117,13 @@ fn a_hundred_thousand_open_close_cycles_leave_nothing_behind() {
     // Warm-up: tables, the receive buffer and the allocator reach their
     // steady sizes.
     churn(&mut r, &mut app, 10);
-    let heap_before = NET_BYTES.load(Ordering::Relaxed);
+    let heap_before = util::alloc::counts().net_bytes;
     let start = Instant::now();
     // 1,000 × 100 cycles: 100,000 socket open/close cycles and 100,000
     // timer set/cancel cycles.
-    let cycles = churn(&mut r, &mut app, 1000);
+    let cycles = util::alloc::counted(|| churn(&mut r, &mut app, 1000));
     let secs = start.elapsed().as_secs_f64();
-    let heap_after = NET_BYTES.load(Ordering::Relaxed);
+    let heap_after = util::alloc::counts().net_bytes;
     println!(
         "churn: {cycles} socket open/close cycles and 100000 timer cycles in {secs:.1} s; \
          heap {heap_before} -> {heap_after} B; sockets {}; timers {}",

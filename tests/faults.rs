@@ -1,8 +1,8 @@
 //! Fault cases: signals interrupting the poll, panicking handlers (caught
-//! by the opt-in), several reactors on one port, and a clock that goes
-//! backwards into the reliable-UDP core. (EMFILE on accept, close-then-send
-//! in one callback, stale events for a reused slot and the default panic
-//! policy have their own tests in tcp.rs and reactor.rs.)
+//! by the opt-in), and a clock that goes backwards into the reliable-UDP
+//! core. (EMFILE on accept, close-then-send in one callback, stale events
+//! for a reused slot and the default panic policy have their own tests in
+//! tcp.rs and reactor.rs.)
 
 mod util;
 
@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use msgloop::rudp::{Endpoint, Guarantee, RudpConfig};
-use msgloop::{CloseReason, Config, Ctx, Datagram, DgramOptions, Handler, Reactor, SocketId};
+use msgloop::{CloseReason, Config, Ctx, Datagram, Handler, Reactor, SocketId};
 
 static SIGNALS: AtomicU64 = AtomicU64::new(0);
 
@@ -85,8 +85,7 @@ impl Handler for Count {
 
 #[test]
 fn eintr_during_poll_is_retried_inside_never_surfaced() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let mut r = Reactor::new().unwrap();
     let id = r.bind_udp("127.0.0.1:0").unwrap();
     let addr = r.local_addr(id).unwrap().as_inet().unwrap();
@@ -119,8 +118,7 @@ fn eintr_during_poll_is_retried_inside_never_surfaced() {
 
 #[test]
 fn catch_panics_closes_the_offending_socket_and_goes_on() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let mut r = Reactor::with_config(Config::default().catch_panics(true)).unwrap();
     let bad = r.bind_udp("127.0.0.1:0").unwrap();
     let good = r.bind_udp("127.0.0.1:0").unwrap();
@@ -152,46 +150,6 @@ fn catch_panics_closes_the_offending_socket_and_goes_on() {
             .unwrap();
     }
     assert_eq!(app.datagrams, 2);
-}
-
-#[test]
-fn reuse_port_lets_two_reactors_share_one_udp_port() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
-    let opts = DgramOptions::default().reuse_port(true);
-    let mut a = Reactor::new().unwrap();
-    let mut b = Reactor::new().unwrap();
-    let sa = a.bind_udp_with("127.0.0.1:0", &opts).unwrap();
-    let port = a.local_addr(sa).unwrap().as_inet().unwrap().port();
-    let sb = b
-        .bind_udp_with(("127.0.0.1", port), &opts)
-        .expect("a second socket binds the same port with SO_REUSEPORT");
-    assert_eq!(b.local_addr(sb).unwrap().as_inet().unwrap().port(), port);
-    // Without the option the port is taken.
-    assert!(Reactor::new()
-        .unwrap()
-        .bind_udp(("127.0.0.1", port))
-        .is_err());
-    // Many senders (different source ports) are spread over both.
-    let (mut ca, mut cb) = (Count::default(), Count::default());
-    let clients: Vec<UdpSocket> = (0..64)
-        .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
-        .collect();
-    for c in &clients {
-        c.send_to(b"hi", ("127.0.0.1", port)).unwrap();
-    }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while ca.datagrams + cb.datagrams < 64 && Instant::now() < deadline {
-        a.run_once(&mut ca, Some(Duration::from_millis(5))).unwrap();
-        b.run_once(&mut cb, Some(Duration::from_millis(5))).unwrap();
-    }
-    assert_eq!(ca.datagrams + cb.datagrams, 64);
-    assert!(
-        ca.datagrams > 0 && cb.datagrams > 0,
-        "spread: {} / {}",
-        ca.datagrams,
-        cb.datagrams
-    );
 }
 
 #[test]

@@ -2,27 +2,33 @@
 //! within tolerances, and leaves nothing behind.
 //!
 //! These tests need root, `/dev/net/tun` and `ip`; without them each one
-//! prints `SKIPPED …` — and fails under `CI=true`. (The model's own unit
-//! tests, `linkem::emulator::model_tests`, run anywhere.) They run one at
-//! a time: timing on two cores is fragile enough.
+//! is skipped with `SKIPPED …` on stderr (`util::skip`) — and fails under
+//! `CI=true`. (The model's own unit tests,
+//! `linkem::emulator::model_tests`, run anywhere.) They run one at a time:
+//! timing on two cores is fragile enough.
 
 #[path = "util/linkem/mod.rs"]
 mod linkem;
+mod util;
 
-use std::sync::{Mutex, MutexGuard};
+use std::sync::MutexGuard;
 use std::time::Duration;
 
 use linkem::probe::{udp_echo, udp_probe};
 use linkem::tcp::{bulk, Amount};
 use linkem::{Dir, Impairments, Link, LinkConfig};
 
-static SERIAL: Mutex<()> = Mutex::new(());
-
 /// The lock that runs these tests one at a time, or `None` (with the
-/// reason printed) if links cannot be made here.
+/// reason reported by `util::skip`) if links cannot be made here.
 fn setup(test: &str) -> Option<MutexGuard<'static, ()>> {
-    let g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    linkem::require(test).then_some(g)
+    let g = util::serial();
+    match linkem::unavailable() {
+        None => Some(g),
+        Some(why) => {
+            util::skip(test, why);
+            None
+        }
+    }
 }
 
 const MS: u64 = 1_000_000;

@@ -1,5 +1,6 @@
 //! The `Reactor` itself: timers, the waker, idle blocking, stale ids,
-//! close semantics, embedding, panics in handlers.
+//! close semantics, embedding, panics in handlers, read budgets and
+//! carry-over (shown with UDP sockets).
 
 mod util;
 
@@ -66,8 +67,7 @@ fn timers_fired(h: &Recorder) -> Vec<TimerId> {
 
 #[test]
 fn timers_fire_in_deadline_order_and_cancelled_never_fire() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let mut r = Reactor::new().unwrap();
     let delays = [37u64, 5, 49, 12, 23];
     let ids: Vec<TimerId> = delays
@@ -128,8 +128,7 @@ fn timer_cancelled_by_earlier_timer_in_same_pass_does_not_fire() {
             }
         }
     }
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let mut r = Reactor::new().unwrap();
     let at = Instant::now();
     let first = Some(r.set_timer_at(at));
@@ -157,8 +156,7 @@ fn timer_cancelled_by_earlier_timer_in_same_pass_does_not_fire() {
 
 #[test]
 fn timer_shortens_an_infinite_wait() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let mut r = Reactor::new().unwrap();
     let s = r.bind_udp("127.0.0.1:0").unwrap();
     let t = r.set_timer(Duration::from_millis(20));
@@ -170,8 +168,7 @@ fn timer_shortens_an_infinite_wait() {
 
 #[test]
 fn next_deadline_reports_the_earliest_timer() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let mut r = Reactor::new().unwrap();
     assert_eq!(r.next_deadline(), None);
     let late = r.set_timer(Duration::from_secs(30));
@@ -194,8 +191,7 @@ fn next_deadline_reports_the_earliest_timer() {
 
 #[test]
 fn set_cancel_cycles_keep_timer_store_bounded() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let mut r = Reactor::new().unwrap();
     let keep: Vec<TimerId> = (0..3)
         .map(|i| r.set_timer(Duration::from_secs(3600 + i)))
@@ -219,8 +215,7 @@ fn set_cancel_cycles_keep_timer_store_bounded() {
 
 #[test]
 fn waker_wakes_an_idle_infinite_wait() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let mut r = Reactor::new().unwrap();
     let s = r.bind_udp("127.0.0.1:0").unwrap();
     let waker = r.waker().unwrap();
@@ -265,8 +260,7 @@ fn waker_wakes_an_idle_infinite_wait() {
 
 #[test]
 fn idle_run_once_returns_zero_without_error() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let mut r = Reactor::new().unwrap();
     let _s = r.bind_udp("127.0.0.1:0").unwrap();
     let mut h = Recorder::default();
@@ -296,8 +290,7 @@ fn idle_run_once_returns_zero_without_error() {
 
 #[test]
 fn stale_id_is_rejected_even_when_the_slot_is_reused() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let mut r = Reactor::new().unwrap();
     let a = r.bind_udp("127.0.0.1:0").unwrap();
     let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -367,8 +360,7 @@ impl Handler for CloseInCallback {
 
 #[test]
 fn close_inside_callback_is_immediate_for_the_id_and_reported_after() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let mut r = Reactor::new().unwrap();
     let s = r.bind_udp("127.0.0.1:0").unwrap();
     let other = r.bind_udp("127.0.0.1:0").unwrap();
@@ -409,8 +401,7 @@ fn close_inside_callback_is_immediate_for_the_id_and_reported_after() {
 
 #[test]
 fn stats_of_id_closed_in_this_callback_is_stale() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let mut r = Reactor::new().unwrap();
     let s = r.bind_udp("127.0.0.1:0").unwrap();
     let c = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -427,8 +418,7 @@ fn stats_of_id_closed_in_this_callback_is_stale() {
 
 #[test]
 fn close_between_calls_is_immediate_without_callback() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let config = util::config(|o| o.read_budget = 4);
     let mut r = Reactor::with_config(config).unwrap();
     let s = r.bind_udp("127.0.0.1:0").unwrap();
@@ -493,8 +483,7 @@ fn stale_events_never_reach_a_new_socket() {
             self.closes.push(sock);
         }
     }
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let config = util::config(|o| o.read_budget = 4);
     let mut r = Reactor::with_config(config).unwrap();
     let trigger = r.bind_udp("127.0.0.1:0").unwrap();
@@ -567,8 +556,7 @@ fn stale_events_never_reach_a_new_socket() {
 
 #[test]
 fn epoll_fd_is_pollable_from_an_outer_loop() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let mut r = Reactor::new().unwrap();
     let s = r.bind_udp("127.0.0.1:0").unwrap();
     let fd = r.as_raw_fd();
@@ -609,8 +597,7 @@ impl Handler for Panicky {
 
 #[test]
 fn handler_panic_unwinds_and_the_reactor_goes_on() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let mut r = Reactor::new().unwrap();
     let s = r.bind_udp("127.0.0.1:0").unwrap();
     let c = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -645,8 +632,7 @@ fn reactor_after_panic() -> (Reactor, SocketId) {
 
 #[test]
 fn close_between_calls_after_a_handler_panic() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let (mut r, other) = reactor_after_panic();
     r.close(other).unwrap();
     assert_eq!(r.socket_count(), 1, "closed at once");
@@ -667,8 +653,7 @@ fn close_between_calls_after_a_handler_panic() {
 
 #[test]
 fn set_timer_between_calls_after_a_handler_panic() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let (mut r, _other) = reactor_after_panic();
     std::thread::sleep(Duration::from_millis(50));
     let before = Instant::now();
@@ -683,8 +668,7 @@ fn set_timer_between_calls_after_a_handler_panic() {
 
 #[test]
 fn reactor_stats_count_calls_and_callbacks() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let mut r = Reactor::new().unwrap();
     let s = r.bind_udp("127.0.0.1:0").unwrap();
     let c = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -712,4 +696,155 @@ fn reactor_stats_count_calls_and_callbacks() {
     let mut buf = [0u8; 8];
     assert_eq!(c.recv(&mut buf).unwrap(), 3);
     assert_eq!(c.recv(&mut buf).unwrap(), 2);
+}
+
+// ---- read budgets and carry-over ----------------------------------------------
+
+/// A socket2 UDP socket bound on loopback, and a duplicate of its fd to
+/// inspect it after the reactor adopts the original.
+fn udp_socket2() -> (socket2::Socket, socket2::Socket) {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+    s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    let dup = s.try_clone().unwrap();
+    (s, dup)
+}
+
+const FLOOD: usize = 1000;
+const FLOOD_LEN: usize = 1000;
+
+/// A flooded socket (1,000 datagrams queued before the first call) and a
+/// quiet one that gets one datagram before every call: the flood is read
+/// at most `read_budget` per call, the quiet socket is served on every call.
+#[test]
+fn flooded_socket_does_not_starve_others() {
+    let _t = util::guard();
+    let mut reactor = Reactor::new().unwrap();
+    let budget = reactor.config().read_budget;
+    assert_eq!(budget, 64, "default read budget");
+
+    let (a_sock, a_dup) = udp_socket2();
+    let opts = util::opts(|o| o.recv_buffer_size = Some(8 << 20));
+    let a = reactor.add_udp_with(a_sock, &opts).unwrap();
+    let rcv = util::rcvbuf(&a_dup);
+    drop(a_dup);
+    // Linux charges ~2-3 KiB of buffer per 1 KB datagram on loopback.
+    assert!(
+        rcv >= FLOOD * 4096,
+        "socket A's receive buffer is {rcv} B, too small to queue {FLOOD} datagrams of \
+         {FLOOD_LEN} B (SO_RCVBUFFORCE refused? run as root / with CAP_NET_ADMIN)"
+    );
+    let b = reactor.bind_udp("127.0.0.1:0").unwrap();
+    let a_addr = reactor.local_addr(a).unwrap().as_inet().unwrap();
+    let b_addr = reactor.local_addr(b).unwrap().as_inet().unwrap();
+
+    let c = util::udp_client("127.0.0.1");
+    for i in 0..FLOOD as u32 {
+        let mut p = util::pattern(FLOOD_LEN, i as u8);
+        p[..4].copy_from_slice(&i.to_be_bytes());
+        c.send_to(&p, a_addr).unwrap();
+        if i % 100 == 99 {
+            // Let loopback's receive processing keep up (its backlog queue
+            // holds ~1,000 packets); nothing is read from A meanwhile.
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    let mut h = Recorder::default();
+    let mut calls = 0u32;
+    let mut a_seen = 0usize;
+    while a_seen < FLOOD {
+        calls += 1;
+        assert!(
+            calls <= 200,
+            "only {a_seen} of {FLOOD} delivered after 200 calls"
+        );
+        c.send_to(&calls.to_be_bytes(), b_addr).unwrap();
+        let before = h.events.len();
+        reactor
+            .run_once(&mut h, Some(Duration::from_secs(5)))
+            .unwrap();
+        let this_call = &h.events[before..];
+        let mut a_now = 0;
+        let mut b_now = Vec::new();
+        for e in this_call {
+            match e {
+                Event::Datagram { sock, data, .. } if *sock == a => {
+                    let seq = u32::from_be_bytes(data[..4].try_into().unwrap()) as usize;
+                    assert_eq!(seq, a_seen + a_now, "flood delivered in order, none lost");
+                    assert_eq!(data.len(), FLOOD_LEN);
+                    a_now += 1;
+                }
+                Event::Datagram { sock, data, .. } if *sock == b => b_now.push(data.clone()),
+                other => panic!("call {calls}: unexpected {other:?}"),
+            }
+        }
+        assert!(
+            a_now <= budget,
+            "call {calls}: {a_now} datagrams from A, budget is {budget}"
+        );
+        assert_eq!(
+            b_now,
+            vec![calls.to_be_bytes().to_vec()],
+            "call {calls}: B must be served on every call"
+        );
+        a_seen += a_now;
+    }
+    let min_calls = FLOOD.div_ceil(budget) as u32;
+    assert!(
+        calls >= min_calls,
+        "{FLOOD} datagrams in {calls} calls: budget not applied"
+    );
+    assert_eq!(reactor.stats(a).unwrap().messages_in, FLOOD as u64);
+    assert_eq!(reactor.stats(b).unwrap().messages_in, u64::from(calls));
+}
+
+/// After a budget cut-off, the next call serves the rest without a new
+/// readiness edge and without waiting for its timeout.
+#[test]
+fn carried_socket_is_served_without_new_edge() {
+    let _t = util::guard();
+    let config = util::config(|o| o.read_budget = 10);
+    let mut reactor = Reactor::with_config(config).unwrap();
+    let a = reactor.bind_udp("127.0.0.1:0").unwrap();
+    let a_addr = reactor.local_addr(a).unwrap().as_inet().unwrap();
+    let c = util::udp_client("127.0.0.1");
+    for i in 0..25u8 {
+        c.send_to(&[i; 16], a_addr).unwrap();
+    }
+    let mut h = Recorder::default();
+    assert_eq!(
+        reactor
+            .run_once(&mut h, Some(Duration::from_secs(5)))
+            .unwrap(),
+        10
+    );
+    // Data is left: the reactor has work to do now.
+    let d = reactor
+        .next_deadline()
+        .expect("a carried socket is due now");
+    assert!(d <= std::time::Instant::now());
+    // No new datagram arrives: a long timeout must not be waited out (the
+    // count proves the carried socket was served, not just timed out).
+    assert_eq!(
+        reactor
+            .run_once(&mut h, Some(Duration::from_secs(10)))
+            .unwrap(),
+        10
+    );
+    assert_eq!(
+        reactor
+            .run_once(&mut h, Some(Duration::from_secs(10)))
+            .unwrap(),
+        5
+    );
+    let got: Vec<u8> = h.datagrams(a).iter().map(|d| d[0]).collect();
+    assert_eq!(got, (0..25).collect::<Vec<u8>>());
+    assert_eq!(reactor.next_deadline(), None, "drained: nothing due");
+    assert_eq!(
+        reactor
+            .run_once(&mut h, Some(Duration::from_millis(20)))
+            .unwrap(),
+        0
+    );
 }

@@ -1,5 +1,5 @@
-//! The receive API (`RecvMsg`, `TruncatingRecvMsg`, `MsgBuf`, batches) on
-//! plain std and mio sockets, without a reactor.
+//! The receive API (`RecvMsg`, `TruncatingRecvMsg`, `MsgBuf`) on plain std
+//! and mio sockets, without a reactor. (`msgloop::batch` is in batch.rs.)
 
 mod util;
 
@@ -8,7 +8,6 @@ use std::net::{SocketAddr, UdpSocket};
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 
-use msgloop::batch;
 use msgloop::{
     FullSizeResult, MsgBuf, QuotaExceeded, RecvMsg, RecvResult, TruncResult, TruncatingRecvMsg,
     TruncatingRecvMsgWithFullSize, UnixAddr, MAX_UDP_PAYLOAD,
@@ -27,12 +26,6 @@ fn retry<T>(mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
             other => return other,
         }
     }
-}
-
-fn blocking_udp() -> UdpSocket {
-    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s
 }
 
 fn assert_would_block<T: std::fmt::Debug>(r: io::Result<T>) {
@@ -82,17 +75,15 @@ where
 
 #[test]
 fn udp_sizes_on_std_socket() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
-    let rx = blocking_udp();
+    let _t = util::guard();
+    let rx = util::udp_client("127.0.0.1");
     let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
     udp_sizes_round_trip(&rx, &tx, rx.local_addr().unwrap());
 }
 
 #[test]
 fn udp_sizes_on_mio_socket() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let rx = mio::net::UdpSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
     udp_sizes_round_trip(&rx, &tx, rx.local_addr().unwrap());
@@ -103,16 +94,11 @@ fn udp_sizes_on_mio_socket() {
 
 #[test]
 fn udp_sizes_on_ipv6_socket() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
-    let rx = match UdpSocket::bind("[::1]:0") {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("skipping: cannot bind [::1]:0: {e}");
-            return;
-        }
-    };
-    rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _t = util::guard();
+    if !util::ipv6_loopback("udp_sizes_on_ipv6_socket") {
+        return;
+    }
+    let rx = util::udp_client("[::1]");
     let tx = UdpSocket::bind("[::1]:0").unwrap();
     udp_sizes_round_trip(&rx, &tx, rx.local_addr().unwrap());
 }
@@ -144,8 +130,7 @@ where
 
 #[test]
 fn unix_sizes_on_socket_pair() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let (a, b) = UnixDatagram::pair().unwrap();
     util::force_sndbuf(&a, 1 << 20);
     b.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -170,8 +155,7 @@ fn unix_sizes_on_socket_pair() {
 
 #[test]
 fn unix_sizes_on_bound_paths() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let rx_path = util::temp_path("rx.sock");
     let tx_path = util::temp_path("tx.sock");
     let _rm = (
@@ -236,8 +220,7 @@ where
 
 #[test]
 fn quota_exceeded_is_consumed_udp() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let rx = mio::net::UdpSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let to = rx.local_addr().unwrap();
     let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -251,7 +234,7 @@ fn quota_exceeded_is_consumed_udp() {
     check_quota(&rx, send, 512);
     check_quota(&rx, send, 0);
     // Blocking std socket, peek path and one-syscall path.
-    let rx = blocking_udp();
+    let rx = util::udp_client("127.0.0.1");
     let to = rx.local_addr().unwrap();
     let send = |p: &[u8]| {
         tx.send_to(p, to).unwrap();
@@ -262,8 +245,7 @@ fn quota_exceeded_is_consumed_udp() {
 
 #[test]
 fn quota_exceeded_is_consumed_unix() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let (a, b) = mio::net::UnixDatagram::pair().unwrap();
     let send = |p: &[u8]| {
         a.send(p).unwrap();
@@ -284,8 +266,7 @@ fn quota_exceeded_is_consumed_unix() {
 /// message must not let an over-quota message through.
 #[test]
 fn quota_exceeded_with_buffer_larger_than_message() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let rx = mio::net::UdpSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let to = rx.local_addr().unwrap();
     let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -308,8 +289,7 @@ fn quota_exceeded_with_buffer_larger_than_message() {
 
 #[test]
 fn zero_length_datagram_is_a_message_udp() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let rx = mio::net::UdpSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let to = rx.local_addr().unwrap();
     let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -344,8 +324,7 @@ fn zero_length_datagram_is_a_message_udp() {
 
 #[test]
 fn zero_length_datagram_is_a_message_unix() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let (a, b) = mio::net::UnixDatagram::pair().unwrap();
     for quota in [None, Some(64)] {
         for cap in [0usize, 16, 128] {
@@ -369,8 +348,7 @@ fn zero_length_datagram_is_a_message_unix() {
 
 #[test]
 fn truncating_recv_peek_and_truncate_udp() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let rx = mio::net::UdpSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let to = rx.local_addr().unwrap();
     let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -426,8 +404,7 @@ fn truncating_recv_peek_and_truncate_udp() {
 
 #[test]
 fn truncating_recv_on_unix_and_blocking_std() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let (a, b) = UnixDatagram::pair().unwrap();
     b.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let msg = util::pattern(5000, 4);
@@ -465,8 +442,7 @@ fn truncating_recv_on_unix_and_blocking_std() {
 
 #[test]
 fn msgbuf_reserve_and_quota() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let mut storage = [0u8; 8];
     let mut buf = MsgBuf::from(&mut storage[..]).with_quota(Some(100));
     assert_eq!(buf.capacity(), 8);
@@ -490,99 +466,4 @@ fn msgbuf_reserve_and_quota() {
     assert!(v.is_owned());
     assert!(v.capacity() >= 32);
     assert!(v.into_vec().is_empty());
-}
-
-#[test]
-fn batch_round_trip() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
-    let a = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let b = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let to = socket2::SockAddr::from(b.local_addr().unwrap());
-    let payloads: Vec<Vec<u8>> = (0..100).map(|i| util::pattern(i * 13, i as u8)).collect();
-    let refs: Vec<&[u8]> = payloads.iter().map(|p| &p[..]).collect();
-
-    // At most MAX_BATCH per call: a prefix.
-    let mut sent = 0;
-    let mut calls = 0;
-    while sent < refs.len() {
-        let n = batch::send_batch(&a, &refs[sent..], Some(&to)).unwrap();
-        assert!((1..=batch::MAX_BATCH).contains(&n), "sent {n}");
-        sent += n;
-        calls += 1;
-        assert!(calls <= 100, "send_batch makes no progress");
-    }
-    assert!(calls >= 2, "100 payloads need at least two calls");
-
-    let mut storage = vec![[0u8; 2048]; 100];
-    let mut bufs: Vec<&mut [u8]> = storage.iter_mut().map(|b| &mut b[..]).collect();
-    let mut meta = vec![batch::RecvMeta::default(); 100];
-    let mut got = 0;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while got < 100 {
-        match batch::recv_batch(&b, &mut bufs[got..], &mut meta[got..]) {
-            Ok(n) => {
-                assert!((1..=batch::MAX_BATCH).contains(&n));
-                got += n;
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                assert!(Instant::now() < deadline, "only {got} of 100 arrived");
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            Err(e) => panic!("recv_batch: {e}"),
-        }
-    }
-    let from = a.local_addr().unwrap();
-    for (i, p) in payloads.iter().enumerate() {
-        assert_eq!(meta[i].len, p.len(), "datagram {i}");
-        assert!(!meta[i].truncated);
-        assert!(bufs[i][..meta[i].len] == p[..], "datagram {i} contents");
-        assert_eq!(meta[i].addr.as_socket(), Some(from));
-    }
-    // Empty queue: WouldBlock, even on a blocking socket.
-    match batch::recv_batch(&b, &mut bufs[..], &mut meta[..]) {
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-        other => panic!("expected WouldBlock, got {other:?}"),
-    }
-
-    // Truncation is reported.
-    batch::send_batch(&a, &[&[5u8; 300][..], b"", b"xy"], Some(&to)).unwrap();
-    let mut small = [[0u8; 100]; 3];
-    let mut sbufs: Vec<&mut [u8]> = small.iter_mut().map(|b| &mut b[..]).collect();
-    let mut got = 0;
-    while got < 3 {
-        match batch::recv_batch(&b, &mut sbufs[got..], &mut meta[got..3]) {
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                assert!(Instant::now() < deadline + Duration::from_secs(5));
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            Err(e) => panic!("recv_batch: {e}"),
-        }
-    }
-    assert!(meta[0].truncated);
-    assert_eq!(meta[0].len, 100);
-    assert!(sbufs[0].iter().all(|&x| x == 5));
-    assert!(!meta[1].truncated);
-    assert_eq!(meta[1].len, 0);
-    assert!(!meta[2].truncated);
-    assert_eq!(&sbufs[2][..meta[2].len], b"xy");
-}
-
-#[test]
-fn batch_on_connected_unix_pair() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
-    let (a, b) = UnixDatagram::pair().unwrap();
-    // max_dgram_qlen may be as small as 10: stay below it.
-    let n = batch::send_batch(&a, &[b"one", b"", b"three"], None).unwrap();
-    assert_eq!(n, 3);
-    let mut storage = [[0u8; 16]; 3];
-    let mut bufs: Vec<&mut [u8]> = storage.iter_mut().map(|b| &mut b[..]).collect();
-    let mut meta = vec![batch::RecvMeta::default(); 3];
-    let got = batch::recv_batch(&b, &mut bufs, &mut meta).unwrap();
-    assert_eq!(got, 3);
-    assert_eq!(&bufs[0][..meta[0].len], b"one");
-    assert_eq!(meta[1].len, 0);
-    assert_eq!(&bufs[2][..meta[2].len], b"three");
 }

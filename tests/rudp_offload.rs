@@ -172,8 +172,7 @@ fn trains(r: &Reactor, id: SocketId) -> (u64, u64, u64) {
 
 #[test]
 fn offload_and_plain_sockets_interoperate_in_both_directions() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let mut r = Reactor::new().expect("reactor");
     let cfg = RudpConfig::default();
     // Servers: offload on, off. Clients: every pairing.
@@ -194,7 +193,7 @@ fn offload_and_plain_sockets_interoperate_in_both_directions() {
         .map(|c| trains(&r, c.peer.sock))
         .collect();
     println!("trains (sent, received, refused): servers {servers:?}, clients {peers:?}");
-    if !util::kernel_has_offload() {
+    if !util::kernel_has_offload("offload_and_plain_sockets_interoperate_in_both_directions") {
         return;
     }
     for (i, (&(offload, _), t)) in clients.iter().zip(&peers).enumerate() {
@@ -214,10 +213,8 @@ fn offload_and_plain_sockets_interoperate_in_both_directions() {
 
 #[test]
 fn offload_works_over_ipv6() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
-    if std::net::UdpSocket::bind("[::1]:0").is_err() {
-        println!("SKIPPED: no IPv6 loopback here");
+    let _t = util::guard();
+    if !util::ipv6_loopback("offload_works_over_ipv6") {
         return;
     }
     let mut r = Reactor::new().expect("reactor");
@@ -226,7 +223,7 @@ fn offload_works_over_ipv6() {
     let server = trains(&r, app.servers[0]);
     let client = trains(&r, app.clients[0].peer.sock);
     println!("IPv6 trains (sent, received, refused): server {server:?}, client {client:?}");
-    if !util::kernel_has_offload() {
+    if !util::kernel_has_offload("offload_works_over_ipv6") {
         return;
     }
     assert!(server.0 > 0 && server.1 > 0 && client.0 > 0 && client.1 > 0);
@@ -271,7 +268,7 @@ fn a_train_the_kernel_refuses_goes_out_as_single_datagrams() {
     println!("trains (sent, received, refused): servers {servers:?}, client {client:?}");
     let stats = r.stats(app.clients[0].peer.sock).expect("stats");
     assert_eq!(stats.send_errors, 0, "the refused train was resent");
-    if !util::kernel_has_offload() {
+    if !util::kernel_has_offload(FALLBACK_TEST) {
         return;
     }
     assert_eq!(

@@ -99,8 +99,7 @@ fn drive(r: &mut Reactor, app: &mut App, mut done: impl FnMut(&App) -> bool, lim
 
 #[test]
 fn every_guarantee_round_trips_through_an_echo() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let mut r = Reactor::new().unwrap();
     let server = r.bind_rudp("127.0.0.1:0", RudpConfig::default()).unwrap();
     let client = r.bind_rudp("127.0.0.1:0", RudpConfig::default()).unwrap();
@@ -153,8 +152,7 @@ fn every_guarantee_round_trips_through_an_echo() {
 
 #[test]
 fn a_window_full_of_messages_arrives_exactly_once_in_order() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let mut r = Reactor::new().unwrap();
     let server = r.bind_rudp("127.0.0.1:0", RudpConfig::default()).unwrap();
     let client = r.bind_rudp("127.0.0.1:0", RudpConfig::default()).unwrap();
@@ -191,8 +189,7 @@ fn a_window_full_of_messages_arrives_exactly_once_in_order() {
 /// delivered with the bytes of datagrams read later into that buffer.
 #[test]
 fn a_panic_in_the_middle_of_a_batch_loses_and_corrupts_nothing() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let mut r = Reactor::new().unwrap();
     let server = r.bind_rudp("127.0.0.1:0", RudpConfig::default()).unwrap();
     let client = r.bind_rudp("127.0.0.1:0", RudpConfig::default()).unwrap();
@@ -234,8 +231,7 @@ fn a_panic_in_the_middle_of_a_batch_loses_and_corrupts_nothing() {
 /// refuses peers at other addresses with a typed error.
 #[test]
 fn connect_rudp_gives_the_client_a_connected_socket_of_its_own() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let mut r = Reactor::new().unwrap();
     let s1 = r.bind_rudp("127.0.0.1:0", RudpConfig::default()).unwrap();
     let s2 = r.bind_rudp("127.0.0.1:0", RudpConfig::default()).unwrap();
@@ -289,8 +285,7 @@ fn connect_rudp_gives_the_client_a_connected_socket_of_its_own() {
 
 #[test]
 fn closing_a_peer_tells_the_other_side_and_ids_go_stale() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let mut r = Reactor::new().unwrap();
     let server = r.bind_rudp("127.0.0.1:0", RudpConfig::default()).unwrap();
     let client = r.bind_rudp("127.0.0.1:0", RudpConfig::default()).unwrap();
@@ -327,8 +322,7 @@ fn closing_a_peer_tells_the_other_side_and_ids_go_stale() {
 
 #[test]
 fn a_peer_that_vanishes_is_timed_out() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let mut r = Reactor::new().unwrap();
     let cfg = RudpConfig::default()
         .idle_timeout(Duration::from_millis(300))
@@ -363,8 +357,7 @@ fn a_peer_that_vanishes_is_timed_out() {
 
 #[test]
 fn wrong_kind_and_stale_ids_are_typed_errors() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let mut r = Reactor::new().unwrap();
     let udp = r.bind_udp("127.0.0.1:0").unwrap();
     assert!(matches!(

@@ -11,15 +11,13 @@
 //!   most `max_half_open` connections, which expire; a real peer then gets
 //!   in.
 //!
-//! Memory is measured with a counting global allocator that counts only
-//! while the measuring thread's flag is set: the clients run in a second
-//! reactor on the same thread, driven with the flag off, so only the
-//! server's allocations are counted.
+//! Memory is measured with a counting global allocator (`util::alloc`)
+//! that counts only while the measuring thread's flag is set: the clients
+//! run in a second reactor on the same thread, driven with the flag off, so
+//! only the server's allocations are counted.
 
 mod util;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::collections::HashSet;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
@@ -46,58 +44,10 @@ impl Rng {
     }
 }
 
-struct Counting;
-
-thread_local! {
-    static MEASURING: Cell<bool> = const { Cell::new(false) };
-    static NET_BYTES: Cell<i64> = const { Cell::new(0) };
-}
-
-fn add_bytes(n: i64) {
-    if MEASURING.try_with(Cell::get).unwrap_or(false) {
-        let _ = NET_BYTES.try_with(|c| c.set(c.get() + n));
-    }
-}
-
-// SAFETY: every call is forwarded unchanged to the system allocator; the
-// bookkeeping touches only const-initialised thread-locals (no allocation).
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        add_bytes(layout.size() as i64);
-        System.alloc(layout)
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        add_bytes(layout.size() as i64);
-        System.alloc_zeroed(layout)
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        add_bytes(-(layout.size() as i64));
-        System.dealloc(ptr, layout)
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        add_bytes(new_size as i64 - layout.size() as i64);
-        System.realloc(ptr, layout, new_size)
-    }
-}
+use util::alloc::counted;
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
-
-/// Runs `f` with this thread's allocations counted; returns its result.
-fn counted<T>(f: impl FnOnce() -> T) -> T {
-    MEASURING.with(|m| m.set(true));
-    let t = f();
-    MEASURING.with(|m| m.set(false));
-    t
-}
-
-/// Net bytes allocated on this thread while counting.
-fn net_bytes() -> i64 {
-    NET_BYTES.with(Cell::get)
-}
+static GLOBAL: util::alloc::Counting = util::alloc::Counting;
 
 /// Counts the callbacks of one side.
 #[derive(Default)]
@@ -167,8 +117,7 @@ fn idle_cost(r: &mut Reactor, h: &mut Peers, n: u32) -> f64 {
 fn a_thousand_idle_peers_cost_little_and_vanished_ones_are_freed() {
     const N: usize = 1000;
     const BATCH: usize = 100;
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     // Heartbeats every second, timeout after 2 s of silence: idle enough
     // for the measurement (a few tens of ms) and quick to time out.
     let cfg = RudpConfig::default()
@@ -201,7 +150,7 @@ fn a_thousand_idle_peers_cost_little_and_vanished_ones_are_freed() {
         }
         idle_cost(&mut server.0, &mut server.1, 20_000)
     };
-    let before = net_bytes();
+    let before = util::alloc::counts().net_bytes;
 
     let start = Instant::now();
     for (b, chunk) in client_socks.chunks(BATCH).enumerate() {
@@ -237,7 +186,7 @@ fn a_thousand_idle_peers_cost_little_and_vanished_ones_are_freed() {
     assert_eq!(peers, N, "server peers");
     assert_eq!(ep.accepted, N as u64);
     assert!(server.1.closed.is_empty() && client.1.closed.is_empty());
-    let with_peers = net_bytes();
+    let with_peers = util::alloc::counts().net_bytes;
     let per_peer = (with_peers - before) as f64 / N as f64;
 
     // The idle cost: nothing is due, nothing arrives (the clients are not
@@ -246,7 +195,7 @@ fn a_thousand_idle_peers_cost_little_and_vanished_ones_are_freed() {
     let calls = 20_000;
     let cost = counted(|| idle_cost(&mut server.0, &mut server.1, calls));
     let ep = server.0.rudp_endpoint_stats(sock).unwrap();
-    let idle_bytes = net_bytes() - with_peers;
+    let idle_bytes = util::alloc::counts().net_bytes - with_peers;
 
     // The clients vanish: their sockets close without a CLOSE.
     let vanish = Instant::now();
@@ -287,7 +236,7 @@ fn a_thousand_idle_peers_cost_little_and_vanished_ones_are_freed() {
             .0
             .run_once(&mut server.1, Some(Duration::ZERO))
             .unwrap();
-        net_bytes() - before
+        util::alloc::counts().net_bytes - before
     });
     println!(
         "1,000 idle peers: connected in {connect_secs:.2} s; server memory per peer {per_peer:.0} \
@@ -355,8 +304,7 @@ fn a_handshake_flood_creates_no_state_and_a_real_peer_still_connects() {
     const SOURCES: usize = 100;
     const PACKETS: usize = 10_000;
     const BURST: usize = 500;
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let mut r = Reactor::new().expect("reactor");
     let mut h = Peers::default();
     let server = r
@@ -457,8 +405,7 @@ fn a_handshake_flood_creates_no_state_and_a_real_peer_still_connects() {
 fn unconfirmed_handshakes_hold_at_most_the_half_open_cap_and_expire() {
     const SOURCES: usize = 100;
     const CAP: usize = 32;
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let mut r = Reactor::new().expect("reactor");
     let mut h = Peers::default();
     let server_cfg = RudpConfig::default()

@@ -1,9 +1,9 @@
 //! Unix seqpacket sockets and ancillary data at the socket layer (no
 //! reactor): sizes, empty messages vs end of stream, fd passing, credentials,
-//! addresses, backlog-full connects, mio registration.
+//! addresses, backlog-full connects, mio registration. (Fd passing over a
+//! Unix datagram pair is in unix_dgram.rs.)
 //!
-//! Every test holds `util::serial()` and checks the process's open-fd count
-//! before and after (`util::FdCheck`).
+//! Every test holds `util::guard()`.
 #![cfg(target_os = "linux")]
 
 mod util;
@@ -11,32 +11,22 @@ mod util;
 use std::fs::File;
 use std::io::{self, IoSlice, Read, Seek, Write};
 use std::net::Shutdown;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{UnixDatagram, UnixListener};
 use std::path::Path;
 use std::time::Duration;
 
-use msgloop::net::UnixDatagramExt;
 use msgloop::socket2::{Domain, SockAddr, Socket, Type};
 use msgloop::{
     AncillaryBuf, BindOptions, FullSizeResult, MsgBuf, QuotaExceeded, RecvMsg, RecvResult,
     SendAncillary, TruncResult, TruncatingRecvMsg, TruncatingRecvMsgWithFullSize, UCred, UnixAddr,
     UnixSeqpacket, UnixSeqpacketListener, SCM_MAX_FD,
 };
-use util::{FdCheck, RemoveOnDrop};
+use util::fds::{borrowed, dev_null, is_socket_file, own_ucred, tempfile};
+use util::RemoveOnDrop;
 
 const MIB: usize = 1024 * 1024;
-
-fn open_files(n: usize) -> Vec<File> {
-    (0..n)
-        .map(|_| File::open("/dev/null").expect("open /dev/null"))
-        .collect()
-}
-
-fn borrowed(files: &[File]) -> Vec<BorrowedFd<'_>> {
-    files.iter().map(|f| f.as_fd()).collect()
-}
 
 fn is_cloexec(fd: &impl AsRawFd) -> bool {
     // SAFETY: F_GETFD on a live descriptor reads its flags.
@@ -48,17 +38,6 @@ fn is_cloexec(fd: &impl AsRawFd) -> bool {
 fn same_file(a: &File, b: &File) -> bool {
     let (a, b) = (a.metadata().unwrap(), b.metadata().unwrap());
     (a.dev(), a.ino()) == (b.dev(), b.ino())
-}
-
-fn me() -> UCred {
-    // SAFETY: these calls cannot fail.
-    unsafe {
-        UCred {
-            pid: libc::getpid(),
-            uid: libc::getuid(),
-            gid: libc::getgid(),
-        }
-    }
 }
 
 /// A listener on a fresh path, a connected client and the accepted server.
@@ -93,11 +72,6 @@ fn stale_socket_file(path: &Path, ty: Type) {
     s.bind(&SockAddr::unix(path).unwrap()).unwrap();
 }
 
-fn is_socket_file(path: &Path) -> bool {
-    use std::os::unix::fs::FileTypeExt;
-    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket())
-}
-
 fn abstract_name(tag: &str) -> UnixAddr {
     let name = format!("msgloop-seq-{}-{tag}", std::process::id());
     UnixAddr::from_abstract_name(name.as_bytes()).unwrap()
@@ -105,8 +79,7 @@ fn abstract_name(tag: &str) -> UnixAddr {
 
 #[test]
 fn sizes_0_1_64k_1m_arrive_intact() {
-    let _g = util::serial();
-    let _fds = FdCheck::new();
+    let _t = util::guard();
     let (a, b) = UnixSeqpacket::pair().unwrap();
     // A seqpacket message must fit the sender's buffer (less 32 bytes).
     let snd = util::force_sndbuf(&a, 4 * MIB);
@@ -143,8 +116,7 @@ fn sizes_0_1_64k_1m_arrive_intact() {
 
 #[test]
 fn thousand_empty_messages_then_exactly_one_end_of_stream() {
-    let _g = util::serial();
-    let _fds = FdCheck::new();
+    let _t = util::guard();
     let (a, b) = UnixSeqpacket::pair().unwrap();
     // Each queued skb is charged to the sender (~1 KiB): make room for all
     // 1,000 so they are queued before the close.
@@ -183,8 +155,7 @@ fn thousand_empty_messages_then_exactly_one_end_of_stream() {
 
 #[test]
 fn empty_messages_and_end_of_stream_on_accepted_and_connecting_sockets() {
-    let _g = util::serial();
-    let _fds = FdCheck::new();
+    let _t = util::guard();
     // The accepted socket inherits SO_PASSCRED from the listener; the
     // connecting socket has it from before connect.
     for server_closes in [false, true] {
@@ -209,10 +180,9 @@ fn empty_messages_and_end_of_stream_on_accepted_and_connecting_sockets() {
 
 #[test]
 fn two_hundred_fds_in_one_message_all_arrive_and_untaken_ones_close() {
-    let _g = util::serial();
-    let _fds = FdCheck::new();
+    let _t = util::guard();
     let (a, b) = UnixSeqpacket::pair().unwrap();
-    let mut files = open_files(199);
+    let mut files = dev_null(199);
     let mut tmp = tempfile();
     tmp.write_all(b"the 200th fd").unwrap();
     files.push(tmp);
@@ -225,7 +195,7 @@ fn two_hundred_fds_in_one_message_all_arrive_and_untaken_ones_close() {
     assert_eq!(r, RecvResult::Fit(()));
     assert_eq!(buf.filled(), b"two hundred");
     assert!(!got.is_truncated());
-    assert_eq!(got.credentials(), Some(me()));
+    assert_eq!(got.credentials(), Some(own_ucred()));
     assert_eq!(got.fds().len(), 200);
     assert_eq!(util::open_fds(), baseline + 200);
     for fd in got.fds() {
@@ -260,24 +230,11 @@ fn two_hundred_fds_in_one_message_all_arrive_and_untaken_ones_close() {
 }
 
 /// An unlinked temporary file.
-fn tempfile() -> File {
-    let path = util::temp_path("file");
-    let f = File::options()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&path)
-        .unwrap();
-    std::fs::remove_file(&path).unwrap();
-    f
-}
-
 #[test]
 fn small_control_buffer_reports_ctrunc_and_leaks_nothing() {
-    let _g = util::serial();
-    let _fds = FdCheck::new();
+    let _t = util::guard();
     let (a, b) = UnixSeqpacket::pair().unwrap();
-    let files = open_files(10);
+    let files = dev_null(10);
     let fds = borrowed(&files);
     let baseline = util::open_fds();
     let mut buf = MsgBuf::with_capacity(16);
@@ -293,14 +250,14 @@ fn small_control_buffer_reports_ctrunc_and_leaks_nothing() {
         // `max` fit, never all ten.
         let n = got.fds().len();
         assert!(n >= max && n < 10, "{n} fds with room for {max}");
-        assert_eq!(got.credentials(), Some(me()));
+        assert_eq!(got.credentials(), Some(own_ucred()));
         assert_eq!(util::open_fds(), baseline + n, "the kernel closed the rest");
         drop(got);
         assert_eq!(util::open_fds(), baseline);
     }
 
     // A flood: 200 fds x 100 messages into room for 8, fd count stable.
-    let files = open_files(190);
+    let files = dev_null(190);
     let mut all = fds.clone();
     all.extend(borrowed(&files));
     assert_eq!(all.len(), 200);
@@ -326,8 +283,7 @@ fn small_control_buffer_reports_ctrunc_and_leaks_nothing() {
 
 #[test]
 fn more_than_scm_max_fd_is_refused_before_sending() {
-    let _g = util::serial();
-    let _fds = FdCheck::new();
+    let _t = util::guard();
     let (a, b) = UnixSeqpacket::pair().unwrap();
     let f = File::open("/dev/null").unwrap();
     let fds = vec![f.as_fd(); SCM_MAX_FD + 1];
@@ -347,10 +303,9 @@ fn more_than_scm_max_fd_is_refused_before_sending() {
 
 #[test]
 fn empty_message_with_fds_is_a_message() {
-    let _g = util::serial();
-    let _fds = FdCheck::new();
+    let _t = util::guard();
     let (a, b) = UnixSeqpacket::pair().unwrap();
-    let files = open_files(2);
+    let files = dev_null(2);
     a.send_with_fds(b"", &borrowed(&files)).unwrap();
     drop(a);
     let mut buf = MsgBuf::with_capacity(8);
@@ -371,11 +326,10 @@ fn empty_message_with_fds_is_a_message() {
 
 #[test]
 fn credentials_match_getpid_getuid_getgid() {
-    let _g = util::serial();
-    let _fds = FdCheck::new();
+    let _t = util::guard();
     let (a, b) = UnixSeqpacket::pair().unwrap();
     let cur = UCred::current();
-    assert_eq!(cur, me());
+    assert_eq!(cur, own_ucred());
     assert_eq!(cur.pid as u32, std::process::id());
 
     let mut buf = MsgBuf::with_capacity(8);
@@ -396,20 +350,18 @@ fn credentials_match_getpid_getuid_getgid() {
 
 #[test]
 fn peer_cred_on_pair_and_accepted_connections() {
-    let _g = util::serial();
-    let _fds = FdCheck::new();
+    let _t = util::guard();
     let (a, b) = UnixSeqpacket::pair().unwrap();
-    assert_eq!(a.peer_cred().unwrap(), me());
-    assert_eq!(b.peer_cred().unwrap(), me());
+    assert_eq!(a.peer_cred().unwrap(), own_ucred());
+    assert_eq!(b.peer_cred().unwrap(), own_ucred());
     let (client, server, _path) = connected("peercred");
-    assert_eq!(client.peer_cred().unwrap(), me());
-    assert_eq!(server.peer_cred().unwrap(), me());
+    assert_eq!(client.peer_cred().unwrap(), own_ucred());
+    assert_eq!(server.peer_cred().unwrap(), own_ucred());
 }
 
 #[test]
 fn backlog_full_connect_is_a_distinct_retryable_error() {
-    let _g = util::serial();
-    let _fds = FdCheck::new();
+    let _t = util::guard();
     let path = util::temp_path("backlog");
     let listener = UnixSeqpacketListener::bind_with(&path, &BindOptions::new().backlog(1)).unwrap();
     let _rm = RemoveOnDrop(path.clone());
@@ -463,8 +415,7 @@ fn backlog_full_connect_is_a_distinct_retryable_error() {
 
 #[test]
 fn abstract_name_bind_connect_and_addresses() {
-    let _g = util::serial();
-    let _fds = FdCheck::new();
+    let _t = util::guard();
     let addr = abstract_name("abs");
     let listener = UnixSeqpacketListener::bind(&addr).unwrap();
     assert_eq!(listener.local_addr().unwrap(), addr);
@@ -491,8 +442,7 @@ fn abstract_name_bind_connect_and_addresses() {
 
 #[test]
 fn local_and_peer_addr_for_paths_and_pairs() {
-    let _g = util::serial();
-    let _fds = FdCheck::new();
+    let _t = util::guard();
     let path = util::temp_path("addrs");
     let listener = UnixSeqpacketListener::bind(&path).unwrap();
     let _rm = RemoveOnDrop(path.clone());
@@ -513,11 +463,13 @@ fn local_and_peer_addr_for_paths_and_pairs() {
 
 #[test]
 fn binding_never_removes_a_file_unless_stale_and_a_socket() {
-    let _g = util::serial();
-    let _fds = FdCheck::new();
+    let _t = util::guard();
     let path = util::temp_path("stale");
     let _rm = RemoveOnDrop(path.clone());
-    let first = UnixSeqpacketListener::bind_with(&path, &keep_file()).unwrap();
+    // Listeners that leave their file behind when dropped, as a killed
+    // process does.
+    let keep = BindOptions::new().unlink_on_drop(false);
+    let first = UnixSeqpacketListener::bind_with(&path, &keep).unwrap();
 
     // Live listener: AddrInUse, with or without unlink_stale; it still works.
     let e = UnixSeqpacketListener::bind(&path).unwrap_err();
@@ -554,8 +506,7 @@ fn binding_never_removes_a_file_unless_stale_and_a_socket() {
 
 #[test]
 fn unlink_stale_replaces_a_stale_file_of_any_socket_type() {
-    let _g = util::serial();
-    let _fds = FdCheck::new();
+    let _t = util::guard();
     let opts = BindOptions::new().unlink_stale(true);
     for ty in [Type::SEQPACKET, Type::STREAM, Type::DGRAM] {
         let path = util::temp_path("stale-any");
@@ -574,8 +525,7 @@ fn unlink_stale_replaces_a_stale_file_of_any_socket_type() {
 
 #[test]
 fn unlink_stale_never_removes_a_live_socket_of_any_type() {
-    let _g = util::serial();
-    let _fds = FdCheck::new();
+    let _t = util::guard();
     let opts = BindOptions::new().unlink_stale(true);
     let refused = |path: &Path| {
         let e = UnixSeqpacketListener::bind_with(path, &opts).unwrap_err();
@@ -637,8 +587,7 @@ fn unlink_stale_never_removes_a_live_socket_of_any_type() {
 
 #[test]
 fn unlink_stale_never_removes_what_is_not_a_socket() {
-    let _g = util::serial();
-    let _fds = FdCheck::new();
+    let _t = util::guard();
     let opts = BindOptions::new().unlink_stale(true);
 
     let path = util::temp_path("regular");
@@ -669,8 +618,7 @@ fn unlink_stale_never_removes_what_is_not_a_socket() {
 
 #[test]
 fn bind_and_connect_errors_name_the_address_and_keep_the_os_error() {
-    let _g = util::serial();
-    let _fds = FdCheck::new();
+    let _t = util::guard();
     let path = util::temp_path("errors");
     let _rm = RemoveOnDrop(path.clone());
     let prefix = |op: &str| format!("{op} {}: ", path.display());
@@ -681,8 +629,10 @@ fn bind_and_connect_errors_name_the_address_and_keep_the_os_error() {
     assert!(e.to_string().starts_with(&prefix("connect")), "{e}");
     assert_eq!(os_error(&e), Some(libc::ENOENT), "{e:?}");
 
-    // A live listener: a second bind is AddrInUse.
-    let listener = UnixSeqpacketListener::bind_with(&path, &keep_file()).unwrap();
+    // A live listener: a second bind is AddrInUse. (It leaves its file
+    // behind when dropped, as a killed process does.)
+    let keep = BindOptions::new().unlink_on_drop(false);
+    let listener = UnixSeqpacketListener::bind_with(&path, &keep).unwrap();
     let e = UnixSeqpacketListener::bind(&path).unwrap_err();
     assert_eq!(e.kind(), io::ErrorKind::AddrInUse, "{e}");
     assert_eq!(
@@ -724,8 +674,7 @@ fn bind_and_connect_errors_name_the_address_and_keep_the_os_error() {
 
 #[test]
 fn shutdown_write_gives_the_peer_end_of_stream() {
-    let _g = util::serial();
-    let _fds = FdCheck::new();
+    let _t = util::guard();
     let (client, server, _path) = connected("shutdown");
     client.send(b"last words").unwrap();
     client.shutdown(Shutdown::Write).unwrap();
@@ -749,10 +698,9 @@ fn shutdown_write_gives_the_peer_end_of_stream() {
 
 #[test]
 fn quota_exceeded_is_consumed_reported_and_closes_its_fds() {
-    let _g = util::serial();
-    let _fds = FdCheck::new();
+    let _t = util::guard();
     let (a, b) = UnixSeqpacket::pair().unwrap();
-    let files = open_files(5);
+    let files = dev_null(5);
     let baseline = util::open_fds();
     let mut anc = AncillaryBuf::new();
     // Buffer >= quota (one recvmsg) and buffer < quota (peek, then read).
@@ -773,7 +721,7 @@ fn quota_exceeded_is_consumed_reported_and_closes_its_fds() {
             "capacity {cap}"
         );
         assert!(got.fds().is_empty());
-        assert_eq!(got.credentials(), Some(me()));
+        assert_eq!(got.credentials(), Some(own_ucred()));
         assert!(buf.is_empty());
         assert_eq!(util::open_fds(), baseline);
         let (r, _) = b.recv_with_ancillary(&mut buf, &mut anc).unwrap();
@@ -794,8 +742,7 @@ fn quota_exceeded_is_consumed_reported_and_closes_its_fds() {
 
 #[test]
 fn truncating_receives_report_cuts_and_end_of_stream() {
-    let _g = util::serial();
-    let _fds = FdCheck::new();
+    let _t = util::guard();
     let (a, b) = UnixSeqpacket::pair().unwrap();
     a.send(b"0123456789").unwrap();
     a.send(b"").unwrap();
@@ -829,8 +776,7 @@ fn truncating_receives_report_cuts_and_end_of_stream() {
 
 #[test]
 fn plain_recv_reports_full_length_and_end_of_stream() {
-    let _g = util::serial();
-    let _fds = FdCheck::new();
+    let _t = util::guard();
     let (a, b) = UnixSeqpacket::pair().unwrap();
     a.send_vectored(&[IoSlice::new(b"hello "), IoSlice::new(b"world")])
         .unwrap();
@@ -851,8 +797,7 @@ fn plain_recv_reports_full_length_and_end_of_stream() {
 fn mio_registration_sees_readable_when_a_message_arrives() {
     use mio::{Events, Interest, Poll, Token};
 
-    let _g = util::serial();
-    let _fds = FdCheck::new();
+    let _t = util::guard();
     let mut poll = Poll::new().unwrap();
     let mut events = Events::with_capacity(8);
     let path = util::temp_path("mio");
@@ -904,81 +849,8 @@ fn mio_registration_sees_readable_when_a_message_arrives() {
 }
 
 #[test]
-fn fd_passing_over_a_unix_datagram_pair() {
-    let _g = util::serial();
-    let _fds = FdCheck::new();
-    let (a, b) = UnixDatagram::pair().unwrap();
-    b.set_nonblocking(true).unwrap();
-    socket2::SockRef::from(&b).set_passcred(true).unwrap();
-    let mut file = tempfile();
-    file.write_all(b"passed over a datagram").unwrap();
-    let files = open_files(4);
-    let mut fds = vec![file.as_fd()];
-    fds.extend(borrowed(&files));
-    let baseline = util::open_fds();
-
-    let mut buf = MsgBuf::with_capacity(4);
-    let mut anc = AncillaryBuf::new();
-    a.send_with_ancillary(
-        &[IoSlice::new(b"five fds")],
-        &SendAncillary::new().with_fds(&fds),
-    )
-    .unwrap();
-    let (r, mut got) = b.recv_with_ancillary(&mut buf, &mut anc).unwrap();
-    assert!(matches!(r, RecvResult::Spilled(ref from) if from.is_unnamed()));
-    assert_eq!(buf.filled(), b"five fds");
-    assert_eq!(got.credentials(), Some(me()));
-    let mut taken = got.take_fds();
-    assert_eq!(taken.len(), 5);
-    assert_eq!(util::open_fds(), baseline + 5);
-    let mut first = File::from(taken.remove(0));
-    let mut text = String::new();
-    first.rewind().unwrap();
-    first.read_to_string(&mut text).unwrap();
-    assert_eq!(text, "passed over a datagram");
-    drop((first, taken));
-    assert_eq!(util::open_fds(), baseline);
-
-    // A 0-byte datagram is an empty message, never end of stream, also
-    // without SO_PASSCRED.
-    socket2::SockRef::from(&b).set_passcred(false).unwrap();
-    a.send_with_ancillary(&[], &SendAncillary::new().with_fds(&fds[..1]))
-        .unwrap();
-    let (r, got) = b.recv_with_ancillary(&mut buf, &mut anc).unwrap();
-    assert!(matches!(r, RecvResult::Fit(_)));
-    assert!(buf.filled().is_empty());
-    assert_eq!(got.fds().len(), 1);
-    assert_eq!(got.credentials(), None);
-    drop(got);
-
-    // To a bound path, with mio's UnixDatagram on the receiving side.
-    let path = util::temp_path("dgram");
-    let rx = mio::net::UnixDatagram::bind(&path).unwrap();
-    let _rm = RemoveOnDrop(path.clone());
-    let to = UnixAddr::from_pathname(&path).unwrap();
-    a.send_to_with_ancillary(
-        &[IoSlice::new(b"to a path")],
-        &SendAncillary::new().with_fds(&fds),
-        &to,
-    )
-    .unwrap();
-    let (_, got) = rx.recv_with_ancillary(&mut buf, &mut anc).unwrap();
-    assert_eq!(buf.filled(), b"to a path");
-    assert_eq!(got.fds().len(), 5);
-    drop(got);
-    assert_eq!(
-        rx.recv_with_ancillary(&mut buf, &mut anc)
-            .unwrap_err()
-            .kind(),
-        io::ErrorKind::WouldBlock
-    );
-    assert_eq!(util::open_fds(), baseline + 1 /* rx */);
-}
-
-#[test]
 fn owned_fd_round_trip_keeps_the_socket_working() {
-    let _g = util::serial();
-    let _fds = FdCheck::new();
+    let _t = util::guard();
     let (a, b) = UnixSeqpacket::pair().unwrap();
     let owned: OwnedFd = b.into();
     let b = UnixSeqpacket::from(owned);
@@ -989,10 +861,4 @@ fn owned_fd_round_trip_keeps_the_socket_working() {
     b.set_nonblocking(false).unwrap();
     // Blocking mode: end of stream still returns at once.
     assert_eq!(b.recv(&mut [0u8; 1]).unwrap(), None);
-}
-
-/// Bind options that leave the socket file behind when the listener is
-/// dropped, as a killed process does: a stale file.
-fn keep_file() -> BindOptions {
-    BindOptions::new().unlink_on_drop(false)
 }

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use msgloop::framing::{FrameConfig, FrameError, LengthWidth};
 use msgloop::{socket2, TcpOptions};
 use msgloop::{CloseReason, Ctx, Error, Handler, PeerAddr, Reactor, SocketId, SocketKind};
+use util::conn::{Common, ConnLog};
 
 // ---- a recording handler for TCP -------------------------------------------
 
@@ -85,16 +86,6 @@ impl Rec {
         }
     }
 
-    fn accepts(&self) -> Vec<SocketId> {
-        self.events
-            .iter()
-            .filter_map(|e| match e {
-                Ev::Accept { conn, .. } => Some(*conn),
-                _ => None,
-            })
-            .collect()
-    }
-
     fn frames(&self, conn: SocketId) -> Vec<&[u8]> {
         self.events
             .iter()
@@ -116,33 +107,6 @@ impl Rec {
             .count()
     }
 
-    fn closes(&self, sock: SocketId) -> Vec<&CloseReason> {
-        self.events
-            .iter()
-            .filter_map(|e| match e {
-                Ev::Close { sock: s, reason } if *s == sock => Some(reason),
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn close_count(&self) -> usize {
-        self.events
-            .iter()
-            .filter(|e| matches!(e, Ev::Close { .. }))
-            .count()
-    }
-
-    fn errors(&self) -> Vec<(SocketId, &Error)> {
-        self.events
-            .iter()
-            .filter_map(|e| match e {
-                Ev::Error { sock, error } => Some((*sock, error)),
-                _ => None,
-            })
-            .collect()
-    }
-
     fn is_closed(&self, sock: SocketId) -> bool {
         !self.closes(sock).is_empty()
     }
@@ -151,13 +115,6 @@ impl Rec {
         self.events
             .iter()
             .filter(|e| matches!(e, Ev::Connect(s) if *s == sock))
-            .count()
-    }
-
-    fn writables(&self, sock: SocketId) -> usize {
-        self.events
-            .iter()
-            .filter(|e| matches!(e, Ev::Writable(s) if *s == sock))
             .count()
     }
 
@@ -174,6 +131,18 @@ impl Rec {
             .iter()
             .filter(|e| e.sock() == sock)
             .collect()
+    }
+}
+
+impl ConnLog for Rec {
+    fn common(&self) -> impl Iterator<Item = Common<'_>> {
+        self.events.iter().map(|e| match e {
+            Ev::Accept { conn, .. } => Common::Accept(*conn),
+            Ev::Writable(s) => Common::Writable(*s),
+            Ev::Close { sock, reason } => Common::Close(*sock, reason),
+            Ev::Error { sock, error } => Common::Error(*sock, error),
+            Ev::Connect(_) | Ev::Frame { .. } => Common::Other,
+        })
     }
 }
 
@@ -393,23 +362,20 @@ fn oversized_header_closes_only_that_connection(header: [u8; 4], declared: u64) 
 
 #[test]
 fn header_ffffffff_closes_only_that_connection() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     oversized_header_closes_only_that_connection([0xFF; 4], 0xFFFF_FFFF);
 }
 
 #[test]
 fn header_max_plus_one_closes_only_that_connection() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let declared = (MAX64K + 1) as u32;
     oversized_header_closes_only_that_connection(declared.to_be_bytes(), declared as u64);
 }
 
 #[test]
 fn declared_length_is_not_buffered_and_exact_max_is_delivered() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let cfg = FrameConfig::new().with_max_frame_len(MAX64K);
     let (mut reactor, _l, addr) = server(&TcpOptions::new(cfg));
     let mut h = Rec::echo();
@@ -478,8 +444,7 @@ fn declared_length_is_not_buffered_and_exact_max_is_delivered() {
 
 #[test]
 fn thousand_pipelined_frames_in_one_write_arrive_in_order() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let cfg = FrameConfig::new();
     let (mut reactor, _l, addr) = server(&TcpOptions::new(cfg));
     let mut h = Rec::default();
@@ -514,8 +479,7 @@ fn thousand_pipelined_frames_in_one_write_arrive_in_order() {
 
 #[test]
 fn thousand_zero_length_frames_in_one_write() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let (mut reactor, _l, addr) = server(&TcpOptions::default());
     let mut h = Rec::default();
     let (mut c, conn) = accept_one(&mut reactor, &mut h, addr);
@@ -542,8 +506,7 @@ fn thousand_zero_length_frames_in_one_write() {
 
 #[test]
 fn frames_delivered_one_byte_per_write_arrive_intact() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let cfg = FrameConfig::new();
     let (mut reactor, _l, addr) = server(&TcpOptions::new(cfg));
     let mut h = Rec::echo();
@@ -581,8 +544,7 @@ fn frames_delivered_one_byte_per_write_arrive_intact() {
 
 #[test]
 fn slow_reader_gets_queue_full_then_one_on_writable() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let cfg = FrameConfig::new().with_max_frame_len(MAX64K);
     let o = opts(cfg, |o| o.max_send_queue = 1 << 20);
     let (mut reactor, _l, addr) = server(&o);
@@ -671,8 +633,7 @@ fn slow_reader_gets_queue_full_then_one_on_writable() {
 /// itself still empty) must still be followed by `on_writable`.
 #[test]
 fn queue_full_inside_a_callback_is_followed_by_on_writable() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let cfg = FrameConfig::new().with_max_frame_len(MAX64K);
     let o = opts(cfg, |o| o.max_send_queue = 256 * 1024);
     let (mut reactor, _l, addr) = server(&o);
@@ -737,8 +698,7 @@ fn queue_full_inside_a_callback_is_followed_by_on_writable() {
 
 #[test]
 fn reset_gives_one_close_with_reset() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let (mut reactor, _l, addr) = server(&TcpOptions::default());
     let mut h = Rec::echo();
     let (mut c, conn) = accept_one(&mut reactor, &mut h, addr);
@@ -768,8 +728,7 @@ fn reset_gives_one_close_with_reset() {
 
 #[test]
 fn reset_with_unread_data_gives_one_close_with_reset() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let (mut reactor, _l, addr) = server(&TcpOptions::default());
     let mut h = Rec::default();
     let (c, conn) = accept_one(&mut reactor, &mut h, addr);
@@ -789,8 +748,7 @@ fn reset_with_unread_data_gives_one_close_with_reset() {
 
 #[test]
 fn normal_close_gives_one_end_of_stream() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let (mut reactor, _l, addr) = server(&TcpOptions::default());
     let mut h = Rec::echo();
     let (mut c, conn) = accept_one(&mut reactor, &mut h, addr);
@@ -860,22 +818,19 @@ fn half_close(fin_with_data: bool) {
 
 #[test]
 fn half_close_delivers_complete_frames_then_end_of_stream() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     half_close(false);
 }
 
 #[test]
 fn half_close_with_fin_in_the_same_edge_as_the_data() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     half_close(true);
 }
 
 #[test]
 fn close_right_after_a_frame_gives_end_of_stream() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let (mut reactor, _l, addr) = server(&TcpOptions::default());
     let mut h = Rec::default();
     let (mut c, conn) = accept_one(&mut reactor, &mut h, addr);
@@ -889,8 +844,7 @@ fn close_right_after_a_frame_gives_end_of_stream() {
 
 #[test]
 fn reset_right_after_a_frame_gives_one_close() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let (mut reactor, _l, addr) = server(&TcpOptions::default());
     let mut h = Rec::default();
     let (mut c, conn) = accept_one(&mut reactor, &mut h, addr);
@@ -907,8 +861,7 @@ fn reset_right_after_a_frame_gives_one_close() {
 
 #[test]
 fn close_inside_callback_and_between_passes() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let (mut reactor, _l, addr) = server(&TcpOptions::default());
     let mut h = Rec::with_hook(|cx, conn, frame| {
         if frame == b"close me" {
@@ -949,8 +902,7 @@ fn close_inside_callback_and_between_passes() {
 
 #[test]
 fn thousand_concurrent_connections_are_served() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     const N: usize = 1000;
     let cfg = FrameConfig::new();
     let (mut reactor, l, addr) = server(&TcpOptions::new(cfg));
@@ -1010,8 +962,7 @@ fn thousand_concurrent_connections_are_served() {
 
 #[test]
 fn connect_tcp_to_a_reactor_listener_then_frames_both_ways() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let cfg = FrameConfig::new();
     let (mut reactor, _l, addr) = server(&TcpOptions::new(cfg));
     let mut h = Rec::echo();
@@ -1065,8 +1016,7 @@ fn connect_tcp_to_a_reactor_listener_then_frames_both_ways() {
 
 #[test]
 fn connect_tcp_to_a_plain_listener_with_data_queued() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let cfg = FrameConfig::new();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
@@ -1085,8 +1035,7 @@ fn connect_tcp_to_a_plain_listener_with_data_queued() {
 
 #[test]
 fn connect_tcp_to_a_closed_port_gives_one_close_with_error() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let addr = {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
@@ -1125,8 +1074,7 @@ fn connect_tcp_to_a_closed_port_gives_one_close_with_error() {
 
 #[test]
 fn slow_loris_is_closed_by_the_frame_idle_timeout() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let cfg = FrameConfig::new();
     let o = opts(cfg, |o| {
         o.frame_idle_timeout = Some(Duration::from_millis(150))
@@ -1195,8 +1143,7 @@ fn slow_loris_is_closed_by_the_frame_idle_timeout() {
 
 #[test]
 fn max_connections_pauses_accepting_without_spinning() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let cfg = FrameConfig::new();
     let o = opts(cfg, |o| o.max_connections = Some(5));
     let (mut reactor, l, addr) = server(&o);
@@ -1248,8 +1195,7 @@ fn max_connections_pauses_accepting_without_spinning() {
 
 #[test]
 fn send_frame_errors_are_typed_and_send_nothing() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let cfg = FrameConfig::new().with_max_frame_len(1000);
     let (mut reactor, l, addr) = server(&TcpOptions::new(cfg));
     let mut h = Rec::default();
@@ -1332,8 +1278,7 @@ fn send_frame_errors_are_typed_and_send_nothing() {
 
 #[test]
 fn u16_little_endian_length_including_header() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let cfg = FrameConfig::new()
         .with_length_width(LengthWidth::U16)
         .little_endian()
@@ -1386,8 +1331,7 @@ fn u16_little_endian_length_including_header() {
 
 #[test]
 fn frames_sent_in_one_callback_are_coalesced() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let cfg = FrameConfig::new();
     let (mut reactor, _l, addr) = server(&TcpOptions::new(cfg));
     let mut h = Rec::default();
@@ -1457,8 +1401,7 @@ fn frames_sent_in_one_callback_are_coalesced() {
 
 #[test]
 fn stats_count_frames_and_payload_bytes() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let cfg = FrameConfig::new();
     let (mut reactor, _l, addr) = server(&TcpOptions::new(cfg));
     let mut h = Rec::echo();
@@ -1483,8 +1426,7 @@ fn stats_count_frames_and_payload_bytes() {
 /// out before the close — as it does between passes.
 #[test]
 fn frame_sent_before_close_in_the_same_callback_goes_out() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let cfg = FrameConfig::new();
     let (mut reactor, _l, addr) = server(&TcpOptions::new(cfg));
     let mut h = Rec::with_hook(|cx, conn, frame| {
@@ -1514,10 +1456,8 @@ fn frame_sent_before_close_in_the_same_callback_goes_out() {
 
 #[test]
 fn ipv6_listener_with_a_greeting_sent_from_on_accept() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
-    if let Err(e) = TcpListener::bind("[::1]:0") {
-        eprintln!("skipping: cannot bind [::1]:0: {e}");
+    let _t = util::guard();
+    if !util::ipv6_loopback("ipv6_listener_with_a_greeting_sent_from_on_accept") {
         return;
     }
     let mut reactor = Reactor::new().unwrap();
@@ -1538,8 +1478,7 @@ fn ipv6_listener_with_a_greeting_sent_from_on_accept() {
 
 #[test]
 fn add_tcp_stream_adopts_a_connected_stream() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let mut peer = client(listener.local_addr().unwrap());
     let (mine, _) = listener.accept().unwrap();
@@ -1583,8 +1522,7 @@ fn add_tcp_stream_adopts_a_connected_stream() {
 
 #[test]
 fn a_flooding_connection_does_not_starve_a_quiet_one() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let cfg = FrameConfig::new();
     let mut reactor = Reactor::with_config(util::config(|c| c.read_budget = 2)).unwrap();
     let l = reactor.listen_tcp("127.0.0.1:0", cfg).unwrap();
@@ -1665,76 +1603,17 @@ fn a_flooding_connection_does_not_starve_a_quiet_one() {
 
 // ---- out of fds on accept ----------------------------------------------------------
 
-/// Restores `RLIMIT_NOFILE` when dropped, and closes the filler fds.
-struct FdLimit {
-    old: libc::rlimit,
-    fillers: Vec<std::os::fd::OwnedFd>,
-}
-
-impl FdLimit {
-    /// Lowers the soft limit just above the fds in use (plus `spare`) and
-    /// fills every free fd below it: the next `accept` fails with EMFILE.
-    fn exhaust(spare: usize) -> FdLimit {
-        use std::os::fd::{AsFd, AsRawFd, FromRawFd};
-        let mut old = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: a live rlimit out-parameter.
-        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut old) }, 0);
-        let max_fd = std::fs::read_dir("/proc/self/fd")
-            .unwrap()
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<usize>().ok())
-            .max()
-            .unwrap();
-        let new = libc::rlimit {
-            rlim_cur: (max_fd + 1 + spare) as libc::rlim_t,
-            rlim_max: old.rlim_max,
-        };
-        // SAFETY: a live rlimit.
-        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) }, 0);
-        let mut guard = FdLimit {
-            old,
-            fillers: Vec::new(),
-        };
-        let stdin = std::io::stdin();
-        for _ in 0..100_000 {
-            // SAFETY: dup of a live fd; the result is owned here.
-            let fd = unsafe { libc::dup(stdin.as_fd().as_raw_fd()) };
-            if fd == -1 {
-                let e = std::io::Error::last_os_error();
-                assert_eq!(e.raw_os_error(), Some(libc::EMFILE), "{e}");
-                break;
-            }
-            // SAFETY: `fd` was just returned by dup and is owned by nobody else.
-            guard
-                .fillers
-                .push(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
-        }
-        assert!(guard.fillers.len() >= spare);
-        guard
-    }
-}
-
-impl Drop for FdLimit {
-    fn drop(&mut self) {
-        self.fillers.clear();
-        // SAFETY: a live rlimit.
-        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &self.old) };
-    }
-}
-
 #[test]
 fn out_of_fds_on_accept_pauses_then_resumes() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let cfg = FrameConfig::new();
     let (mut reactor, l, addr) = server(&TcpOptions::new(cfg));
     let mut h = Rec::echo();
     // Three clients wait in the backlog.
     let mut clients: Vec<TcpStream> = (0..3).map(|_| client(addr)).collect();
     {
-        let limit = FdLimit::exhaust(4);
+        // Every fd taken: the next accept fails with EMFILE.
+        let limit = util::fds::FdLimit::leave_free(0);
         let n = reactor
             .run_once(&mut h, Some(Duration::from_millis(50)))
             .unwrap();
@@ -1782,8 +1661,7 @@ fn by_local(h: &Rec, c: &TcpStream) -> SocketId {
 /// the end of stream must still be noticed after the last frame.
 #[test]
 fn end_of_stream_behind_a_budget_cut_off_is_noticed() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let cfg = FrameConfig::new();
     let mut reactor = Reactor::with_config(util::config(|c| c.read_budget = 1)).unwrap();
     let l = reactor.listen_tcp("127.0.0.1:0", cfg).unwrap();

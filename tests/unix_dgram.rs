@@ -1,16 +1,22 @@
 //! Unix datagram sockets through the `Reactor`: echo, backpressure, socket
-//! files, abstract names, quotas.
+//! files, abstract names, quotas; fd passing, on a plain pair
+//! (`UnixDatagramExt`) and through the reactor (`pass_fds`).
 
 mod util;
 
-use std::os::fd::OwnedFd;
+use std::fs::File;
+use std::io::{self, IoSlice, Read, Seek, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::time::Duration;
 
+use msgloop::net::UnixDatagramExt;
 use msgloop::{
-    DgramOptions, Error, MsgBuf, PeerAddr, Reactor, RecvMsg, RecvResult, SocketId, UnixAddr,
+    AncillaryBuf, CloseReason, Ctx, Datagram, DgramOptions, Error, Handler, MsgBuf, PeerAddr,
+    Reactor, RecvMsg, RecvResult, SendAncillary, SocketId, UCred, UnixAddr,
 };
+use util::fds::{borrowed, dev_null, file_id, own_ucred, tempfile};
 use util::{Event, Recorder, RemoveOnDrop};
 
 fn bound_client(name: &str) -> (UnixDatagram, RemoveOnDrop) {
@@ -30,8 +36,7 @@ fn is_addr_in_use(e: &Error) -> bool {
 
 #[test]
 fn echo_round_trips_with_large_messages() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let path = util::temp_path("echo.sock");
     let mut reactor = Reactor::new().unwrap();
     let opts = util::opts(|o| {
@@ -93,8 +98,7 @@ fn echo_round_trips_with_large_messages() {
 /// `WouldBlock`, and `on_writable` comes exactly once after the peer drains.
 #[test]
 fn full_peer_is_would_block_then_writable_once() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let mut reactor = Reactor::new().unwrap();
     let udp = reactor.bind_udp("127.0.0.1:0").unwrap();
     let (ours, theirs) = UnixDatagram::pair().unwrap();
@@ -168,8 +172,7 @@ fn full_peer_is_would_block_then_writable_once() {
 
 #[test]
 fn send_to_missing_or_dead_peer_is_typed() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let mut reactor = Reactor::new().unwrap();
     let s = reactor.unbound_unix_datagram().unwrap();
     // No such file.
@@ -209,8 +212,7 @@ fn send_to_missing_or_dead_peer_is_typed() {
 
 #[test]
 fn binding_over_an_existing_path_fails() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let path = util::temp_path("taken.sock");
     let _rm = RemoveOnDrop(path.clone());
     let live = UnixDatagram::bind(&path).unwrap();
@@ -241,8 +243,7 @@ fn binding_over_an_existing_path_fails() {
 
 #[test]
 fn unlink_stale_replaces_a_stale_socket_file_only() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let stale = util::temp_path("stale.sock");
     let _rm = RemoveOnDrop(stale.clone());
     drop(UnixDatagram::bind(&stale).unwrap());
@@ -271,8 +272,7 @@ fn unlink_stale_replaces_a_stale_socket_file_only() {
 
 #[test]
 fn unlink_stale_does_not_steal_a_live_socket() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let path = util::temp_path("live.sock");
     let _rm = RemoveOnDrop(path.clone());
     let live = UnixDatagram::bind(&path).unwrap();
@@ -292,8 +292,7 @@ fn unlink_stale_does_not_steal_a_live_socket() {
 
 #[test]
 fn socket_file_is_removed_on_close_and_drop() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let mut reactor = Reactor::new().unwrap();
 
     // Closed between calls.
@@ -378,8 +377,7 @@ fn abstract_name(tag: &str) -> Vec<u8> {
 
 #[test]
 fn abstract_names_bind_receive_and_reply() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let server_name = abstract_name("server");
     let client_name = abstract_name("client");
     let server_addr = UnixAddr::from_abstract_name(&server_name).unwrap();
@@ -443,8 +441,7 @@ fn abstract_names_bind_receive_and_reply() {
 /// and reported; the next is delivered.
 #[test]
 fn over_quota_message_is_reported_and_skipped() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let mut reactor = Reactor::new().unwrap();
     let quota = reactor.config().unix_max_message_len;
     assert_eq!(quota, 1 << 20);
@@ -484,8 +481,7 @@ fn over_quota_message_is_reported_and_skipped() {
 
 #[test]
 fn small_unix_quota_is_enforced() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let config = util::config(|o| o.unix_max_message_len = 1000);
     let mut reactor = Reactor::with_config(config).unwrap();
     let (a, b) = UnixDatagram::pair().unwrap();
@@ -509,8 +505,7 @@ fn small_unix_quota_is_enforced() {
 /// connected to a server.
 #[test]
 fn connected_unbound_socket_round_trip() {
-    let _g = util::serial();
-    let _fds = util::FdCheck::new();
+    let _t = util::guard();
     let mut reactor = Reactor::new().unwrap();
     let path = util::temp_path("srv.sock");
     let server = reactor.bind_unix_datagram(&path).unwrap();
@@ -533,4 +528,287 @@ fn connected_unbound_socket_round_trip() {
     }
     drop(reactor);
     assert!(!path.exists());
+}
+
+// ---- fd passing: at the socket layer, then through the reactor ---------------
+
+/// One callback of [`FdRec`], in order.
+#[derive(Debug)]
+enum FdEv {
+    Datagram {
+        sock: SocketId,
+        data: Vec<u8>,
+        creds: Option<UCred>,
+        fds: usize,
+    },
+    /// Any other callback (none is expected), described for the failure
+    /// message.
+    Other(#[allow(dead_code)] String),
+}
+
+/// Records every callback, with each datagram's credentials and number of
+/// passed fds. With `reply_fds`, takes a datagram's fds, sends them back to
+/// the sender with `send_to_with_fds`, and keeps them in `kept`.
+#[derive(Default)]
+struct FdRec {
+    events: Vec<FdEv>,
+    reply_fds: bool,
+    kept: Vec<OwnedFd>,
+    send_errors: Vec<(SocketId, Error)>,
+}
+
+impl Handler for FdRec {
+    fn on_datagram(&mut self, cx: &mut Ctx, sock: SocketId, mut msg: Datagram<'_>) {
+        self.events.push(FdEv::Datagram {
+            sock,
+            data: msg.data().to_vec(),
+            creds: msg.credentials(),
+            fds: msg.fds().len(),
+        });
+        if self.reply_fds {
+            let from = msg.from();
+            let fds = msg.take_fds();
+            let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
+            let to = from.as_unix().expect("a Unix sender");
+            if let Err(e) = cx.send_to_with_fds(sock, b"back", &borrowed, to) {
+                self.send_errors.push((sock, e));
+            }
+            self.kept.extend(fds);
+        }
+    }
+
+    fn on_writable(&mut self, _cx: &mut Ctx, sock: SocketId) {
+        self.events
+            .push(FdEv::Other(format!("on_writable({sock:?})")));
+    }
+
+    fn on_close(&mut self, cx: &mut Ctx, sock: SocketId, reason: CloseReason) {
+        assert!(!cx.contains(sock), "{sock:?} still open in on_close");
+        self.events
+            .push(FdEv::Other(format!("on_close({sock:?}, {reason:?})")));
+    }
+
+    fn on_error(&mut self, _cx: &mut Ctx, sock: SocketId, error: Error) {
+        self.events
+            .push(FdEv::Other(format!("on_error({sock:?}, {error:?})")));
+    }
+}
+
+#[test]
+fn fd_passing_over_a_unix_datagram_pair() {
+    let _t = util::guard();
+    let (a, b) = UnixDatagram::pair().unwrap();
+    b.set_nonblocking(true).unwrap();
+    socket2::SockRef::from(&b).set_passcred(true).unwrap();
+    let mut file = tempfile();
+    file.write_all(b"passed over a datagram").unwrap();
+    let files = dev_null(4);
+    let mut fds = vec![file.as_fd()];
+    fds.extend(borrowed(&files));
+    let baseline = util::open_fds();
+
+    let mut buf = MsgBuf::with_capacity(4);
+    let mut anc = AncillaryBuf::new();
+    a.send_with_ancillary(
+        &[IoSlice::new(b"five fds")],
+        &SendAncillary::new().with_fds(&fds),
+    )
+    .unwrap();
+    let (r, mut got) = b.recv_with_ancillary(&mut buf, &mut anc).unwrap();
+    assert!(matches!(r, RecvResult::Spilled(ref from) if from.is_unnamed()));
+    assert_eq!(buf.filled(), b"five fds");
+    assert_eq!(got.credentials(), Some(own_ucred()));
+    let mut taken = got.take_fds();
+    assert_eq!(taken.len(), 5);
+    assert_eq!(util::open_fds(), baseline + 5);
+    let mut first = File::from(taken.remove(0));
+    let mut text = String::new();
+    first.rewind().unwrap();
+    first.read_to_string(&mut text).unwrap();
+    assert_eq!(text, "passed over a datagram");
+    drop((first, taken));
+    assert_eq!(util::open_fds(), baseline);
+
+    // A 0-byte datagram is an empty message, never end of stream, also
+    // without SO_PASSCRED.
+    socket2::SockRef::from(&b).set_passcred(false).unwrap();
+    a.send_with_ancillary(&[], &SendAncillary::new().with_fds(&fds[..1]))
+        .unwrap();
+    let (r, got) = b.recv_with_ancillary(&mut buf, &mut anc).unwrap();
+    assert!(matches!(r, RecvResult::Fit(_)));
+    assert!(buf.filled().is_empty());
+    assert_eq!(got.fds().len(), 1);
+    assert_eq!(got.credentials(), None);
+    drop(got);
+
+    // To a bound path, with mio's UnixDatagram on the receiving side.
+    let path = util::temp_path("dgram");
+    let rx = mio::net::UnixDatagram::bind(&path).unwrap();
+    let _rm = RemoveOnDrop(path.clone());
+    let to = UnixAddr::from_pathname(&path).unwrap();
+    a.send_to_with_ancillary(
+        &[IoSlice::new(b"to a path")],
+        &SendAncillary::new().with_fds(&fds),
+        &to,
+    )
+    .unwrap();
+    let (_, got) = rx.recv_with_ancillary(&mut buf, &mut anc).unwrap();
+    assert_eq!(buf.filled(), b"to a path");
+    assert_eq!(got.fds().len(), 5);
+    drop(got);
+    assert_eq!(
+        rx.recv_with_ancillary(&mut buf, &mut anc)
+            .unwrap_err()
+            .kind(),
+        io::ErrorKind::WouldBlock
+    );
+    assert_eq!(util::open_fds(), baseline + 1 /* rx */);
+}
+
+#[test]
+fn unix_datagram_fds_pass_both_ways_with_pass_fds() {
+    let _t = util::guard();
+    let spath = util::temp_path("dg-server");
+    let cpath = util::temp_path("dg-client");
+    let saddr = UnixAddr::from_pathname(&spath).unwrap();
+    let mut r = Reactor::new().unwrap();
+    let opts = util::opts(|o| {
+        o.pass_fds = true;
+        o.unlink_on_close = true;
+    });
+    let sock = r.bind_unix_datagram_with(&saddr, &opts).unwrap();
+    let client = UnixDatagram::bind(&cpath).unwrap();
+    let _rm = RemoveOnDrop(cpath.clone());
+    client.set_nonblocking(true).unwrap();
+    let mut h = FdRec {
+        reply_fds: true,
+        ..FdRec::default()
+    };
+    let file = tempfile();
+    let id = file_id(file.as_fd());
+    let baseline = util::open_fds();
+
+    let fds = [file.as_fd()];
+    let anc = SendAncillary::new().with_fds(&fds);
+    client
+        .send_to_with_ancillary(&[IoSlice::new(b"an "), IoSlice::new(b"fd")], &anc, &saddr)
+        .unwrap();
+    util::run_until(&mut r, &mut h, |_, h| !h.events.is_empty(), 100);
+    match &h.events[..] {
+        [FdEv::Datagram {
+            sock: s,
+            data,
+            creds,
+            fds,
+        }] => {
+            assert_eq!(*s, sock);
+            assert_eq!(&data[..], b"an fd");
+            assert_eq!(*fds, 1);
+            assert_eq!(*creds, Some(own_ucred()), "pass_fds turns on SO_PASSCRED");
+        }
+        e => panic!("{e:?}"),
+    }
+    assert!(h.send_errors.is_empty(), "{:?}", h.send_errors);
+    assert_eq!(h.kept.len(), 1);
+    assert_eq!(file_id(h.kept[0].as_fd()), id, "the same file arrived");
+    assert_eq!(util::open_fds(), baseline + 1);
+
+    // The handler sent it back with send_to_with_fds.
+    let mut buf = MsgBuf::with_capacity(16);
+    let (res, mut back) = client
+        .recv_with_ancillary(&mut buf, &mut AncillaryBuf::new())
+        .unwrap();
+    assert!(matches!(&res, RecvResult::Fit(a) if *a == saddr), "{res:?}");
+    assert_eq!(buf.filled(), b"back");
+    let got = back.take_fds();
+    assert_eq!(got.len(), 1);
+    assert_eq!(file_id(got[0].as_fd()), id);
+    drop(got);
+    h.kept.clear();
+    assert_eq!(util::open_fds(), baseline);
+
+    // Fds the handler does not take are closed and counted.
+    h.reply_fds = false;
+    let three = [file.as_fd(), file.as_fd(), file.as_fd()];
+    client
+        .send_to_with_ancillary(
+            &[IoSlice::new(b"3")],
+            &SendAncillary::new().with_fds(&three),
+            &saddr,
+        )
+        .unwrap();
+    util::run_until(&mut r, &mut h, |_, h| h.events.len() == 2, 100);
+    assert!(matches!(&h.events[1], FdEv::Datagram { fds: 3, .. }));
+    assert_eq!(util::open_fds(), baseline);
+    assert_eq!(r.stats(sock).unwrap().fds_closed_unclaimed, 3);
+
+    // From outside a callback, with an explicit destination.
+    let caddr = UnixAddr::from_pathname(&cpath).unwrap();
+    r.send_to_with_fds(sock, b"direct", &[file.as_fd()], &caddr)
+        .unwrap();
+    let (_, mut direct) = client
+        .recv_with_ancillary(&mut buf, &mut AncillaryBuf::new())
+        .unwrap();
+    assert_eq!(buf.filled(), b"direct");
+    assert_eq!(file_id(direct.take_fds()[0].as_fd()), id);
+    assert_eq!(util::open_fds(), baseline);
+
+    // Wrong kinds are typed errors.
+    assert!(matches!(
+        r.send_seqpacket(sock, b"x"),
+        Err(Error::WrongKind { .. })
+    ));
+    drop(r);
+    assert!(!spath.exists(), "unlink_on_close removed the file");
+}
+
+#[test]
+fn unix_datagram_without_pass_fds_discards_passed_fds() {
+    let _t = util::guard();
+    let spath = util::temp_path("dg-plain");
+    let saddr = UnixAddr::from_pathname(&spath).unwrap();
+    let mut r = Reactor::new().unwrap();
+    let sock = r.bind_unix_datagram(&spath).unwrap();
+    let client = UnixDatagram::unbound().unwrap();
+    let mut h = FdRec::default();
+    let files = dev_null(5);
+    let baseline = util::open_fds();
+
+    for i in 0..10u8 {
+        client
+            .send_to_with_ancillary(
+                &[IoSlice::new(&[i])],
+                &SendAncillary::new().with_fds(&borrowed(&files)),
+                &saddr,
+            )
+            .unwrap();
+    }
+    util::run_until(&mut r, &mut h, |_, h| h.events.len() == 10, 100);
+    for (i, e) in h.events.iter().enumerate() {
+        match e {
+            FdEv::Datagram {
+                data, fds, creds, ..
+            } => {
+                assert_eq!(&data[..], &[i as u8]);
+                assert_eq!(*fds, 0, "no fds without pass_fds");
+                assert_eq!(*creds, None);
+            }
+            e => panic!("{e:?}"),
+        }
+    }
+    assert_eq!(util::open_fds(), baseline, "the kernel discarded them");
+    assert_eq!(r.stats(sock).unwrap().fds_closed_unclaimed, 0);
+    // A reactor-managed datagram socket without pass_fds can still send fds.
+    let other = UnixDatagram::pair().unwrap();
+    let adopted = r
+        .add_unix_datagram(msgloop::socket2::Socket::from(OwnedFd::from(other.0)))
+        .unwrap();
+    r.send_with_fds(adopted, b"f", &[files[0].as_fd()]).unwrap();
+    let mut buf = MsgBuf::with_capacity(8);
+    let (_, mut anc) = other
+        .1
+        .recv_with_ancillary(&mut buf, &mut AncillaryBuf::new())
+        .unwrap();
+    assert_eq!(anc.take_fds().len(), 1);
+    assert_eq!(util::open_fds(), baseline + 2, "the pair");
 }

@@ -3,14 +3,24 @@
 //! Every socket test starts with
 //!
 //! ```ignore
-//! let _g = util::serial();
-//! let _fds = util::FdCheck::new();
+//! let _t = util::guard();
 //! ```
 //!
-//! Tests of one binary run on parallel threads, so the process's open-fd
-//! count is only meaningful while fd-checked tests run one at a time.
+//! which holds the binary's test lock ([`serial`]) and checks that the
+//! process's open-fd count is the same when the test ends ([`FdCheck`]).
+//! Tests of one binary run on parallel threads, so the open-fd count is
+//! only meaningful while fd-checked tests run one at a time. A test that
+//! needs only one of the two takes it alone: [`serial`] for a test that
+//! counts fds itself or runs in a network namespace ([`netns`]),
+//! [`FdCheck`] for a check around part of a test.
+//!
+//! A test that cannot run here (a missing tool, no permission, no IPv6
+//! loopback) says so with [`skip`] or [`require`]: never silently, and
+//! never under `CI=true`, where it fails instead.
 #![allow(dead_code)]
 
+use std::fmt::Display;
+use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,6 +29,9 @@ use std::time::Duration;
 
 use msgloop::{Handler, Reactor};
 
+pub mod alloc;
+pub mod conn;
+pub mod fds;
 pub mod netns;
 
 /// The number of open file descriptors of this process, not counting
@@ -69,6 +82,65 @@ static SERIAL: Mutex<()> = Mutex::new(());
 /// Serializes the tests of one binary (a failed test does not poison it).
 pub fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What [`guard`] returns: the test lock and the fd check, for the whole
+/// test.
+#[derive(Debug)]
+#[must_use = "the guard checks and unlocks when dropped: bind it (`let _t = ...`)"]
+pub struct Guard {
+    // Fields drop in declaration order: the fd count is checked while the
+    // lock is still held, before another test can open or close fds.
+    _fds: FdCheck,
+    _serial: MutexGuard<'static, ()>,
+}
+
+/// The opening of every socket test: takes the binary's test lock
+/// ([`serial`]), then records the open-fd count ([`FdCheck`]); when the
+/// returned guard is dropped, the count is checked first and the lock
+/// released after.
+pub fn guard() -> Guard {
+    let serial = serial();
+    Guard {
+        _fds: FdCheck::new(),
+        _serial: serial,
+    }
+}
+
+/// Whether tests run under CI (`CI=true`), where `.ci/run` installs what
+/// they need and a test that cannot run is a failure.
+pub fn ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// Reports that `test_name` (or a part of it) cannot run here because of
+/// `reason`; the caller then returns (or leaves out the part).
+///
+/// Under `CI=true` it panics instead: in CI a skipped test is a failed
+/// test. Otherwise it writes `SKIPPED <test_name>: <reason>` straight to
+/// the process's stderr — not with `eprintln!`, whose output the test
+/// harness captures and, for a passing test, never shows.
+pub fn skip(test_name: &str, reason: impl Display) {
+    assert!(
+        !ci(),
+        "CI=true: {test_name} cannot run here ({reason}); in CI a skip is a failure"
+    );
+    let line = format!("SKIPPED {test_name}: {reason}\n");
+    let _ = std::io::stderr().write_all(line.as_bytes());
+}
+
+/// `ok`, or else [`skip`]`(test_name, reason)` and `false`:
+///
+/// ```ignore
+/// if !util::require(python3_found, "my_test", "python3 is not installed") {
+///     return;
+/// }
+/// ```
+pub fn require(ok: bool, test_name: &str, reason: impl Display) -> bool {
+    if !ok {
+        skip(test_name, reason);
+    }
+    ok
 }
 
 static PATH_SEQ: AtomicUsize = AtomicUsize::new(0);
@@ -393,14 +465,39 @@ pub fn config(f: impl FnOnce(&mut msgloop::Config)) -> msgloop::Config {
 
 /// Whether this kernel has UDP segmentation and receive offload (Linux
 /// 4.18 and 5.0); without them the reactor sends and reads single
-/// datagrams, and only delivery can be checked.
-pub fn kernel_has_offload() -> bool {
+/// datagrams, and only delivery can be checked: the train counts of
+/// `test_name` are [`skip`]ped.
+pub fn kernel_has_offload(test_name: &str) -> bool {
     use nix::sys::socket::{getsockopt, setsockopt, sockopt};
     let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
     let ok = getsockopt(&s, sockopt::UdpGsoSegment).is_ok()
         && setsockopt(&s, sockopt::UdpGroSegment, &true).is_ok();
-    if !ok {
-        println!("this kernel has no UDP GSO/GRO: train counts not checked");
+    require(
+        ok,
+        test_name,
+        "this kernel has no UDP GSO/GRO: train counts not checked (delivery was)",
+    )
+}
+
+/// Whether the IPv6 loopback `[::1]` can be bound here; if not, [`skip`]s
+/// `test_name`.
+pub fn ipv6_loopback(test_name: &str) -> bool {
+    match std::net::UdpSocket::bind("[::1]:0") {
+        Ok(_) => true,
+        Err(e) => {
+            skip(
+                test_name,
+                format_args!("no IPv6 loopback: cannot bind [::1]:0: {e}"),
+            );
+            false
+        }
     }
-    ok
+}
+
+/// A UDP socket bound on `ip` (`"127.0.0.1"`, `"[::1]"`), port chosen by
+/// the kernel, whose blocking reads give up after 5 s.
+pub fn udp_client(ip: &str) -> std::net::UdpSocket {
+    let c = std::net::UdpSocket::bind(format!("{ip}:0")).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c
 }

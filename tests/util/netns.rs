@@ -11,11 +11,13 @@
 //!
 //! The test re-executes its own binary under `unshare -n` (with
 //! [`CHILD_ENV`] set, running only itself), so whatever it does to the
-//! network never touches the host's. Where `unshare` is not permitted the
-//! test is skipped with the reason printed; missing tools (`unshare`, `ip`
-//! and the ones asked for) skip it too, except under `CI=true`, where
-//! `.ci/run` installs them and their absence fails the test.
+//! network never touches the host's. Where it cannot run — `unshare -n`
+//! not permitted (not root, a container without `CAP_SYS_ADMIN`), or a
+//! tool missing (`unshare`, `ip` and the ones asked for) — the test is
+//! skipped with the reason on stderr ([`super::skip`]), except under
+//! `CI=true`, where `.ci/run` installs the tools and a skip fails the test.
 
+use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
@@ -23,24 +25,25 @@ use std::time::Instant;
 pub const CHILD_ENV: &str = "MSGLOOP_NETNS_CHILD";
 
 /// `true` inside the namespace: run the test body. `false` in the parent,
-/// once the child passed (or the test was skipped, with the reason
-/// printed); a failing child fails the parent with its output.
+/// once the child passed (or the test was skipped, see [`super::skip`]); a
+/// failing child fails the parent with its output.
 pub fn enter(test_name: &str, tools: &[&str]) -> bool {
     if std::env::var_os(CHILD_ENV).is_some() {
         return true;
     }
     let _g = super::serial();
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
     let version_flag = |tool: &str| match tool {
         "ip" | "tc" => "-V",
         _ => "--version",
     };
     for tool in ["unshare", "ip"].iter().chain(tools) {
         if let Err(e) = Command::new(tool).arg(version_flag(tool)).output() {
-            let why =
-                format!("`{tool}` cannot be run ({e}); install util-linux, iproute2 and nftables");
-            assert!(!ci, "CI=true: {why}");
-            println!("SKIPPED {test_name}: {why}");
+            super::skip(
+                test_name,
+                format_args!(
+                    "`{tool}` cannot be run ({e}); install util-linux, iproute2 and nftables"
+                ),
+            );
             return false;
         }
     }
@@ -51,13 +54,17 @@ pub fn enter(test_name: &str, tools: &[&str]) -> bool {
     if !probe.status.success() {
         let err = String::from_utf8_lossy(&probe.stderr).trim().to_string();
         if err.contains("Operation not permitted") || err.contains("Permission denied") {
-            // Not root, or a container without CAP_SYS_ADMIN: not ours to fix.
-            println!("SKIPPED {test_name}: `unshare -n` is not permitted here: {err}");
-            return false;
+            // Not root, or a container without CAP_SYS_ADMIN.
+            super::skip(
+                test_name,
+                format_args!("`unshare -n` is not permitted here: {err}"),
+            );
+        } else {
+            super::skip(
+                test_name,
+                format_args!("`unshare -n -- true` failed ({}): {err}", probe.status),
+            );
         }
-        let why = format!("`unshare -n -- true` failed ({}): {err}", probe.status);
-        assert!(!ci, "CI=true: {why}");
-        println!("SKIPPED {test_name}: {why}");
         return false;
     }
     let exe = std::env::current_exe().expect("current_exe");
@@ -79,6 +86,11 @@ pub fn enter(test_name: &str, tools: &[&str]) -> bool {
     );
     print!("{stdout}");
     eprint!("{stderr}");
+    // What the child skipped (see `super::skip`) must show in this
+    // process's uncaptured stderr too, not only in the captured output.
+    for line in stderr.lines().filter(|l| l.starts_with("SKIPPED ")) {
+        let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
+    }
     assert!(
         out.status.success(),
         "{test_name}: the run in the namespace failed ({}); its output is above",
