@@ -303,7 +303,9 @@ impl Handler for Echo {
                     self.counts.tcp_closed_bad_frame,
                 );
             }
-            CloseReason::IdleTimeout => self.counts.tcp_closed_idle += 1,
+            CloseReason::FrameTimeout | CloseReason::IdleTimeout => {
+                self.counts.tcp_closed_idle += 1
+            }
             _ => {}
         }
     }

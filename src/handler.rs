@@ -122,6 +122,8 @@ pub enum CloseReason {
     Frame(FrameError),
     /// A frame that started arriving did not complete within
     /// `frame_idle_timeout` (slow-loris protection).
+    FrameTimeout,
+    /// Nothing was received or sent for the connection's `idle_timeout`.
     IdleTimeout,
     /// An I/O error the socket cannot recover from (including a failed
     /// TCP connect).
@@ -149,7 +151,8 @@ impl fmt::Display for CloseReason {
             CloseReason::EndOfStream => f.write_str("closed by the peer"),
             CloseReason::Reset => f.write_str("reset by the peer"),
             CloseReason::Frame(e) => write!(f, "bad frame from the peer: {e}"),
-            CloseReason::IdleTimeout => f.write_str("frame idle timeout"),
+            CloseReason::FrameTimeout => f.write_str("a frame did not complete in time"),
+            CloseReason::IdleTimeout => f.write_str("idle for too long"),
             CloseReason::Error(e) => write!(f, "I/O error: {e}"),
             CloseReason::HandlerPanicked => f.write_str("a handler callback panicked"),
         }

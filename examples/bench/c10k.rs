@@ -85,7 +85,9 @@ pub(crate) fn run(want: &dyn Fn(&str) -> bool) -> io::Result<()> {
     let empty_cost = idle_pass_us(&mut empty, &mut Accept::default())?;
 
     let mut r = Reactor::new()?;
+    // Every client comes from 127.0.0.1: no per-source limit.
     let opts = TcpOptions::new(FrameConfig::default())
+        .max_connections_per_source(None)
         .max_connections(Some(CONNECTIONS + 100))
         .backlog(4096);
     let l = r.listen_tcp_with("127.0.0.1:0", &opts)?;

@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 use mio::{Interest, Poll};
 use socket2::SockRef;
 
+use super::limits::Budget;
 use super::listener::{self, OutOfFds};
 use super::options::Config;
 use super::stats::{ReactorStats, SocketStats};
-use super::table::{self, Sock, Table, WAKER_TOKEN};
+use super::table::{self, Entry, Sock, Table, WAKER_TOKEN};
 use super::{rudp, tcp, Waker};
 use crate::addr::{PeerAddr, UnixAddr};
 use crate::error::Error;
@@ -32,6 +33,8 @@ pub(super) enum TimerTarget {
     ResumeAccept(SocketId),
     /// A reliable-UDP endpoint's next deadline.
     Rudp(SocketId),
+    /// A connection's inactivity timeout may have passed.
+    Idle(SocketId),
 }
 
 /// What a handler callback may do — send, close, add sockets, set timers,
@@ -69,6 +72,8 @@ pub struct Ctx {
     pub(super) rudp_pending: rudp::Pending,
     /// Listeners paused because the process ran out of fds.
     pub(super) out_of_fds: OutOfFds,
+    /// The bytes peers make the reactor buffer, per source and in all.
+    pub(super) budget: Budget,
     /// The socket whose callbacks run now (the culprit if one panics).
     pub(super) current: Option<SocketId>,
     /// A wake-up was lost to a panicking pass: deliver it next pass.
@@ -87,6 +92,7 @@ impl fmt::Debug for Ctx {
 
 impl Ctx {
     pub(super) fn new(config: Config) -> io::Result<Ctx> {
+        let budget = Budget::new(config.max_buffered_bytes, config.max_buffered_per_source);
         Ok(Ctx {
             poll: Poll::new()?,
             table: Table::new(),
@@ -106,6 +112,7 @@ impl Ctx {
             tcp_out: tcp::Output::default(),
             rudp_pending: rudp::Pending::default(),
             out_of_fds: OutOfFds::default(),
+            budget,
             current: None,
             wake_pending: false,
         })
@@ -239,6 +246,8 @@ impl Ctx {
             pending_timers: self.timers.len(),
             run_once_calls: self.run_once_calls,
             callbacks: self.callbacks,
+            buffered_bytes: self.budget.used(),
+            buffered_peak: self.budget.peak(),
             totals,
         }
     }
@@ -362,9 +371,38 @@ impl Ctx {
         build: impl FnOnce(S) -> Sock,
     ) -> Result<SocketId, (S, Error)> {
         let registry = self.poll.registry();
-        self.table
+        let id = self
+            .table
             .insert(registry, kind, src, interest, build)
-            .map_err(|(s, e)| (s, Error::Io(e)))
+            .map_err(|(s, e)| (s, Error::Io(e)))?;
+        let Ctx { table, timers, .. } = self;
+        if let Some(idle) = table.get_mut(id).and_then(Entry::idle_mut) {
+            idle.arm(timers, id);
+        }
+        Ok(id)
+    }
+
+    /// The inactivity timer of `id` fired: closes it if it was idle for the
+    /// whole `idle_timeout`.
+    pub(super) fn idle_due<H: Handler + ?Sized>(&mut self, handler: &mut H, id: SocketId) {
+        let now = self.now();
+        let Ctx { table, timers, .. } = self;
+        let Some(idle) = table.get_mut(id).and_then(Entry::idle_mut) else {
+            return;
+        };
+        if idle.expired(now, timers, id) {
+            log::debug!("{id}: nothing received or sent for its idle timeout; closing");
+            self.close_now(id, CloseReason::IdleTimeout);
+            self.finish_callback(handler);
+        }
+    }
+
+    /// Room was freed in the buffer budget: connections whose reads paused
+    /// for it try again on the next pass.
+    pub(super) fn resume_paused_readers(&mut self) {
+        for id in self.budget.take_paused() {
+            self.carry_over(id);
+        }
     }
 
     /// The open socket `id` names, or [`Error::StaleId`].
@@ -404,7 +442,7 @@ impl Ctx {
                 None
             }
             #[cfg(target_os = "linux")]
-            Sock::Seq(c) => c.listener,
+            Sock::Seq(c) => c.closing(&mut self.timers),
             _ => None,
         };
         drop(s); // closes the fd (and removes a socket file it created)

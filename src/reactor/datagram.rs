@@ -512,6 +512,10 @@ pub(super) fn drain<H: Handler + ?Sized>(
                     #[cfg(target_os = "linux")]
                     anc: anc.as_mut(),
                 };
+                #[cfg(target_os = "linux")]
+                if msg.fds_truncated() {
+                    stats.fds_cut += 1;
+                }
                 cx.call(handler, |h, cx| h.on_datagram(cx, id, msg));
                 #[cfg(target_os = "linux")]
                 if let Some(unclaimed) = anc.map(|a| a.fds().len() as u64).filter(|&n| n > 0) {

@@ -8,11 +8,13 @@
 //! when any socket of the reactor closes or [`ACCEPT_RETRY`] passes (fds).
 
 use std::io;
+use std::os::fd::RawFd;
 use std::time::Duration;
 
 use mio::Interest;
 
 use super::ctx::{Ctx, TimerTarget};
+use super::limits::{PerSource, Source};
 use super::table::{token_of, Sock};
 use super::tcp::TcpListenIo;
 use crate::addr::PeerAddr;
@@ -31,8 +33,23 @@ pub(super) struct Listener {
     max_connections: Option<usize>,
     /// Deregistered: at the cap, or out of fds.
     paused: bool,
-    /// Paused by `EMFILE`/`ENFILE` (resumes when any socket closes).
+    /// Paused by `EMFILE`/`ENFILE` or the descriptor reserve (resumes when
+    /// any socket closes).
     out_of_fds: bool,
+    /// Open connections per source.
+    per_source: PerSource,
+    max_per_source: Option<usize>,
+}
+
+/// A connection just accepted, before it is added.
+pub(super) struct Accepted {
+    pub(super) sock: Sock,
+    pub(super) kind: SocketKind,
+    pub(super) peer: PeerAddr,
+    pub(super) source: Source,
+    /// Its descriptor number: the lowest free one, so it tells how many
+    /// descriptors the process has open at least.
+    pub(super) fd: RawFd,
 }
 
 /// The listening socket itself; each kind's accept lives with its
@@ -52,11 +69,10 @@ impl ListenIo {
         }
     }
 
-    /// Accepts one connection: the socket to add (knowing its listener
-    /// `lid`), its kind, and the peer's address.
-    fn accept(&mut self, lid: SocketId) -> io::Result<(Sock, SocketKind, PeerAddr)> {
+    /// Accepts one connection (which knows its listener `lid`).
+    fn accept(&mut self, lid: SocketId, v6_prefix: u8) -> io::Result<Accepted> {
         match self {
-            ListenIo::Tcp(l) => l.accept(lid),
+            ListenIo::Tcp(l) => l.accept(lid, v6_prefix),
             #[cfg(target_os = "linux")]
             ListenIo::Seq(l) => l.accept(lid),
         }
@@ -64,13 +80,19 @@ impl ListenIo {
 }
 
 impl Listener {
-    pub(super) fn new(io: ListenIo, max_connections: Option<usize>) -> Listener {
+    pub(super) fn new(
+        io: ListenIo,
+        max_connections: Option<usize>,
+        max_per_source: Option<usize>,
+    ) -> Listener {
         Listener {
             io,
             conns: 0,
             max_connections,
             paused: false,
             out_of_fds: false,
+            per_source: PerSource::default(),
+            max_per_source,
         }
     }
 
@@ -110,7 +132,18 @@ fn listener_mut(cx: &mut Ctx, id: SocketId) -> Option<&mut Listener> {
 
 /// Accepts until `WouldBlock`, the budget, the cap, or fds run out;
 /// `true` if the budget ran out.
+///
+/// A connection that would leave fewer than [`Config::fd_reserve`]
+/// descriptors free is closed at once and accepting pauses until a socket
+/// closes; one whose source has its maximum open is closed at once.
+///
+/// [`Config::fd_reserve`]: crate::Config::fd_reserve
 pub(super) fn drain<H: Handler + ?Sized>(cx: &mut Ctx, handler: &mut H, lid: SocketId) -> bool {
+    let v6_prefix = cx.config.ipv6_source_prefix;
+    let fd_limit = match crate::sys::open_files_limit() {
+        Ok(n) => n.saturating_sub(cx.config.fd_reserve as u64),
+        Err(_) => u64::MAX,
+    };
     for _ in 0..cx.config.read_budget {
         let Some(l) = listener_mut(cx, lid) else {
             return false;
@@ -126,13 +159,41 @@ pub(super) fn drain<H: Handler + ?Sized>(cx: &mut Ctx, handler: &mut H, lid: Soc
             pause(cx, lid, false);
             return false;
         }
-        match l.io.accept(lid) {
-            Ok((sock, kind, peer)) => {
+        match l.io.accept(lid, v6_prefix) {
+            Ok(a) if a.fd as u64 >= fd_limit => {
+                drop(a); // closes it: the reserve stays free
+                log::warn!(
+                    "{lid}: fewer than {} descriptors left: accepting paused until a socket closes",
+                    cx.config.fd_reserve
+                );
+                count(cx, lid, |s| s.refused_fd_reserve += 1);
+                pause(cx, lid, true);
+                return false;
+            }
+            Ok(a)
+                if l.max_per_source
+                    .is_some_and(|m| l.per_source.count(a.source) >= m) =>
+            {
+                log::debug!(
+                    "{lid}: {} has its maximum of connections open; closed",
+                    a.peer
+                );
+                drop(a);
+                count(cx, lid, |s| s.refused_per_source += 1);
+            }
+            Ok(Accepted {
+                sock,
+                kind,
+                peer,
+                source,
+                ..
+            }) => {
                 l.conns += 1;
+                l.per_source.add(source);
                 match cx.insert(kind, sock, |s| s) {
                     Ok(cid) => cx.call(handler, |h, cx| h.on_accept(cx, lid, cid, &peer)),
                     Err((_, e)) => {
-                        conn_closed(cx, lid);
+                        conn_closed(cx, lid, source);
                         cx.call(handler, |h, cx| h.on_error(cx, lid, e));
                     }
                 }
@@ -155,6 +216,13 @@ pub(super) fn drain<H: Handler + ?Sized>(cx: &mut Ctx, handler: &mut H, lid: Soc
         }
     }
     true
+}
+
+/// Counts something on the listener's stats.
+fn count(cx: &mut Ctx, lid: SocketId, f: impl FnOnce(&mut super::SocketStats)) {
+    if let Some(e) = cx.table.get_mut(lid) {
+        f(&mut e.stats);
+    }
 }
 
 /// Stops accepting: deregisters the listener (no events, no spinning).
@@ -212,10 +280,10 @@ pub(super) fn retry_due(cx: &mut Ctx, lid: SocketId) {
 
 /// A socket closed: a descriptor is free, so listeners that ran out of
 /// them may accept again; and if the socket was a connection of a
-/// listener, that listener has one fewer.
-pub(super) fn socket_closed(cx: &mut Ctx, accepted_by: Option<SocketId>) {
-    if let Some(lid) = accepted_by {
-        conn_closed(cx, lid);
+/// listener, that listener (and the connection's source) has one fewer.
+pub(super) fn socket_closed(cx: &mut Ctx, accepted_by: Option<(SocketId, Source)>) {
+    if let Some((lid, source)) = accepted_by {
+        conn_closed(cx, lid, source);
     }
     while let Some(lid) = cx.out_of_fds.0.pop() {
         resume(cx, lid);
@@ -223,11 +291,12 @@ pub(super) fn socket_closed(cx: &mut Ctx, accepted_by: Option<SocketId>) {
 }
 
 /// A connection `lid` accepted closed: one fewer; it may accept again.
-fn conn_closed(cx: &mut Ctx, lid: SocketId) {
+fn conn_closed(cx: &mut Ctx, lid: SocketId, source: Source) {
     let Some(l) = listener_mut(cx, lid) else {
         return;
     };
     l.conns = l.conns.saturating_sub(1);
+    l.per_source.remove(source);
     if l.paused && !l.out_of_fds {
         resume(cx, lid);
     }

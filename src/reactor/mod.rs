@@ -32,6 +32,7 @@ use crate::handler::{CloseReason, Handler, SocketId, SocketKind, TimerId};
 
 mod ctx;
 mod datagram;
+mod limits;
 mod listener;
 mod options;
 mod rudp;
@@ -400,13 +401,16 @@ impl Reactor {
         let now = (cx.timers.len() > 0).then(|| cx.now());
         while let Some((key, target)) = now.and_then(|now| cx.timers.pop_due(now)) {
             cx.current = match target {
-                TimerTarget::FrameIdle(id) | TimerTarget::Rudp(id) => Some(id),
+                TimerTarget::FrameIdle(id) | TimerTarget::Rudp(id) | TimerTarget::Idle(id) => {
+                    Some(id)
+                }
                 _ => None,
             };
             match target {
                 TimerTarget::User => cx.call(handler, |h, cx| h.on_timer(cx, TimerId(key))),
                 TimerTarget::FrameIdle(id) => tcp::frame_idle_due(cx, handler, id, cx.now()),
                 TimerTarget::ResumeAccept(lid) => listener::retry_due(cx, lid),
+                TimerTarget::Idle(id) => cx.idle_due(handler, id),
                 TimerTarget::Rudp(id) => {
                     let now = cx.now();
                     rudp::timeout_due(cx, &mut bufs.scratch, handler, id, now)

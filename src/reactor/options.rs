@@ -45,6 +45,30 @@ pub struct Config {
     /// nothing), the panic is logged at `error!`, and `run_once` returns
     /// `Ok`. See [`Reactor`](crate::Reactor)'s `# Panics in handlers`.
     pub catch_panics: bool,
+    /// The most bytes peers may make the reactor buffer in TCP partial
+    /// frames and send queues, all connections together (default 128 MiB).
+    /// At the bound, reading pauses on connections that hold a partial
+    /// frame (TCP flow control pushes back on their peers) and a send to a
+    /// connection whose queue is not empty is refused with
+    /// [`Error::WouldBlock`](crate::Error::WouldBlock); a connection with
+    /// no partial frame is still read, in pieces of at most 4 KiB. See
+    /// `docs/security.md`.
+    pub max_buffered_bytes: usize,
+    /// The share of [`max_buffered_bytes`](Config::max_buffered_bytes) one
+    /// source may take (default 16 MiB): an IPv4 address, an IPv6 prefix
+    /// ([`ipv6_source_prefix`](Config::ipv6_source_prefix)).
+    pub max_buffered_per_source: usize,
+    /// How many leading bits of an IPv6 address name one source for the
+    /// per-source limits (default 64: one subscriber's network).
+    pub ipv6_source_prefix: u8,
+    /// Descriptors kept free: listeners stop accepting while the process
+    /// has fewer than this many left below `RLIMIT_NOFILE` (default 64), so
+    /// established connections can still receive passed descriptors and the
+    /// process can still open files. A connection accepted into the reserve
+    /// is closed at once and counted
+    /// ([`SocketStats::refused_fd_reserve`](crate::SocketStats::refused_fd_reserve)); accepting resumes when a
+    /// socket closes.
+    pub fd_reserve: usize,
 }
 
 impl Config {
@@ -55,6 +79,10 @@ impl Config {
             read_budget: 64,
             unix_max_message_len: 1 << 20,
             catch_panics: false,
+            max_buffered_bytes: 128 << 20,
+            max_buffered_per_source: 16 << 20,
+            ipv6_source_prefix: 64,
+            fd_reserve: 64,
         }
     }
 }
@@ -70,6 +98,10 @@ setters!(Config {
     read_budget: usize,
     unix_max_message_len: usize,
     catch_panics: bool,
+    max_buffered_bytes: usize,
+    max_buffered_per_source: usize,
+    ipv6_source_prefix: u8,
+    fd_reserve: usize,
 });
 
 /// Options for one datagram socket — UDP, Unix datagram, or the UDP socket
@@ -173,14 +205,23 @@ pub struct TcpOptions {
     pub max_send_queue: usize,
     /// A frame that has started arriving must complete within this time,
     /// or the connection is closed with
-    /// [`CloseReason::IdleTimeout`](crate::CloseReason::IdleTimeout)
+    /// [`CloseReason::FrameTimeout`](crate::CloseReason::FrameTimeout)
     /// (slow-loris protection; default 30 s). Trickling bytes does not
     /// extend it: set it to cover your largest frame at the slowest rate
     /// you accept. `None` disables it.
     pub frame_idle_timeout: Option<Duration>,
+    /// A connection on which nothing was received or sent for this long is
+    /// closed with [`CloseReason::IdleTimeout`](crate::CloseReason::IdleTimeout)
+    /// (default `None`: idle connections stay).
+    pub idle_timeout: Option<Duration>,
     /// Listeners: the most connections accepted and open at once; at the
     /// cap, accepting pauses (no spinning) until one closes (default 10,000).
     pub max_connections: Option<usize>,
+    /// Listeners: the most connections open at once from one source (an
+    /// IPv4 address, an IPv6 prefix: [`Config::ipv6_source_prefix`]); one
+    /// more is closed as soon as it is accepted and counted
+    /// ([`SocketStats::refused_per_source`](crate::SocketStats::refused_per_source)). Default 256.
+    pub max_connections_per_source: Option<usize>,
     /// Listeners: the `listen` backlog (default 1,024).
     pub backlog: i32,
     /// Listeners: `SO_REUSEPORT`, so that one listener per reactor thread
@@ -196,7 +237,9 @@ impl TcpOptions {
             nodelay: true,
             max_send_queue: 4 << 20,
             frame_idle_timeout: Some(Duration::from_secs(30)),
+            idle_timeout: None,
             max_connections: Some(10_000),
+            max_connections_per_source: Some(256),
             backlog: 1024,
             reuse_port: false,
         }
@@ -214,7 +257,9 @@ setters!(TcpOptions {
     nodelay: bool,
     max_send_queue: usize,
     frame_idle_timeout: Option<Duration>,
+    idle_timeout: Option<Duration>,
     max_connections: Option<usize>,
+    max_connections_per_source: Option<usize>,
     backlog: i32,
     reuse_port: bool,
 });
@@ -240,6 +285,15 @@ pub struct SeqpacketOptions {
     /// Listeners: the most connections accepted and open at once; at the
     /// cap, accepting pauses (no spinning) until one closes (default 10,000).
     pub max_connections: Option<usize>,
+    /// Listeners: the most connections open at once from one user (the
+    /// peer's uid, `SO_PEERCRED`); one more is closed as soon as it is
+    /// accepted and counted ([`SocketStats::refused_per_source`](crate::SocketStats::refused_per_source)). Default
+    /// 1,024.
+    pub max_connections_per_uid: Option<usize>,
+    /// A connection on which nothing was received or sent for this long is
+    /// closed with [`CloseReason::IdleTimeout`](crate::CloseReason::IdleTimeout)
+    /// (default `None`).
+    pub idle_timeout: Option<Duration>,
     /// `SO_SNDBUF` of every connection (accepted ones included). A Unix
     /// socket cannot send a message larger than its send buffer, so `None`
     /// (the default) sizes it to carry a message of `max_message_len`
@@ -256,6 +310,8 @@ impl SeqpacketOptions {
             unlink_on_close: true,
             backlog: 128,
             max_connections: Some(10_000),
+            max_connections_per_uid: Some(1024),
+            idle_timeout: None,
             send_buffer_size: None,
         }
     }
@@ -273,5 +329,7 @@ setters!(SeqpacketOptions {
     unlink_on_close: bool,
     backlog: i32,
     max_connections: Option<usize>,
+    max_connections_per_uid: Option<usize>,
+    idle_timeout: Option<Duration>,
     send_buffer_size: Option<usize>,
 });

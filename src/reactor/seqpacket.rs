@@ -10,12 +10,14 @@
 
 use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::time::{Duration, Instant};
 
 use socket2::{SockRef, Socket, Type};
 
-use super::ctx::Ctx;
+use super::ctx::{Ctx, TimerTarget};
 use super::datagram::set_buffer;
-use super::listener::{ListenIo, Listener};
+use super::limits::{Idle, Source};
+use super::listener::{Accepted, ListenIo, Listener};
 use super::options::SeqpacketOptions;
 use super::table::Sock;
 use super::Bufs;
@@ -27,6 +29,7 @@ use crate::net::{
 };
 use crate::recv::QuotaExceeded;
 use crate::sys::cmsg;
+use crate::timer::Timers;
 
 /// A listening seqpacket socket (which removes its socket file when it
 /// closes) and the settings its connections get.
@@ -42,6 +45,8 @@ struct ConnSettings {
     max_message_len: usize,
     /// `SO_SNDBUF`: room to send a message of `max_message_len`.
     send_buffer_size: usize,
+    /// `idle_timeout`.
+    idle_timeout: Option<Duration>,
 }
 
 impl ConnSettings {
@@ -54,6 +59,20 @@ impl ConnSettings {
             send_buffer_size: opts
                 .send_buffer_size
                 .unwrap_or_else(|| max.saturating_add(64 * 1024)),
+            idle_timeout: opts.idle_timeout,
+        }
+    }
+
+    /// A connection with these settings.
+    fn conn(&self, sock: UnixSeqpacket, listener: Option<SocketId>, now: Instant) -> SeqConn {
+        // Its peer's user: the source per-uid limits count.
+        let source = Source::Uid(sock.peer_cred().map_or(u32::MAX, |c| c.uid));
+        SeqConn {
+            sock,
+            listener,
+            source,
+            max_msg: self.max_message_len,
+            idle: self.idle_timeout.map(|t| Idle::new(t, now)),
         }
     }
 
@@ -67,19 +86,18 @@ impl ConnSettings {
 }
 
 impl SeqListenIo {
-    pub(super) fn accept(&mut self, lid: SocketId) -> io::Result<(Sock, SocketKind, PeerAddr)> {
+    pub(super) fn accept(&mut self, lid: SocketId) -> io::Result<Accepted> {
         let (sock, peer) = self.listener.accept()?;
         self.conn.apply(SockRef::from(&sock));
-        let conn = SeqConn {
-            sock,
-            listener: Some(lid),
-            max_msg: self.conn.max_message_len,
-        };
-        Ok((
-            Sock::Seq(Box::new(conn)),
-            SocketKind::Seqpacket,
-            PeerAddr::Unix(peer),
-        ))
+        let fd = sock.as_raw_fd();
+        let conn = self.conn.conn(sock, Some(lid), Instant::now());
+        Ok(Accepted {
+            source: conn.source,
+            sock: Sock::Seq(Box::new(conn)),
+            kind: SocketKind::Seqpacket,
+            peer: PeerAddr::Unix(peer),
+            fd,
+        })
     }
 }
 
@@ -87,9 +105,27 @@ impl SeqListenIo {
 pub(super) struct SeqConn {
     pub(super) sock: UnixSeqpacket,
     /// The listener that accepted it.
-    pub(super) listener: Option<SocketId>,
+    listener: Option<SocketId>,
+    /// The peer's user (per-uid limits).
+    source: Source,
     /// The largest message delivered (the quota).
     max_msg: usize,
+    /// The inactivity timeout (`idle_timeout`), if set.
+    pub(super) idle: Option<Idle>,
+}
+
+impl SeqConn {
+    /// The connection is being closed: its timer goes. Returns the
+    /// listener that accepted it, with its source.
+    pub(super) fn closing(
+        &mut self,
+        timers: &mut Timers<TimerTarget>,
+    ) -> Option<(SocketId, Source)> {
+        if let Some(idle) = self.idle.as_mut() {
+            idle.cancel(timers);
+        }
+        self.listener.map(|l| (l, self.source))
+    }
 }
 
 impl Ctx {
@@ -117,7 +153,7 @@ impl Ctx {
         let conn = ConnSettings::new(opts, self.config.unix_max_message_len);
         self.rbuf_needed = self.rbuf_needed.max(conn.max_message_len);
         let io = ListenIo::Seq(SeqListenIo { listener, conn });
-        let l = Listener::new(io, opts.max_connections);
+        let l = Listener::new(io, opts.max_connections, opts.max_connections_per_uid);
         self.insert(
             SocketKind::SeqpacketListener,
             Sock::Listener(Box::new(l)),
@@ -178,13 +214,8 @@ impl Ctx {
         }
         self.rbuf_needed = self.rbuf_needed.max(settings.max_message_len);
         let sock = UnixSeqpacket::from(OwnedFd::from(socket));
-        let build = |sock| {
-            Sock::Seq(Box::new(SeqConn {
-                sock,
-                listener: None,
-                max_msg: settings.max_message_len,
-            }))
-        };
+        let now = self.now();
+        let build = |sock| Sock::Seq(Box::new(settings.conn(sock, None, now)));
         self.insert(SocketKind::Seqpacket, sock, build)
             .map_err(|(sock, error)| AddError {
                 socket: Socket::from(OwnedFd::from(sock)),
@@ -223,6 +254,12 @@ impl Ctx {
             &anc,
             None,
         );
+        let now = self.now();
+        if let (Ok(_), Some(Sock::Seq(c))) = (&res, self.entry_mut(conn)?.sock.as_mut()) {
+            if let Some(idle) = c.idle.as_mut() {
+                idle.touch(now);
+            }
+        }
         self.after_send(conn, res, msg.len())
     }
 }
@@ -305,6 +342,7 @@ fn deliver<H: Handler + ?Sized>(
     mut r: cmsg::Received,
     max: usize,
 ) -> bool {
+    let now = cx.now();
     let Some(entry) = cx.table.get_mut(id) else {
         return false; // closed by the previous message's callback
     };
@@ -315,6 +353,14 @@ fn deliver<H: Handler + ?Sized>(
     }
     let size = r.size(buf.len());
     let mut anc = RecvAncillary::from_received(&mut r);
+    if anc.is_truncated() {
+        entry.stats.fds_cut += 1;
+    }
+    if let Some(Sock::Seq(c)) = entry.sock.as_mut() {
+        if let Some(idle) = c.idle.as_mut() {
+            idle.touch(now);
+        }
+    }
     if size > max {
         // Consumed and reported, never delivered; its descriptors close.
         entry.stats.dropped_over_quota += 1;

@@ -49,6 +49,24 @@ pub struct SocketStats {
     /// Reliable UDP: times the kernel refused a train, turning the
     /// socket's segmentation offload off (0 or 1 per socket).
     pub rudp_offload_refused: u64,
+    /// Listeners: connections closed as soon as they were accepted because
+    /// their source (an IP address or prefix; a uid for Unix sockets) had
+    /// its maximum open.
+    pub refused_per_source: u64,
+    /// Listeners: connections closed as soon as they were accepted to keep
+    /// the descriptor reserve ([`Config::fd_reserve`](crate::Config::fd_reserve)).
+    pub refused_fd_reserve: u64,
+    /// TCP: times reading paused because the buffer budget of the
+    /// connection's source or of the reactor was spent
+    /// ([`Config::max_buffered_bytes`](crate::Config::max_buffered_bytes)).
+    pub reads_paused: u64,
+    /// TCP: sends refused with `WouldBlock` because the buffer budget was
+    /// spent (also counted in `send_would_block`).
+    pub sends_refused_budget: u64,
+    /// Messages whose passed descriptors were cut (`MSG_CTRUNC`: the
+    /// process had too few descriptors left, or more than fit were sent);
+    /// the kernel closed the ones cut.
+    pub fds_cut: u64,
 }
 
 impl SocketStats {
@@ -71,6 +89,11 @@ impl SocketStats {
         self.rudp_trains_sent += o.rudp_trains_sent;
         self.rudp_trains_received += o.rudp_trains_received;
         self.rudp_offload_refused += o.rudp_offload_refused;
+        self.refused_per_source += o.refused_per_source;
+        self.refused_fd_reserve += o.refused_fd_reserve;
+        self.reads_paused += o.reads_paused;
+        self.sends_refused_budget += o.sends_refused_budget;
+        self.fds_cut += o.fds_cut;
     }
 }
 
@@ -79,7 +102,7 @@ impl fmt::Display for SocketStats {
         write!(
             f,
             "in={} msgs/{} B out={} msgs/{} B drops: over_quota={} too_large={} truncated={} \
-             refused_sends={} | errors: recv={} send={} | fds_closed_unclaimed={}",
+             refused_sends={} | errors: recv={} send={} | fds: not_taken={} cut={}",
             self.messages_in,
             self.bytes_in,
             self.messages_out,
@@ -90,8 +113,23 @@ impl fmt::Display for SocketStats {
             self.send_would_block,
             self.recv_errors,
             self.send_errors,
-            self.fds_closed_unclaimed
+            self.fds_closed_unclaimed,
+            self.fds_cut
         )?;
+        let limits = [
+            self.refused_per_source,
+            self.refused_fd_reserve,
+            self.reads_paused,
+            self.sends_refused_budget,
+        ];
+        if limits.iter().any(|&n| n > 0) {
+            write!(
+                f,
+                " | limits: refused_per_source={} refused_fd_reserve={} reads_paused={} \
+                 sends_refused_budget={}",
+                limits[0], limits[1], limits[2], limits[3]
+            )?;
+        }
         if self.rudp_peers > 0 || self.rudp_retransmitted > 0 {
             write!(
                 f,
@@ -124,6 +162,12 @@ pub struct ReactorStats {
     pub run_once_calls: u64,
     /// Handler callbacks made.
     pub callbacks: u64,
+    /// Bytes peers make the reactor buffer now (TCP partial frames and
+    /// send queues), counted against
+    /// [`Config::max_buffered_bytes`](crate::Config::max_buffered_bytes).
+    pub buffered_bytes: usize,
+    /// The most `buffered_bytes` has been.
+    pub buffered_peak: usize,
     /// Counters summed over every socket, open or closed.
     pub totals: SocketStats,
 }

@@ -119,6 +119,16 @@ pub(super) struct Entry {
 }
 
 impl Entry {
+    /// The connection's inactivity timer, if it has one.
+    pub(super) fn idle_mut(&mut self) -> Option<&mut super::limits::Idle> {
+        match self.sock.as_mut()? {
+            Sock::Tcp(c) => c.idle.as_mut(),
+            #[cfg(target_os = "linux")]
+            Sock::Seq(c) => c.idle.as_mut(),
+            _ => None,
+        }
+    }
+
     fn new(gen: u32, kind: SocketKind, sock: Sock) -> Entry {
         Entry {
             gen,

@@ -31,6 +31,8 @@ use mio::Interest;
 use socket2::{SockRef, Socket, Type};
 
 use super::ctx::{Ctx, TimerTarget};
+use super::limits::{Budget, Idle, Source, MIN_READ};
+use super::listener::Accepted;
 use super::listener::{ListenIo, Listener};
 use super::options::TcpOptions;
 use super::table::{token_of, Sock};
@@ -63,7 +65,8 @@ pub(super) struct TcpConn {
     pub(super) stream: mio::net::TcpStream,
     cfg: FrameConfig,
     send_limit: usize,
-    idle: Option<Duration>,
+    /// `frame_idle_timeout`.
+    frame_timeout: Option<Duration>,
     decoder: FrameDecoder,
     /// Bytes the kernel has not taken yet: `queue[head..]`.
     queue: Vec<u8>,
@@ -74,9 +77,15 @@ pub(super) struct TcpConn {
     pub(super) connecting: bool,
     /// The listener that accepted it.
     listener: Option<SocketId>,
+    /// The peer's source (per-source limits and budget share).
+    source: Source,
+    /// What it holds as charged to the budget.
+    held: usize,
     /// When the partial frame now buffered started arriving.
     partial_since: Option<Instant>,
-    idle_timer: Option<TimerKey>,
+    frame_timer: Option<TimerKey>,
+    /// The inactivity timeout (`idle_timeout`), if set.
+    pub(super) idle: Option<Idle>,
     /// A send was refused (queue full): call `on_writable` once it drains.
     notify_writable: bool,
     /// WRITABLE interest is registered.
@@ -89,23 +98,36 @@ impl TcpConn {
         opts: &TcpOptions,
         connecting: bool,
         listener: Option<SocketId>,
+        source: Source,
+        now: Instant,
     ) -> TcpConn {
         TcpConn {
             stream,
             cfg: opts.frame,
             send_limit: send_limit(opts),
-            idle: opts.frame_idle_timeout,
+            frame_timeout: opts.frame_idle_timeout,
             decoder: FrameDecoder::new(),
             queue: Vec::new(),
             head: 0,
             pending: 0,
             connecting,
             listener,
+            source,
+            held: 0,
             partial_since: None,
-            idle_timer: None,
+            frame_timer: None,
+            idle: opts.idle_timeout.map(|t| Idle::new(t, now)),
             notify_writable: false,
             write_armed: connecting,
         }
+    }
+
+    /// Charges the budget with what the connection holds now; `true` if
+    /// that freed room readers wait for.
+    fn settle(&mut self, budget: &mut Budget) -> bool {
+        let now = self.buffered_capacity();
+        let old = std::mem::replace(&mut self.held, now);
+        budget.charge(self.source, old, now)
     }
 
     fn queued(&self) -> usize {
@@ -133,19 +155,23 @@ pub(super) struct TcpListenIo {
 }
 
 impl TcpListenIo {
-    pub(super) fn accept(&mut self, lid: SocketId) -> io::Result<(Sock, SocketKind, PeerAddr)> {
+    pub(super) fn accept(&mut self, lid: SocketId, v6_prefix: u8) -> io::Result<Accepted> {
         let (stream, peer) = self.listener.accept()?;
         if self.opts.nodelay {
             if let Err(e) = stream.set_nodelay(true) {
                 log::debug!("{lid}: TCP_NODELAY: {e}");
             }
         }
-        let conn = TcpConn::new(stream, &self.opts, false, Some(lid));
-        Ok((
-            Sock::Tcp(Box::new(conn)),
-            SocketKind::Tcp,
-            PeerAddr::Inet(peer),
-        ))
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+        let source = Source::of_ip(peer.ip(), v6_prefix);
+        let conn = TcpConn::new(stream, &self.opts, false, Some(lid), source, Instant::now());
+        Ok(Accepted {
+            sock: Sock::Tcp(Box::new(conn)),
+            kind: SocketKind::Tcp,
+            peer: PeerAddr::Inet(peer),
+            source,
+            fd,
+        })
     }
 }
 
@@ -215,7 +241,9 @@ impl Ctx {
                         listener,
                         opts: opts.clone(),
                     });
-                    let l = Sock::Listener(Box::new(Listener::new(io, opts.max_connections)));
+                    let l =
+                        Listener::new(io, opts.max_connections, opts.max_connections_per_source);
+                    let l = Sock::Listener(Box::new(l));
                     return self
                         .insert(SocketKind::TcpListener, l, |s| s)
                         .map_err(|(_, e)| e);
@@ -252,7 +280,13 @@ impl Ctx {
         if opts.nodelay {
             stream.set_nodelay(true)?;
         }
-        let build = |stream| Sock::Tcp(Box::new(TcpConn::new(stream, opts, true, None)));
+        let source = Source::of_ip(addr.ip(), self.config.ipv6_source_prefix);
+        let now = self.now();
+        let build = |stream| {
+            Sock::Tcp(Box::new(TcpConn::new(
+                stream, opts, true, None, source, now,
+            )))
+        };
         // Its completion is a writable edge.
         let interest = Interest::READABLE | Interest::WRITABLE;
         self.insert_with_interest(SocketKind::Tcp, stream, interest, build)
@@ -277,24 +311,32 @@ impl Ctx {
         opts: &TcpOptions,
     ) -> Result<SocketId, AddError> {
         let socket = stream.into();
-        let prepared = (|| -> Result<(), Error> {
-            if socket.r#type()? != Type::STREAM || socket.peer_addr()?.as_socket().is_none() {
+        let v6_prefix = self.config.ipv6_source_prefix;
+        let prepared = (|| -> Result<Source, Error> {
+            let peer = socket.peer_addr()?.as_socket();
+            let (Type::STREAM, Some(peer)) = (socket.r#type()?, peer) else {
                 return Err(Error::Io(io::Error::new(
                     io::ErrorKind::InvalidInput,
                     "add_tcp: not a connected TCP socket",
                 )));
-            }
+            };
             socket.set_nonblocking(true)?;
             if opts.nodelay {
                 socket.set_tcp_nodelay(true)?;
             }
-            Ok(())
+            Ok(Source::of_ip(peer.ip(), v6_prefix))
         })();
-        if let Err(error) = prepared {
-            return Err(AddError { socket, error });
-        }
+        let source = match prepared {
+            Ok(s) => s,
+            Err(error) => return Err(AddError { socket, error }),
+        };
         let stream = mio::net::TcpStream::from_std(socket.into());
-        let build = |stream| Sock::Tcp(Box::new(TcpConn::new(stream, opts, false, None)));
+        let now = self.now();
+        let build = |stream| {
+            Sock::Tcp(Box::new(TcpConn::new(
+                stream, opts, false, None, source, now,
+            )))
+        };
         self.insert(SocketKind::Tcp, stream, build)
             .map_err(|(stream, error)| AddError {
                 socket: Socket::from(OwnedFd::from(stream)),
@@ -323,10 +365,12 @@ impl Ctx {
     ) -> Result<(), Error> {
         let len = parts.iter().map(|p| p.len()).sum::<usize>();
         let dispatching = self.dispatching;
+        let now = self.now();
         let Ctx {
             table,
             poll,
             tcp_out: out,
+            budget,
             ..
         } = self;
         let entry = table.get_mut(conn).ok_or(Error::StaleId)?;
@@ -346,14 +390,27 @@ impl Ctx {
             entry.stats.send_would_block += 1;
             return Err(Error::WouldBlock);
         }
+        // Data already waits for the kernel, so this frame would be
+        // buffered too: only with room in the budget.
+        let waiting = c.connecting || c.queued() > 0;
+        if waiting && budget.room(c.source) < total {
+            c.notify_writable = true;
+            entry.stats.send_would_block += 1;
+            entry.stats.sends_refused_budget += 1;
+            return Err(Error::WouldBlock);
+        }
         entry.stats.messages_out += 1;
         entry.stats.bytes_out += len as u64;
+        if let Some(idle) = c.idle.as_mut() {
+            idle.touch(now);
+        }
 
-        if c.connecting || c.queued() > 0 {
+        if waiting {
             c.queue.extend_from_slice(header);
             for p in parts {
                 c.queue.extend_from_slice(p);
             }
+            c.settle(budget);
             return Ok(());
         }
         if dispatching && (c.pending > 0 || total <= COALESCE_MAX || parts.len() > 15) {
@@ -376,7 +433,9 @@ impl Ctx {
             for p in parts {
                 c.queue.extend_from_slice(p);
             }
-            write_queue(c).map_err(|e| Error::from_send(e, total))?;
+            let written = write_queue(c).map_err(|e| Error::from_send(e, total));
+            c.settle(budget);
+            written?;
             arm_if_queued(poll, c, conn);
             return Ok(());
         }
@@ -391,6 +450,7 @@ impl Ctx {
         };
         if written < total {
             queue_remainder(c, written, header, parts);
+            c.settle(budget);
             arm_if_queued(poll, c, conn);
         }
         Ok(())
@@ -493,13 +553,32 @@ pub(super) fn drain<H: Handler + ?Sized>(
     trust_short_read: bool,
 ) -> bool {
     for _ in 0..cx.config.read_budget {
-        let Some(c) = conn_mut(cx, id) else {
+        let now = cx.now();
+        let Ctx { table, budget, .. } = &mut *cx;
+        let Some(entry) = table.get_mut(id) else {
+            return false;
+        };
+        let Some(Sock::Tcp(c)) = entry.sock.as_mut() else {
             return false;
         };
         if c.connecting {
             return false;
         }
-        let n = match (&c.stream).read(rbuf) {
+        // Read no more than the budget has room for; a connection holding a
+        // partial frame waits for room (its peer is pushed back by TCP flow
+        // control), one without may complete frames in small pieces.
+        let room = budget.room(c.source);
+        let cap = if room >= rbuf.len() {
+            rbuf.len()
+        } else if room > 0 || !c.decoder.has_partial() {
+            room.max(MIN_READ).min(rbuf.len())
+        } else {
+            entry.stats.reads_paused += 1;
+            log::debug!("{id}: buffer budget spent: reading paused");
+            budget.pause(id);
+            return false;
+        };
+        let n = match (&c.stream).read(&mut rbuf[..cap]) {
             Ok(0) => {
                 cx.close_now(id, CloseReason::EndOfStream);
                 cx.finish_callback(handler);
@@ -513,6 +592,9 @@ pub(super) fn drain<H: Handler + ?Sized>(
                 return false;
             }
         };
+        if let Some(idle) = c.idle.as_mut() {
+            idle.touch(now);
+        }
         let cfg = c.cfg;
         let mut decoder = std::mem::take(&mut c.decoder);
         let mut payload = 0u64;
@@ -525,7 +607,8 @@ pub(super) fn drain<H: Handler + ?Sized>(
                 ControlFlow::Break(())
             }
         });
-        let Some(entry) = cx.table.get_mut(id) else {
+        let Ctx { table, budget, .. } = &mut *cx;
+        let Some(entry) = table.get_mut(id) else {
             return false; // closed by the handler
         };
         entry.stats.bytes_in += payload;
@@ -533,6 +616,15 @@ pub(super) fn drain<H: Handler + ?Sized>(
             return false;
         };
         c.decoder = decoder;
+        if c.settle(budget) {
+            cx.resume_paused_readers();
+        }
+        let Some(entry) = cx.table.get_mut(id) else {
+            return false;
+        };
+        let Some(Sock::Tcp(c)) = entry.sock.as_mut() else {
+            return false;
+        };
         match result {
             Ok(outcome) => {
                 entry.stats.messages_in += outcome.frames as u64;
@@ -552,7 +644,7 @@ pub(super) fn drain<H: Handler + ?Sized>(
                 return false;
             }
         }
-        if trust_short_read && n < rbuf.len() {
+        if trust_short_read && n < cap {
             return false;
         }
     }
@@ -573,12 +665,12 @@ fn arm_frame_idle(cx: &mut Ctx, id: SocketId, now: Instant) {
     let Some(Sock::Tcp(c)) = table.get_mut(id).and_then(|e| e.sock.as_mut()) else {
         return;
     };
-    let Some(idle) = c.idle else {
+    let Some(timeout) = c.frame_timeout else {
         return;
     };
     c.partial_since = Some(now);
-    if c.idle_timer.is_none() {
-        c.idle_timer = Some(timers.insert(now + idle, TimerTarget::FrameIdle(id)));
+    if c.frame_timer.is_none() {
+        c.frame_timer = Some(timers.insert(now + timeout, TimerTarget::FrameIdle(id)));
     }
 }
 
@@ -593,22 +685,22 @@ pub(super) fn frame_idle_due<H: Handler + ?Sized>(
     let Some(Sock::Tcp(c)) = table.get_mut(id).and_then(|e| e.sock.as_mut()) else {
         return;
     };
-    c.idle_timer = None;
-    let (Some(since), Some(idle)) = (c.partial_since, c.idle) else {
+    c.frame_timer = None;
+    let (Some(since), Some(timeout)) = (c.partial_since, c.frame_timeout) else {
         return; // the frame completed since; nothing pending
     };
-    let deadline = since + idle;
+    let deadline = since + timeout;
     if deadline <= now {
         log::debug!(
             "{id}: a frame started {:?} ago is still incomplete ({} B buffered); closing",
             now.saturating_duration_since(since),
             c.decoder.pending_len()
         );
-        cx.close_now(id, CloseReason::IdleTimeout);
+        cx.close_now(id, CloseReason::FrameTimeout);
         cx.finish_callback(handler);
     } else {
         // A newer partial frame: wait for its own deadline.
-        c.idle_timer = Some(timers.insert(deadline, TimerTarget::FrameIdle(id)));
+        c.frame_timer = Some(timers.insert(deadline, TimerTarget::FrameIdle(id)));
     }
 }
 
@@ -638,15 +730,24 @@ pub(super) fn writable<H: Handler + ?Sized>(cx: &mut Ctx, handler: &mut H, id: S
         // Reading may have been waiting for the connect: serve it next.
         cx.carry_over(id);
     }
-    let Ctx { table, poll, .. } = cx;
+    let Ctx { table, budget, .. } = cx;
     let Some(Sock::Tcp(c)) = table.get_mut(id).and_then(|e| e.sock.as_mut()) else {
         return;
     };
-    if let Err(e) = write_queue(c) {
+    let written = write_queue(c);
+    let freed = c.settle(budget);
+    if let Err(e) = written {
         cx.close_now(id, CloseReason::from_io(e));
         cx.finish_callback(handler);
         return;
     }
+    if freed {
+        cx.resume_paused_readers();
+    }
+    let Ctx { table, poll, .. } = cx;
+    let Some(Sock::Tcp(c)) = table.get_mut(id).and_then(|e| e.sock.as_mut()) else {
+        return;
+    };
     if c.queued() > 0 {
         arm_if_queued(poll, c, id);
         return;
@@ -663,9 +764,15 @@ pub(super) fn writable<H: Handler + ?Sized>(cx: &mut Ctx, handler: &mut H, id: S
 /// kernel takes them now. A frame sent just before `close` in the same
 /// callback thus still goes out; what the kernel cannot take at once is
 /// discarded with the socket. Returns the listener that accepted it.
-pub(super) fn closing(cx: &mut Ctx, id: SocketId, c: &mut TcpConn) -> Option<SocketId> {
-    if let Some(key) = c.idle_timer.take() {
+pub(super) fn closing(cx: &mut Ctx, id: SocketId, c: &mut TcpConn) -> Option<(SocketId, Source)> {
+    if let Some(key) = c.frame_timer.take() {
         cx.timers.cancel(key);
+    }
+    if let Some(idle) = c.idle.as_mut() {
+        idle.cancel(&mut cx.timers);
+    }
+    if cx.budget.charge(c.source, c.held, 0) {
+        cx.resume_paused_readers();
     }
     if !c.connecting {
         let out = &cx.tcp_out;
@@ -688,7 +795,7 @@ pub(super) fn closing(cx: &mut Ctx, id: SocketId, c: &mut TcpConn) -> Option<Soc
             }
         }
     }
-    c.listener
+    c.listener.map(|l| (l, c.source))
 }
 
 /// Writes the frames coalesced during this pass: one `writev` per
@@ -724,10 +831,28 @@ pub(super) fn flush_output<H: Handler + ?Sized>(cx: &mut Ctx, handler: &mut H) {
 }
 
 fn flush_conn(cx: &mut Ctx, id: SocketId, out: &[u8], segs: &[Seg]) -> io::Result<()> {
-    let Ctx { table, poll, .. } = cx;
+    let Ctx {
+        table,
+        poll,
+        budget,
+        ..
+    } = cx;
     let Some(Sock::Tcp(c)) = table.get_mut(id).and_then(|e| e.sock.as_mut()) else {
         return Ok(()); // closed during the pass: its output is dropped
     };
+    let result = flush_segs(poll, c, id, out, segs);
+    c.settle(budget);
+    result
+}
+
+/// [`flush_conn`] once the connection is found.
+fn flush_segs(
+    poll: &mio::Poll,
+    c: &mut TcpConn,
+    id: SocketId,
+    out: &[u8],
+    segs: &[Seg],
+) -> io::Result<()> {
     c.pending = 0;
     if c.connecting || c.queued() > 0 {
         for s in segs {

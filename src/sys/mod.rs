@@ -438,6 +438,19 @@ pub(crate) fn set_buffer_force(fd: RawFd, recv: bool, size: usize) -> io::Result
     setsockopt_int(fd, libc::SOL_SOCKET, opt, val)
 }
 
+/// The process's soft limit on open descriptors (`RLIMIT_NOFILE`).
+pub(crate) fn open_files_limit() -> io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, writable `rlimit` for the call.
+    syscall!(getrlimit(libc::RLIMIT_NOFILE, &mut lim))?;
+    // `rlim_t` is 64 bits on Linux, not everywhere.
+    #[allow(clippy::unnecessary_cast)]
+    Ok(lim.rlim_cur as u64)
+}
+
 /// Blocks `signals` for the calling thread and returns a non-blocking
 /// `signalfd` that reports them.
 #[cfg(target_os = "linux")]
