@@ -203,8 +203,17 @@ impl Echo {
         }
         let r = cx.reactor_stats();
         line += &format!(
-            " | echoed={} echo_failed={} unreplyable={} errors={}\n  reactor: {} sockets open, {} closed, {} passes | {}",
-            c.echoed, c.echo_failed, c.unreplyable, c.errors, r.open_sockets, r.closed_sockets, r.run_once_calls, r.totals
+            " | echoed={} echo_failed={} unreplyable={} errors={}\n  reactor: {} sockets open, {} closed, {} passes, buffered {} B (peak {} B) | {}",
+            c.echoed,
+            c.echo_failed,
+            c.unreplyable,
+            c.errors,
+            r.open_sockets,
+            r.closed_sockets,
+            r.run_once_calls,
+            r.buffered_bytes,
+            r.buffered_peak,
+            r.totals
         );
         line
     }
