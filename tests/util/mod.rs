@@ -32,6 +32,7 @@ use msgloop::{Handler, Reactor};
 pub mod alloc;
 pub mod conn;
 pub mod fds;
+pub mod measure;
 pub mod netns;
 
 /// The number of open file descriptors of this process, not counting
