@@ -604,6 +604,27 @@ impl FrameDecoder {
         self.partial.len()
     }
 
+    /// Bytes the pending partial frame still lacks, once its header is
+    /// complete (`None` while it is not, and when nothing is pending).
+    #[must_use]
+    pub fn missing(&self, cfg: &FrameConfig) -> Option<usize> {
+        let header = self.partial.get(..cfg.header_len())?;
+        let frame_len = cfg
+            .header_len()
+            .saturating_add(cfg.parse_header(header).ok()?);
+        Some(frame_len.saturating_sub(self.partial.len()))
+    }
+
+    /// Makes room for `additional` more bytes of the pending frame exactly,
+    /// so that feeding them grows the buffer by no more than that (feeding
+    /// otherwise grows it by doubling). A caller that bounds memory reserves
+    /// before it reads.
+    pub fn reserve_exact(&mut self, additional: usize) {
+        if !self.partial.is_empty() {
+            self.partial.reserve_exact(additional);
+        }
+    }
+
     /// Whether part of a frame has been received but not yet delivered.
     ///
     /// A connection that stays in this state too long may be a slow-loris.

@@ -1402,16 +1402,10 @@ fn holdings(
 /// and every connection the attacker closes is closed by the server (its
 /// descriptor and buffers freed) within seconds.
 ///
-/// FAILS with the library as of this writing, on both counts:
-/// - the source holds more than its share plus 4 KiB per connection
-///   (16.3–18.2 MiB in runs here, against a bound of 16.23 MiB):
-///   the budget charges capacity but admits reads (and queued sends) by
-///   length, and the frame decoder (and the send queue `Vec`) grow their
-///   storage by doubling — see `partial_frames_stay_within_the_share`;
-/// - the 40 stalled connections, paused for the budget, are not closed
-///   when the attacker closes them: nothing reads them any more, so their
-///   end of stream is seen only at `frame_idle_timeout` (30 s) — see
-///   `a_paused_connection_whose_peer_left_is_closed`.
+/// Regression for two flaws this test found: the budget admitted reads
+/// and queued sends by length while storage grew by doubling (see
+/// `partial_frames_stay_within_the_share`), and frames coalesced during a
+/// pass were queued past the budget at its end.
 #[test]
 fn memory_flood_from_one_source_is_held_to_its_budget() {
     /// Never-readers send up to this many frames each, of MIN_READ bytes
@@ -1569,6 +1563,15 @@ fn memory_flood_from_one_source_is_held_to_its_budget() {
         ));
     }
 
+    // The attacker goes away with resets. (Closed with a FIN instead, a
+    // stalled connection's FIN waits behind the data its kernel still has
+    // to send — which a server that stopped reading never takes — so the
+    // server cannot tell it left: the frame timeout, 30 s by default,
+    // closes those, as the last resort. A FIN that does arrive is checked
+    // by `a_paused_connection_whose_peer_left_is_closed`.)
+    for o in nr.iter().chain(st.iter()) {
+        o.sock.set_linger(Some(Duration::ZERO)).expect("SO_LINGER");
+    }
     let t = Instant::now();
     drop(nr);
     drop(st);
@@ -1658,8 +1661,8 @@ fn settle(server: &Server) -> Snapshot {
 /// 1.5 MiB (2 MiB), and a third grows to 4 MiB — 14 MiB in all, 2 MiB of
 /// room — then reads 64 KiB more and doubles to 8 MiB: 18 MiB held.
 ///
-/// FAILS with the library as of this writing (holds 18,874,080 B, bound
-/// 16,789,504 B).
+/// Before the fix (reads admitted by length, storage doubled) it held
+/// 18,874,080 B against a bound of 16,789,504 B.
 #[test]
 fn partial_frames_stay_within_the_share() {
     let _t = util::guard();
@@ -1699,20 +1702,26 @@ fn partial_frames_stay_within_the_share() {
 /// the descriptor, the partial frame and its source's share until
 /// `frame_idle_timeout` (30 s by default).
 ///
-/// Here the share is 1 MiB (the test is about the budget): the peer
-/// declares an 8 MiB frame, sends 2 MiB of it, and leaves. The server
-/// should close the connection within 2 s (`EndOfStream` or `Reset`).
+/// Here the share is 256 KiB (the test is about the budget): each peer —
+/// from two sources, so each has a share of its own — declares an 8 MiB
+/// frame, sends 16 KiB more than the share of it, and leaves. The server
+/// should close both connections within 2 s (`EndOfStream` or `Reset`).
 ///
-/// FAILS with the library as of this writing: both stay open.
+/// (The peer sends little past the share so that its FIN reaches the
+/// server: once the server stops reading, what does not fit in its receive
+/// buffer waits in the peer's kernel, and the FIN behind it — such a peer
+/// is only closed by the frame timeout. The memory test covers that case
+/// with resets.)
 #[test]
 fn a_paused_connection_whose_peer_left_is_closed() {
     let _t = util::guard();
-    let config = Config::default().max_buffered_per_source(MIB);
+    const SHARE: usize = 256 * 1024;
+    let config = Config::default().max_buffered_per_source(SHARE);
     let server = Server::start(config, Some(TcpOptions::default()), None);
     let to = server.tcp_addr();
     let base_fds = util::open_fds();
-    let conns = tcp_flood(&[ATTACKER], to, 2, 2);
-    let wire = partial_frame(DECLARED, 2 * MIB);
+    let conns = tcp_flood(&[ATTACKER, Ipv4Addr::new(127, 0, 0, 3)], to, 2, 2);
+    let wire = partial_frame(DECLARED, SHARE + 16 * 1024);
     for c in &conns {
         push(c, &wire, Duration::from_secs(2));
     }

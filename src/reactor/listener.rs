@@ -39,6 +39,9 @@ pub(super) struct Listener {
     /// Open connections per source.
     per_source: PerSource,
     max_per_source: Option<usize>,
+    /// The retry timer of an out-of-descriptors pause, while one is set
+    /// (never more than one).
+    retry: Option<crate::timer::TimerKey>,
 }
 
 /// A connection just accepted, before it is added.
@@ -93,6 +96,7 @@ impl Listener {
             out_of_fds: false,
             per_source: PerSource::default(),
             max_per_source,
+            retry: None,
         }
     }
 
@@ -247,7 +251,9 @@ fn pause(cx: &mut Ctx, lid: SocketId, out_of_fds: bool) {
     if out_of_fds && !l.out_of_fds {
         l.out_of_fds = true;
         paused.0.push(lid);
-        timers.insert(now + ACCEPT_RETRY, TimerTarget::ResumeAccept(lid));
+        if l.retry.is_none() {
+            l.retry = Some(timers.insert(now + ACCEPT_RETRY, TimerTarget::ResumeAccept(lid)));
+        }
     }
 }
 
@@ -274,6 +280,9 @@ pub(super) fn resume(cx: &mut Ctx, lid: SocketId) {
 
 /// The retry timer of a listener paused by `EMFILE` fired.
 pub(super) fn retry_due(cx: &mut Ctx, lid: SocketId) {
+    if let Some(l) = listener_mut(cx, lid) {
+        l.retry = None;
+    }
     cx.out_of_fds.0.retain(|&l| l != lid);
     resume(cx, lid);
 }

@@ -365,7 +365,7 @@ impl Reactor {
                 e.carried = false;
             }
             cx.current = Some(id);
-            serve_readable(cx, bufs, handler, id, false);
+            serve_readable(cx, bufs, handler, id, false, true);
         }
         carry_now.clear();
 
@@ -387,8 +387,8 @@ impl Reactor {
                 cx.call(handler, |h, cx| h.on_writable(cx, id));
             }
             if ev.is_readable() || ev.is_error() || ev.is_read_closed() {
-                let trust_short_read = !(ev.is_error() || ev.is_read_closed());
-                serve_readable(cx, bufs, handler, id, trust_short_read);
+                let hup = ev.is_error() || ev.is_read_closed();
+                serve_readable(cx, bufs, handler, id, hup, false);
             }
         }
 
@@ -460,13 +460,18 @@ fn compute_wait(cx: &mut Ctx, timeout: Option<Duration>) -> Option<Duration> {
 /// Serves a readable socket once per pass: its transport reads (or
 /// accepts) until `WouldBlock` or the read budget; a socket cut off by its
 /// budget is carried to the next pass.
+///
+/// `hup`: the event reported the peer's close or an error (then a short
+/// read does not show the queue empty: a FIN or RST raises no later edge).
 fn serve_readable<H: Handler + ?Sized>(
     cx: &mut Ctx,
     bufs: &mut Bufs,
     handler: &mut H,
     id: SocketId,
-    trust_short_read: bool,
+    hup: bool,
+    carried: bool,
 ) {
+    let trust_short_read = !hup && !carried;
     let tick = cx.tick;
     let kind = match cx.table.get_mut(id) {
         Some(e) if e.served_tick != tick => {
@@ -480,7 +485,7 @@ fn serve_readable<H: Handler + ?Sized>(
         #[cfg(target_os = "linux")]
         SocketKind::Signals => signals::drain(cx, handler, id),
         SocketKind::TcpListener | SocketKind::SeqpacketListener => listener::drain(cx, handler, id),
-        SocketKind::Tcp => tcp::drain(cx, &mut bufs.rbuf, handler, id, trust_short_read),
+        SocketKind::Tcp => tcp::drain(cx, &mut bufs.rbuf, handler, id, trust_short_read, hup),
         #[cfg(target_os = "linux")]
         SocketKind::Seqpacket => seqpacket::drain(cx, bufs, handler, id, trust_short_read),
         SocketKind::Rudp => rudp::drain(

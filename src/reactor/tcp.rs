@@ -122,10 +122,25 @@ impl TcpConn {
         }
     }
 
+    /// Makes room in the queue for `additional` more bytes: by doubling
+    /// where `room` (what the budget has left) and the send limit allow it,
+    /// else exactly.
+    fn reserve_queue(&mut self, additional: usize, room: usize) {
+        let free = self.queue.capacity() - self.queue.len();
+        if free >= additional {
+            return;
+        }
+        let limit = room.min(self.send_limit.saturating_sub(self.queue.len()));
+        let grow = self.queue.len().max(additional).min(limit).max(additional);
+        self.queue.reserve_exact(grow);
+    }
+
     /// Charges the budget with what the connection holds now; `true` if
     /// that freed room readers wait for.
     fn settle(&mut self, budget: &mut Budget) -> bool {
-        let now = self.buffered_capacity();
+        // Frames coalesced this pass count too: what the kernel does not
+        // take of them at the end of the pass stays in the queue.
+        let now = self.buffered_capacity() + self.pending;
         let old = std::mem::replace(&mut self.held, now);
         budget.charge(self.source, old, now)
     }
@@ -390,10 +405,10 @@ impl Ctx {
             entry.stats.send_would_block += 1;
             return Err(Error::WouldBlock);
         }
-        // Data already waits for the kernel, so this frame would be
-        // buffered too: only with room in the budget.
+        // Data already waits for the kernel (or for the end of the pass),
+        // so this frame may be buffered too: only with room in the budget.
         let waiting = c.connecting || c.queued() > 0;
-        if waiting && budget.room(c.source) < total {
+        if (waiting || c.pending > 0) && budget.room(c.source) < total {
             c.notify_writable = true;
             entry.stats.send_would_block += 1;
             entry.stats.sends_refused_budget += 1;
@@ -406,6 +421,7 @@ impl Ctx {
         }
 
         if waiting {
+            c.reserve_queue(total, budget.room(c.source));
             c.queue.extend_from_slice(header);
             for p in parts {
                 c.queue.extend_from_slice(p);
@@ -425,10 +441,12 @@ impl Ctx {
                 end: out.bytes.len(),
             });
             c.pending += total;
+            c.settle(budget);
             return Ok(());
         }
         if parts.len() > 15 {
             // Outside a callback, with many parts: one copy, one write.
+            c.reserve_queue(total, budget.room(c.source));
             c.queue.extend_from_slice(header);
             for p in parts {
                 c.queue.extend_from_slice(p);
@@ -449,6 +467,7 @@ impl Ctx {
             Err(e) => return Err(Error::from_send(e, total)),
         };
         if written < total {
+            c.reserve_queue(total - written, budget.room(c.source));
             queue_remainder(c, written, header, parts);
             c.settle(budget);
             arm_if_queued(poll, c, conn);
@@ -545,12 +564,18 @@ fn bind_listener(
 /// flag: a FIN or RST that came with the data raises no further edge, so
 /// then (and for carried sockets, which have no event) we read on until
 /// `WouldBlock` or the end of the stream.
+///
+/// `hup` says the event reported the peer's close or an error: a
+/// connection whose reads are paused for budget checks whether its peer
+/// left for good (then it is closed at once rather than at its frame
+/// timeout).
 pub(super) fn drain<H: Handler + ?Sized>(
     cx: &mut Ctx,
     rbuf: &mut [u8],
     handler: &mut H,
     id: SocketId,
     trust_short_read: bool,
+    hup: bool,
 ) -> bool {
     for _ in 0..cx.config.read_budget {
         let now = cx.now();
@@ -566,13 +591,30 @@ pub(super) fn drain<H: Handler + ?Sized>(
         }
         // Read no more than the budget has room for; a connection holding a
         // partial frame waits for room (its peer is pushed back by TCP flow
-        // control), one without may complete frames in small pieces.
+        // control), one without may complete frames in small pieces. A
+        // pending frame's buffer grows by doubling: only where the room
+        // allows it, else by exactly what is read.
         let room = budget.room(c.source);
-        let cap = if room >= rbuf.len() {
-            rbuf.len()
-        } else if room > 0 || !c.decoder.has_partial() {
-            room.max(MIN_READ).min(rbuf.len())
+        let has_partial = c.decoder.has_partial();
+        let doubling = if has_partial {
+            c.decoder.buffered_capacity()
         } else {
+            0
+        };
+        let cap = if room >= rbuf.len().max(doubling) {
+            rbuf.len()
+        } else if room > 0 || !has_partial {
+            let n = room.max(MIN_READ).min(rbuf.len());
+            c.decoder.reserve_exact(n);
+            n
+        } else {
+            if hup {
+                if let Some(reason) = departed(c) {
+                    cx.close_now(id, reason);
+                    cx.finish_callback(handler);
+                    return false;
+                }
+            }
             entry.stats.reads_paused += 1;
             log::debug!("{id}: buffer budget spent: reading paused");
             budget.pause(id);
@@ -649,6 +691,23 @@ pub(super) fn drain<H: Handler + ?Sized>(
         }
     }
     true
+}
+
+/// Why a connection whose reads are paused should close now, if its peer
+/// left for good: an error (a reset) is pending, or the peer closed its side
+/// before sending what the pending frame lacks (it can never complete).
+fn departed(c: &TcpConn) -> Option<CloseReason> {
+    match c.stream.take_error() {
+        Ok(Some(e)) | Err(e) => return Some(CloseReason::from_io(e)),
+        Ok(None) => {}
+    }
+    let queued = sys::readable_bytes(std::os::fd::AsRawFd::as_raw_fd(&c.stream)).ok()?;
+    let hopeless = match c.decoder.missing(&c.cfg) {
+        Some(missing) => queued < missing,
+        // Still in the header: only certain with nothing left to read.
+        None => queued == 0,
+    };
+    hopeless.then_some(CloseReason::EndOfStream)
 }
 
 /// The TCP connection `id` names.
@@ -840,7 +899,8 @@ fn flush_conn(cx: &mut Ctx, id: SocketId, out: &[u8], segs: &[Seg]) -> io::Resul
     let Some(Sock::Tcp(c)) = table.get_mut(id).and_then(|e| e.sock.as_mut()) else {
         return Ok(()); // closed during the pass: its output is dropped
     };
-    let result = flush_segs(poll, c, id, out, segs);
+    let room = budget.room(c.source);
+    let result = flush_segs(poll, c, id, out, segs, room);
     c.settle(budget);
     result
 }
@@ -852,9 +912,11 @@ fn flush_segs(
     id: SocketId,
     out: &[u8],
     segs: &[Seg],
+    room: usize,
 ) -> io::Result<()> {
     c.pending = 0;
     if c.connecting || c.queued() > 0 {
+        c.reserve_queue(segs.iter().map(|s| s.end - s.start).sum(), room);
         for s in segs {
             c.queue.extend_from_slice(&out[s.start..s.end]);
         }
@@ -886,6 +948,8 @@ fn flush_segs(
         };
         if written < batch {
             // Queue what is left of this batch and every later run.
+            let later: usize = segs[k..].iter().map(|s| s.end - s.start).sum();
+            c.reserve_queue(batch - written + later, room);
             let mut skip = written;
             for s in &iov[..n_iov] {
                 if skip >= s.len() {

@@ -438,6 +438,15 @@ pub(crate) fn set_buffer_force(fd: RawFd, recv: bool, size: usize) -> io::Result
     setsockopt_int(fd, libc::SOL_SOCKET, opt, val)
 }
 
+/// Bytes waiting to be read on a stream socket (`FIONREAD`).
+pub(crate) fn readable_bytes(fd: RawFd) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: `FIONREAD` stores one `int` through the pointer, which points
+    // at `n`, live for the call.
+    syscall!(ioctl(fd, libc::FIONREAD, &mut n as *mut libc::c_int))?;
+    Ok(usize::try_from(n).unwrap_or(0))
+}
+
 /// The process's soft limit on open descriptors (`RLIMIT_NOFILE`).
 pub(crate) fn open_files_limit() -> io::Result<u64> {
     let mut lim = libc::rlimit {
