@@ -2,16 +2,20 @@
 //! across emulated wide-area links.
 //!
 //! ```text
-//! cargo run --release --example wan_bench                      # the matrix, 3 rounds (~11 min)
-//! cargo run --release --example wan_bench -- --rounds 1        # quick (~4 min)
+//! cargo run --release --example wan_bench                      # the matrix, 3 rounds (~10 min)
+//! cargo run --release --example wan_bench -- --rounds 1        # quick (~3.5 min)
 //! cargo run --release --example wan_bench -- --links clean50,loss50_1 --verbose
-//! cargo run --release --example wan_bench -- --links none --coexist   # coexistence only (~1.5 min)
+//! cargo run --release --example wan_bench -- --links none --coexist   # coexistence only (~1.2 min)
+//! cargo run --release --example wan_bench -- --help            # flags and link names
 //! ```
 //!
-//! Needs root (network namespaces, TUN devices; `sudo` if you are not
-//! root), `/dev/net/tun`, `ip` (iproute2) and `chrt` (util-linux, for the
-//! emulator's real-time priority) — the link emulator of
-//! `tests/util/linkem` (see its module docs). The kernel must offer the
+//! Needs root — network namespaces and TUN devices (as root, no `sudo`;
+//! otherwise build first and run the binary,
+//! `target/release/examples/wan_bench`, with `sudo`) — `/dev/net/tun`,
+//! `ip` (iproute2) and `chrt` (util-linux, for the emulator's real-time
+//! priority): the link emulator of `tests/util/linkem` (see its module
+//! docs). Nothing is left behind: the namespaces and devices go with the
+//! process, even on Ctrl-C or `SIGKILL`. The kernel must offer the
 //! `bbr` congestion control (`modprobe tcp_bbr` if
 //! `net.ipv4.tcp_available_congestion_control` lacks it). Two cores are
 //! enough, but figures measured while the machine does other work (a
@@ -49,9 +53,12 @@
 //!   client stops abruptly (what is still queued is abandoned: at 1 Mbit/s
 //!   draining the 2 MiB send queue would take 16 s more).
 //! - **bbr**, **cubic**: `linkem::tcp::bulk`, one kernel TCP connection
-//!   writing for the same duration (`--same-bytes`: moving exactly the
-//!   bytes msgloop delivered in that round instead — beware, a short TCP
-//!   transfer is mostly slow start).
+//!   writing for the same duration (`tcp=same-time`). With `--same-bytes`
+//!   (`tcp=same-bytes`) it moves exactly the bytes msgloop delivered in
+//!   that round instead — but where msgloop is slow that is 1–3 MB, which
+//!   TCP moves in 0.7–2 s, mostly in start-up: BBR then shows 28, 16 and
+//!   5 Mbit/s on loss50_1, loss50_3 and long10_1 instead of its steady
+//!   47, 44 and 8. Equal time is the default for that reason.
 //!
 //! Beside every transfer a UDP ping (64 bytes, 100 per second, A→B, a flow
 //! of its own) measures the queueing delay the transfer causes at the
@@ -71,7 +78,7 @@
 //! | key | meaning |
 //! |---|---|
 //! | `link`, `rate_mbit`, `rtt_ms`, `loss_pct`, `queue_ms` | the link (queue: one BDP, in time at the rate) |
-//! | `secs`, `rounds` | sending time of each transfer; rounds (medians over them) |
+//! | `secs`, `tcp`, `rounds` | sending time of each transfer; `same-time` or `same-bytes` (see above); rounds (medians over them) |
 //! | `idle_rtt_ms` | RTT of a UDP echo over the idle link (should be `rtt_ms` + a fraction of a ms) |
 //! | `*_mbit` | receiver goodput, Mbit/s (10^6) of payload |
 //! | `msgloop_vs_bbr` | `msgloop_mbit / bbr_mbit` |
@@ -87,10 +94,37 @@
 //! | `emu_tun_drops`, `emu_errors` | packets lost at the TUN devices (the emulator read too slowly) and device read/write errors, all runs: must be 0 |
 //! | `msgloop_problems` | msgloop runs in which DATA arrived out of order or twice, a send failed, or the connection closed: must be 0 (details on a `# PROBLEM` line) |
 //!
-//! Verbose `run` lines add `bytes`, `span_s` (first to last message),
-//! msgloop's `srtt_ms`, `cwnd` (packets, at the end), `rto` (retransmission
-//! timeouts), `lost` (packets declared lost), `probes_waited`
-//! (probes that found the send queue full), the emulator's `emu_cpu_pct`.
+//! Verbose `run` lines add `bytes`, `span_s` (first to last message), the
+//! emulator's `emu_cpu_pct`; for msgloop the connection's statistics at
+//! the end (`srtt_ms`, `min_rtt_ms`, `cwnd` in packets, `rto` timeouts
+//! fired, `packets_sent`, `lost` packets declared lost and `lost_pct`,
+//! `chunks_sent`, `retx` chunks retransmitted, `tail_probes`, `spurious`
+//! losses), `msgs` received, `sent` queued, `probes_waited` (probes that
+//! found the send queue full), `would_block` (times the send queue was
+//! full); for TCP `retx` and `segments`.
+//!
+//! A run with `--verbose` (shortened):
+//!
+//! ```text
+//! # wan_bench: msgloop 0.1.0 | 10 s per transfer, 1 round(s), 1024-byte messages, probes 64 B every 10 ms | tcp sends for the same time | ...
+//! ceiling_mbit=1141 ceiling_pps=116151 bound=sender(at-least) late_p99_us=26 # the emulator's own limit: ...
+//! run link=clean50 ... round=1 alg=msgloop msgloop_mbit=46.62 msgloop_pct_link=93.2 msgloop_lat_p50_ms=66.6 ... cwnd=337 rto=0 ...
+//! run link=clean50 ... round=1 alg=bbr bbr_mbit=46.19 ...
+//! run link=clean50 ... round=1 alg=cubic cubic_mbit=47.36 ...
+//! link=clean50 rate_mbit=50 rtt_ms=50 loss_pct=0.0 queue_ms=50 secs=10 tcp=same-time rounds=1 idle_rtt_ms=50.4 base_owd_ms=25.0
+//!   msgloop_vs_bbr=1.009 msgloop_mbit=46.62 msgloop_pct_link=93.2 msgloop_lat_p50_ms=66.6 msgloop_lat_p99_ms=75.2
+//!   msgloop_probes_pct=100.0 msgloop_ping_p50_ms=66.3 msgloop_ping_p99_ms=75.0 msgloop_retx_pct=0.76 msgloop_qdrop=448
+//!   msgloop_ldrop=0 bbr_mbit=46.19 bbr_pct_link=92.4 bbr_ping_p50_ms=27.1 bbr_ping_p99_ms=74.9 bbr_retx_pct=1.03 ...
+//!   cubic_mbit=47.36 ... emu_late_p99_us=86 emu_late_max_ms=6.90 emu_tun_drops=0 emu_errors=0 msgloop_problems=0
+//! coexist=msgloop+msgloop link=clean50 secs=30 window_s=10-30 flow1_mbit=23.02 flow2_mbit=24.77 sum_mbit=47.80 ratio=0.929 target=ratio>=0.8 pass=yes ...
+//! coexist=msgloop+cubic link=clean50 secs=30 window_s=10-30 msgloop_mbit=5.75 cubic_mbit=42.46 sum_mbit=48.21 msgloop_share=0.119 target=msgloop_share<=0.67 pass=yes ...
+//! # done in 278 s, load average 1.9
+//! ```
+//!
+//! (A link line is one line; it is wrapped here.) To compare two builds,
+//! run each on a quiet machine with the same `--seed` and compare the link
+//! lines; `--rounds 3` or more, as single runs of a loss-driven controller
+//! vary by tens of percent (a handful of losses per run at 0.1 %).
 //!
 //! `--coexist` adds, on clean50, over `--coexist-secs` (default 30) with
 //! shares taken over the last two thirds (after convergence):
@@ -108,9 +142,11 @@
 //! # Duration
 //!
 //! Per link and round: 3 × (`--duration` + ~1.5 s of set-up, ping
-//! stragglers and queue drain). The matrix (6 links) with the defaults
-//! (10 s, 3 rounds): ~11 minutes; `--rounds 1`: ~4 minutes; `--coexist`:
-//! 2 × (`--coexist-secs` + ~2 s), plus the 2-s ceiling at the start.
+//! stragglers, TCP's send-buffer drain and a pause for the queue to
+//! empty). The matrix (6 links) with the defaults (10 s, 3 rounds): ~10
+//! minutes; `--rounds 1`: ~3.5 minutes; `--coexist` adds 2 ×
+//! (`--coexist-secs` + ~3 s), ~1.2 minutes; plus the 2-s ceiling at the
+//! start.
 //!
 //! # Flags
 //!
@@ -365,12 +401,14 @@ fn run_msgloop(link: &Link, args: &Args) -> io::Result<Sample> {
     if let Some(st) = &r.client.stats {
         let _ = write!(
             s.extra,
-            " srtt_ms={:.1} min_rtt_ms={:.1} cwnd={} rto={} lost={} chunks_sent={} retx={} tail_probes={} spurious={}",
+            " srtt_ms={:.1} min_rtt_ms={:.1} cwnd={} rto={} packets_sent={} lost={} lost_pct={:.2} chunks_sent={} retx={} tail_probes={} spurious={}",
             st.srtt.as_secs_f64() * 1e3,
             st.min_rtt.as_secs_f64() * 1e3,
             st.cwnd,
             st.rto_count,
+            st.packets_sent,
             st.packets_lost,
+            100.0 * st.packets_lost as f64 / st.packets_sent.max(1) as f64,
             st.chunks_sent,
             st.chunks_retransmitted,
             st.tail_probes,
@@ -428,6 +466,11 @@ fn link_keys(out: &mut String, spec: &LinkSpec, args: &Args) {
     kv(out, "loss_pct", spec.loss * 100.0, 1);
     kv(out, "queue_ms", spec.rtt_ms, 0);
     kv(out, "secs", args.duration.as_secs_f64(), 0);
+    out.push_str(if args.same_bytes {
+        " tcp=same-bytes"
+    } else {
+        " tcp=same-time"
+    });
 }
 
 /// The keys of one transfer (medians if several samples).
@@ -469,9 +512,19 @@ fn emu_keys(out: &mut String, samples: &[&Sample]) {
 
 // ---- the matrix ------------------------------------------------------------------
 
+/// The 1-minute load average, for the record (figures taken while other
+/// work runs are noisy).
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(String::from))
+        .unwrap_or_else(|| "?".into())
+}
+
 fn run(args: &Args) -> io::Result<usize> {
+    let started = now_ns();
     println!(
-        "# wan_bench: msgloop {} | {} s per transfer, {} round(s), {}-byte messages, probes {} B every {} ms | tcp {} | emulator {}",
+        "# wan_bench: msgloop {} | {} s per transfer, {} round(s), {}-byte messages, probes {} B every {} ms | tcp {} | emulator {} | {} cores, load average {} (others' work makes figures noisy)",
         env!("CARGO_PKG_VERSION"),
         args.duration.as_secs_f64(),
         args.rounds,
@@ -485,6 +538,8 @@ fn run(args: &Args) -> io::Result<usize> {
         },
         args.rt
             .map_or("normal priority".to_string(), |p| format!("SCHED_FIFO {p} asked")),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        loadavg(),
     );
     let ceiling = if args.ceiling_secs > 0.0 {
         let c = linkem::probe::ceiling(
@@ -510,6 +565,11 @@ fn run(args: &Args) -> io::Result<usize> {
     if args.coexist {
         problems += coexist(args, ceiling)?;
     }
+    println!(
+        "# done in {:.0} s, load average {}",
+        (now_ns() - started) as f64 / 1e9,
+        loadavg()
+    );
     Ok(problems)
 }
 
