@@ -73,11 +73,12 @@
 //!
 //! # Output
 //!
-//! Lines starting with `#` are comments (settings, warnings). Each link
-//! gives one line of `key=value` pairs, the median over the rounds
-//! (`--verbose` adds a `run` line per transfer with the same keys and
-//! more). Keys prefixed `msgloop_`, `bbr_`, `cubic_` are of that
-//! transfer:
+//! Lines starting with `#` are comments (settings, warnings, problems,
+//! per-second series); every other line is a record of `key=value` pairs,
+//! its first key saying what it is: `ceiling_mbit=` once at the start,
+//! `link=` once per link (the medians over the rounds), `run link=` per
+//! transfer with `--verbose` (the same keys and more), `coexist=`. Keys
+//! prefixed `msgloop_`, `bbr_`, `cubic_` are of that transfer:
 //!
 //! | key | meaning |
 //! |---|---|
@@ -86,7 +87,7 @@
 //! | `idle_rtt_ms` | RTT of a UDP echo over the idle link (should be `rtt_ms` + a fraction of a ms) |
 //! | `*_mbit` | receiver goodput, Mbit/s (10^6) of payload |
 //! | `msgloop_vs_bbr` | `msgloop_mbit / bbr_mbit` |
-//! | `*_pct_link` | goodput as % of the link rate (headers included in the rate: the payload can reach ~96 % for TCP, ~94 % for msgloop's 1,200-byte datagrams) |
+//! | `*_pct_link` | goodput as % of the link rate (the rate counts whole IP packets: TCP's payload can reach 96.5 % of it, 1,448 of 1,500 bytes; msgloop's a little less, its 1,200-byte datagrams being 1,228-byte packets with its own headers inside) |
 //! | `msgloop_lat_p50_ms`, `msgloop_lat_p99_ms` | one-way latency of the `Guarantee::None` probes on the msgloop connection: from when the application meant to send (a probe that finds the send queue full waits and keeps its stamp) to `on_rudp` at the receiver |
 //! | `msgloop_probes_pct` | % of those probes received (they are unreliable; random loss takes its share) |
 //! | `*_ping_p50_ms`, `*_ping_p99_ms` | one-way latency of the separate UDP ping beside the transfer |
@@ -145,9 +146,8 @@
 //!
 //! # Duration
 //!
-//! Per link and round: 3 × (`--duration` + ~1.5 s of set-up, ping
-//! stragglers, TCP's send-buffer drain and a pause for the queue to
-//! empty). The matrix (6 links) with the defaults (10 s, 3 rounds): ~11
+//! Per link and round: 3 × (`--duration` + ~1.5 s of link set-up, ping
+//! stragglers and TCP's send-buffer drain). The matrix (6 links) with the defaults (10 s, 3 rounds): ~11
 //! minutes; `--rounds 1`: ~3.5 minutes; `--coexist` adds 2 ×
 //! (`--coexist-secs` + ~3 s), ~1.2 minutes; plus the 2-s ceiling at the
 //! start.
