@@ -28,11 +28,12 @@
 //!
 //! What it shows:
 //!
-//! - **Feeding a reactor from another thread.** Reading stdin blocks, and
-//!   the reactor must not; msgloop starts no threads of its own. So this
-//!   program reads lines on a helper thread, sends them down a channel, and
-//!   wakes the reactor with a [`Waker`]; [`Handler::on_wake`] then drains
-//!   the channel on the reactor's thread.
+//! - **Any descriptor in the loop.** stdin is registered with
+//!   [`Ctx::add_fd`] like the sockets, level-triggered: each
+//!   [`Handler::on_ready`] reads once (stdin stays blocking — it is shared
+//!   with the shell — and a read of a ready descriptor does not block) and
+//!   is called again while input is left. No helper thread. (A stdin that
+//!   cannot be watched, such as `/dev/null`, counts as closed.)
 //! - **Noticing a vanished peer.** Kill one side with `kill -9`: the other
 //!   prints that the peer closed with reason `Timeout` within the idle
 //!   timeout (5 s here, with a heartbeat every second; see
@@ -46,14 +47,15 @@
 //! relays the bytes unchanged.
 
 use std::collections::HashMap;
-use std::io::BufRead;
+use std::io::Read;
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::mpsc;
 use std::time::Duration;
 
 use msgloop::rudp::{Guarantee, RudpCloseReason, RudpConfig};
-use msgloop::{Ctx, Error, Handler, PeerId, Reactor, SocketId, TimerId, Waker};
+use msgloop::{
+    Ctx, Error, Handler, Interest, PeerId, Reactor, Readiness, SocketId, TimerId, Trigger,
+};
 
 /// How long `/quit` or a signal waits for peers to acknowledge the close.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -136,30 +138,35 @@ fn parse_args() -> Args {
     }
 }
 
-// ---- what the stdin thread sends ------------------------------------------
+// ---- stdin ----------------------------------------------------------------
 
-enum Input {
-    Line(String),
-    /// stdin is closed (Ctrl-D, or the end of a pipe): a client quits like
-    /// `/quit`; a hub goes on relaying.
-    Eof,
+/// Lines typed, split from what each read of stdin returned.
+#[derive(Default)]
+struct LineReader {
+    partial: Vec<u8>,
 }
 
-/// Reads stdin on a helper thread. Each line goes down the channel, then the
-/// reactor is woken; wake-ups that arrive before it runs are coalesced, so
-/// `on_wake` must drain everything the channel holds, not just one line.
-fn spawn_stdin_reader(tx: mpsc::Sender<Input>, waker: Waker) {
-    std::thread::spawn(move || {
-        for line in std::io::stdin().lock().lines() {
-            let Ok(line) = line else { break };
-            if tx.send(Input::Line(line)).is_err() {
-                return; // the reactor is gone
-            }
-            let _ = waker.wake();
+impl LineReader {
+    /// Reads what stdin has (once: it is ready, so this does not block);
+    /// the complete lines, and whether stdin is at its end.
+    fn read(&mut self) -> (Vec<String>, bool) {
+        let mut buf = [0u8; 64 * 1024]; // larger than std's own buffer: read directly
+        let n = match std::io::stdin().lock().read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return (Vec::new(), false),
+            Err(_) => 0,
+        };
+        self.partial.extend_from_slice(&buf[..n]);
+        let mut lines = Vec::new();
+        while let Some(i) = self.partial.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=i).collect();
+            lines.push(String::from_utf8_lossy(&line).trim_end().to_string());
         }
-        let _ = tx.send(Input::Eof);
-        let _ = waker.wake();
-    });
+        if n == 0 && !self.partial.is_empty() {
+            lines.push(String::from_utf8_lossy(&std::mem::take(&mut self.partial)).to_string());
+        }
+        (lines, n == 0)
+    }
 }
 
 // ---- the chat -------------------------------------------------------------
@@ -173,7 +180,7 @@ struct Chat {
     /// peer, the hub, is in here from `connect_rudp` on: messages sent
     /// before the handshake completes are queued and go out once it does.
     peers: HashMap<PeerId, String>,
-    input: mpsc::Receiver<Input>,
+    stdin: LineReader,
     /// Set by `/quit`, end of input or a signal: peers are closing.
     closing: bool,
     /// The program should return from its loop.
@@ -183,6 +190,18 @@ struct Chat {
 }
 
 impl Chat {
+    /// stdin is closed (Ctrl-D, the end of a pipe, or not watchable): a
+    /// client has nothing left to say; a hub keeps relaying without a
+    /// terminal (run detached: `rudp_chat --listen ADDR < /dev/null &`)
+    /// until a signal or `/quit`.
+    fn stdin_closed(&mut self, cx: &mut Ctx) {
+        if self.is_hub {
+            println!("* stdin closed: relaying until SIGINT/SIGTERM");
+        } else {
+            self.shut_down(cx);
+        }
+    }
+
     /// Sends one message to every connected peer but `except`.
     fn broadcast(&mut self, cx: &mut Ctx, msg: &[u8], g: Guarantee, except: Option<PeerId>) {
         for &peer in self.peers.keys() {
@@ -274,19 +293,15 @@ impl Chat {
 }
 
 impl Handler for Chat {
-    /// The stdin thread has queued lines.
-    fn on_wake(&mut self, cx: &mut Ctx) {
-        while let Ok(input) = self.input.try_recv() {
-            match input {
-                Input::Line(line) => self.on_line(cx, line.trim_end()),
-                // A hub keeps relaying without a terminal (run detached:
-                // `rudp_chat --listen ADDR < /dev/null &`); it stops on
-                // /quit or a signal. A client has nothing left to say.
-                Input::Eof if self.is_hub => {
-                    println!("* stdin closed: relaying until SIGINT/SIGTERM");
-                }
-                Input::Eof => self.shut_down(cx),
-            }
+    /// stdin has input (or is at its end).
+    fn on_ready(&mut self, cx: &mut Ctx, fd: SocketId, _ready: Readiness) {
+        let (lines, eof) = self.stdin.read();
+        for line in lines {
+            self.on_line(cx, &line);
+        }
+        if eof {
+            let _ = cx.close(fd);
+            self.stdin_closed(cx);
         }
     }
 
@@ -383,9 +398,7 @@ fn main() -> ExitCode {
 /// departure; `Ok(false)` if a client lost its hub without a goodbye.
 fn run(args: Args) -> Result<bool, Error> {
     let mut reactor = Reactor::new()?;
-    // First, before the stdin thread exists: watch_signals blocks SIGINT
-    // and SIGTERM for this thread, and threads spawned later inherit the
-    // mask, so the signals can only arrive through the reactor.
+    // SIGINT and SIGTERM arrive through the reactor, as callbacks.
     reactor.watch_signals(&[libc::SIGINT, libc::SIGTERM])?;
 
     // A short idle timeout with regular heartbeats: a silent link is kept
@@ -416,26 +429,24 @@ fn run(args: Args) -> Result<bool, Error> {
         c.idle_timeout, c.heartbeat_interval
     );
 
-    // The cross-thread hand-off: a channel for the data, a waker for the
-    // wake-up.
-    let (tx, rx) = mpsc::channel();
-    spawn_stdin_reader(tx, reactor.waker()?);
-
     let mut chat = Chat {
         name: args.name,
         is_hub,
         peers,
-        input: rx,
+        stdin: LineReader::default(),
         closing: false,
         stop: false,
         failed: false,
     };
-    // No timeout needed: sockets, timers, signals and the waker all wake
+    // stdin in the loop, level-triggered: read once per call.
+    if let Err(e) = reactor.add_fd(std::io::stdin(), Interest::READABLE, Trigger::Level) {
+        log::debug!("stdin cannot be watched ({e}): treated as closed");
+        chat.stdin_closed(&mut reactor);
+    }
+    // No timeout needed: sockets, stdin, timers and signals all wake
     // run_once.
     while !chat.stop {
         reactor.run_once(&mut chat, None)?;
     }
-    // Returning ends the process, and with it the stdin thread (still
-    // blocked in read).
     Ok(!chat.failed)
 }

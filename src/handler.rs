@@ -74,6 +74,10 @@ pub enum SocketKind {
     SeqpacketListener,
     /// A Unix seqpacket connection.
     Seqpacket,
+    /// A file descriptor registered with [`Ctx::add_fd`].
+    Fd,
+    /// A channel made with [`Ctx::channel`].
+    Channel,
 }
 
 /// Names one reliable-UDP peer: the socket it talks through and the
@@ -409,4 +413,15 @@ pub trait Handler {
     /// A [`Waker`](crate::Waker) was woken (wake-ups that arrive before
     /// `run_once` gets to them are coalesced into one call).
     fn on_wake(&mut self, cx: &mut Ctx) {}
+
+    /// A descriptor registered with [`Ctx::add_fd`] is ready (see
+    /// [`Trigger`](crate::Trigger) for how often this is called).
+    fn on_ready(&mut self, cx: &mut Ctx, fd: SocketId, ready: crate::Readiness) {}
+
+    /// A message sent into a [`Ctx::channel`] from another thread (or
+    /// this one) arrived; [`ChannelMessage::downcast`](crate::ChannelMessage::downcast)
+    /// gives back the value sent.
+    fn on_channel(&mut self, cx: &mut Ctx, channel: SocketId, msg: crate::ChannelMessage) {
+        log::debug!("{channel}: a message with no on_channel handler was dropped");
+    }
 }

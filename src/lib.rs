@@ -192,7 +192,8 @@ pub use net::{
 #[cfg(target_os = "linux")]
 pub use reactor::SeqpacketOptions;
 pub use reactor::{
-    Config, Ctx, DgramOptions, Reactor, ReactorStats, SocketStats, TcpOptions, Waker,
+    ChannelError, ChannelMessage, ChannelSender, Config, Ctx, DgramOptions, Reactor, ReactorStats,
+    Readiness, SocketStats, TcpOptions, Trigger, Waker,
 };
 #[cfg(target_os = "linux")]
 pub use recv::TruncatingRecvMsgWithFullSize;
@@ -204,3 +205,6 @@ pub use rudp::{Guarantee, RudpCloseReason, RudpConfig};
 
 /// Re-exported so adopting a socket you configured needs no extra import.
 pub use socket2;
+
+/// Readiness interest for [`Ctx::add_fd`] (mio's).
+pub use mio::Interest;

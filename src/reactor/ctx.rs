@@ -15,9 +15,10 @@ use socket2::SockRef;
 use super::limits::Budget;
 use super::listener::{self, OutOfFds};
 use super::options::Config;
+use super::sources::{Wake, Waker};
 use super::stats::{ReactorStats, SocketStats};
-use super::table::{self, Entry, Sock, Table, WAKER_TOKEN};
-use super::{rudp, tcp, Waker};
+use super::table::{self, Entry, Sock, Table};
+use super::{rudp, tcp};
 use crate::addr::{PeerAddr, UnixAddr};
 use crate::error::Error;
 use crate::handler::{CloseReason, Handler, SocketId, SocketKind, TimerId};
@@ -59,7 +60,8 @@ pub struct Ctx {
     pub(super) carry: Vec<SocketId>,
     /// Closed during this call; `on_close` still to be delivered.
     pub(super) closed: Vec<(SocketId, CloseReason)>,
-    waker: Option<Arc<mio::Waker>>,
+    /// Wake-ups from other threads (wakers, channels), once asked for.
+    pub(super) wake: Option<Arc<Wake>>,
     closed_totals: SocketStats,
     closed_count: u64,
     pub(super) run_once_calls: u64,
@@ -103,7 +105,7 @@ impl Ctx {
             dispatching: false,
             carry: Vec::new(),
             closed: Vec::new(),
-            waker: None,
+            wake: None,
             closed_totals: SocketStats::default(),
             closed_count: 0,
             run_once_calls: 0,
@@ -300,15 +302,7 @@ impl Ctx {
 
     /// A [`Waker`] for this reactor (the same one each call).
     pub fn waker(&mut self) -> io::Result<Waker> {
-        let waker = match &self.waker {
-            Some(w) => Arc::clone(w),
-            None => {
-                let w = Arc::new(mio::Waker::new(self.poll.registry(), WAKER_TOKEN)?);
-                self.waker = Some(Arc::clone(&w));
-                w
-            }
-        };
-        Ok(Waker(waker))
+        Ok(Waker(self.wake()?))
     }
 
     /// The configuration.
@@ -443,6 +437,10 @@ impl Ctx {
             }
             #[cfg(target_os = "linux")]
             Sock::Seq(c) => c.closing(&mut self.timers),
+            Sock::Channel(c) => {
+                c.close();
+                None
+            }
             _ => None,
         };
         drop(s); // closes the fd (and removes a socket file it created)
@@ -563,6 +561,7 @@ impl Sock {
             Sock::Rudp(r) => Some(SockRef::from(&r.sock)),
             #[cfg(target_os = "linux")]
             Sock::Seq(c) => Some(SockRef::from(&c.sock)),
+            Sock::Fd(_) | Sock::Channel(_) => None,
         }
     }
 

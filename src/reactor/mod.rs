@@ -23,7 +23,6 @@ use std::io;
 use std::ops::{Deref, DerefMut};
 use std::os::fd::{AsRawFd, RawFd};
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::Events;
@@ -40,6 +39,7 @@ mod rudp;
 mod seqpacket;
 #[cfg(target_os = "linux")]
 mod signals;
+mod sources;
 mod stats;
 mod table;
 mod tcp;
@@ -49,22 +49,9 @@ use ctx::TimerTarget;
 #[cfg(target_os = "linux")]
 pub use options::SeqpacketOptions;
 pub use options::{Config, DgramOptions, TcpOptions};
+pub use sources::{ChannelError, ChannelMessage, ChannelSender, Readiness, Trigger, Waker};
 pub use stats::{ReactorStats, SocketStats};
 use table::{id_of, WAKER_TOKEN};
-
-/// Wakes a reactor's `run_once` from any thread; the handler's
-/// [`on_wake`](Handler::on_wake) runs on the reactor's thread.
-///
-/// Cheap to clone; all clones wake the same reactor.
-#[derive(Clone, Debug)]
-pub struct Waker(Arc<mio::Waker>);
-
-impl Waker {
-    /// Wakes the reactor. Wake-ups before it runs are coalesced.
-    pub fn wake(&self) -> io::Result<()> {
-        self.0.wake()
-    }
-}
 
 /// A single-threaded event loop over message-oriented sockets, driven by
 /// the host's calls to [`run_once`](Reactor::run_once).
@@ -371,7 +358,7 @@ impl Reactor {
 
         for ev in events.iter() {
             if ev.token() == WAKER_TOKEN {
-                cx.call(handler, |h, cx| h.on_wake(cx));
+                sources::wake_due(cx, handler);
                 continue;
             }
             let id = id_of(ev.token());
@@ -379,6 +366,16 @@ impl Reactor {
                 continue; // a socket closed earlier in this pass
             };
             cx.current = Some(id);
+            if kind == SocketKind::Fd {
+                let ready = Readiness {
+                    readable: ev.is_readable(),
+                    writable: ev.is_writable(),
+                    closed: ev.is_read_closed() || ev.is_write_closed(),
+                    error: ev.is_error(),
+                };
+                sources::fd_ready(cx, handler, id, ready);
+                continue;
+            }
             if kind == SocketKind::Tcp {
                 if ev.is_writable() || ev.is_error() || ev.is_write_closed() {
                     tcp::writable(cx, handler, id);
@@ -394,7 +391,7 @@ impl Reactor {
 
         cx.current = None;
         if std::mem::take(&mut cx.wake_pending) {
-            cx.call(handler, |h, cx| h.on_wake(cx));
+            sources::wake_due(cx, handler);
         }
         // Due timers, in deadline order. Timers set by these callbacks for
         // `now` or earlier fire in this pass too.
@@ -488,6 +485,7 @@ fn serve_readable<H: Handler + ?Sized>(
         SocketKind::Tcp => tcp::drain(cx, &mut bufs.rbuf, handler, id, trust_short_read, hup),
         #[cfg(target_os = "linux")]
         SocketKind::Seqpacket => seqpacket::drain(cx, bufs, handler, id, trust_short_read),
+        SocketKind::Channel => sources::drain_channel(cx, handler, id),
         SocketKind::Rudp => rudp::drain(
             cx,
             &mut bufs.rbuf,

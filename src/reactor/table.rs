@@ -18,6 +18,7 @@ use super::rudp::RudpSock;
 use super::seqpacket::SeqConn;
 #[cfg(target_os = "linux")]
 use super::signals::Signals;
+use super::sources::{ChannelSource, FdSource};
 use super::stats::SocketStats;
 use super::tcp::TcpConn;
 use crate::handler::{SocketId, SocketKind};
@@ -59,6 +60,10 @@ pub(super) enum Sock {
     Rudp(Box<RudpSock>),
     #[cfg(target_os = "linux")]
     Seq(Box<SeqConn>),
+    /// A descriptor registered with `add_fd`.
+    Fd(Box<FdSource>),
+    /// A channel's receiving side (no descriptor: woken through the waker).
+    Channel(Box<ChannelSource>),
 }
 
 impl Sock {
@@ -73,6 +78,8 @@ impl Sock {
             Sock::Rudp(r) => Some(&mut r.sock),
             #[cfg(target_os = "linux")]
             Sock::Seq(c) => Some(&mut c.sock),
+            Sock::Fd(s) => Some(&mut **s),
+            Sock::Channel(_) => None,
         }
     }
 }
@@ -188,6 +195,30 @@ impl Table {
         self.next_gen = gen;
         let key = self.slab.insert(Entry::new(gen, kind, build(src)));
         debug_assert_eq!(key, index);
+        Ok(id)
+    }
+
+    /// Stores a socket that has no descriptor to register (a channel);
+    /// `build` learns its id.
+    pub(super) fn insert_without_source(
+        &mut self,
+        kind: SocketKind,
+        build: impl FnOnce(SocketId) -> Sock,
+    ) -> io::Result<SocketId> {
+        let index = self.slab.vacant_key();
+        if index >= u32::MAX as usize {
+            return Err(io::Error::other("too many sockets"));
+        }
+        let mut gen = self.next_gen.wrapping_add(1);
+        if gen == u32::MAX {
+            gen = 0;
+        }
+        self.next_gen = gen;
+        let id = SocketId {
+            index: index as u32,
+            gen,
+        };
+        self.slab.insert(Entry::new(gen, kind, build(id)));
         Ok(id)
     }
 
