@@ -177,6 +177,10 @@ pub struct Datagram<'a> {
     pub(crate) from: &'a PeerAddr,
     #[cfg(target_os = "linux")]
     pub(crate) anc: Option<&'a mut crate::net::RecvAncillary>,
+    /// The traffic class byte, if the socket reports it.
+    pub(crate) tos: Option<u8>,
+    /// The destination address, if the socket reports it.
+    pub(crate) dst: Option<std::net::IpAddr>,
 }
 
 impl<'a> Datagram<'a> {
@@ -193,6 +197,20 @@ impl<'a> Datagram<'a> {
     /// The payload's length.
     pub fn len(&self) -> usize {
         self.data.len()
+    }
+
+    /// The datagram's ECN codepoint, on a UDP socket with
+    /// [`DgramOptions::recv_ecn`](crate::DgramOptions::recv_ecn).
+    pub fn ecn(&self) -> Option<crate::Ecn> {
+        self.tos.map(crate::Ecn::from_tos)
+    }
+
+    /// The address the datagram was sent to — one of the host's, for a
+    /// socket bound to `0.0.0.0` or `::` — on a UDP socket with
+    /// [`DgramOptions::recv_dst_addr`](crate::DgramOptions::recv_dst_addr).
+    /// Answer from it with [`Transmit::source`](crate::Transmit::source).
+    pub fn dst_addr(&self) -> Option<std::net::IpAddr> {
+        self.dst
     }
 
     /// `true` for a zero-length datagram.

@@ -145,6 +145,7 @@ macro_rules! setter {
 mod addr;
 mod error;
 mod handler;
+mod headroom;
 mod reactor;
 mod recv;
 mod socket_file;
@@ -184,6 +185,7 @@ pub use framing::FrameConfig;
 #[cfg(target_os = "linux")]
 pub use handler::SeqpacketMessage;
 pub use handler::{CloseReason, Datagram, Handler, PeerId, SocketId, SocketKind, TimerId};
+pub use headroom::{HeadroomBuf, NoHeadroom};
 #[cfg(target_os = "linux")]
 pub use net::{
     AncillaryBuf, BindOptions, RecvAncillary, SendAncillary, UCred, UnixSeqpacket,
@@ -192,8 +194,8 @@ pub use net::{
 #[cfg(target_os = "linux")]
 pub use reactor::SeqpacketOptions;
 pub use reactor::{
-    ChannelError, ChannelMessage, ChannelSender, Config, Ctx, DgramOptions, Reactor, ReactorStats,
-    Readiness, SocketStats, TcpOptions, Trigger, Waker,
+    ChannelError, ChannelMessage, ChannelSender, Config, Ctx, DgramOptions, Ecn, Reactor,
+    ReactorStats, Readiness, SocketStats, TcpOptions, Transmit, Trigger, Waker,
 };
 #[cfg(target_os = "linux")]
 pub use recv::TruncatingRecvMsgWithFullSize;

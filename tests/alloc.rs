@@ -281,3 +281,34 @@ fn tcp_echo_allocates_nothing_per_frame() {
     assert_eq!(st.messages_out, 1100);
     assert_eq!(reactor.buffered_bytes(conn).unwrap(), 0);
 }
+
+#[test]
+fn a_headroom_buffer_prepends_and_strips_without_allocating() {
+    let _t = util::guard();
+    let mut out = msgloop::HeadroomBuf::new(64, 1500);
+    let mut inp = msgloop::HeadroomBuf::new(0, 1500);
+    let c = measure(|| {
+        for i in 0..1000u32 {
+            // Sending: payload, then two headers in front of it.
+            out.clear(64);
+            out.extend_from_slice(&[7u8; 1200]);
+            let payload_at = out.as_ptr() as usize;
+            out.prepend(&i.to_be_bytes()).unwrap();
+            out.prepend(&[1, 2]).unwrap();
+            assert_eq!(out.as_ptr() as usize + 6, payload_at, "the payload moved");
+            // Receiving: the same bytes, headers stripped one at a time.
+            inp.clear(0);
+            let n = inp
+                .recv_with(|buf| {
+                    buf[..out.len()].copy_from_slice(&out);
+                    Ok(out.len())
+                })
+                .unwrap();
+            assert_eq!(n, 1206);
+            assert_eq!(inp.strip(2), Some(&[1u8, 2][..]));
+            assert_eq!(inp.strip(4), Some(&i.to_be_bytes()[..]));
+            assert_eq!(inp.len(), 1200);
+        }
+    });
+    assert_eq!(c.allocs, 0, "prepend and strip allocate nothing: {c:?}");
+}

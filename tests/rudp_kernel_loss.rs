@@ -447,7 +447,7 @@ fn workload() {
     }
     let trains = |id: SocketId| {
         let st = r.stats(id).expect("stats");
-        (st.rudp_trains_sent, st.rudp_trains_received)
+        (st.trains_sent, st.trains_received)
     };
     let client_trains: Vec<_> = load.senders.iter().map(|s| trains(s.peer.sock)).collect();
     let server_trains: Vec<_> = load.servers.iter().map(|&s| trains(s)).collect();

@@ -163,11 +163,7 @@ fn echo_run(
 
 fn trains(r: &Reactor, id: SocketId) -> (u64, u64, u64) {
     let s = r.stats(id).expect("stats");
-    (
-        s.rudp_trains_sent,
-        s.rudp_trains_received,
-        s.rudp_offload_refused,
-    )
+    (s.trains_sent, s.trains_received, s.offload_refused)
 }
 
 #[test]

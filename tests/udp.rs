@@ -293,3 +293,160 @@ fn mixed_families_in_one_reactor() {
     let n = c6.recv(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"six");
 }
+
+// ---- offload, ECN, destination addresses, vectored and batched sends -------
+
+use std::io::IoSlice;
+use std::net::{IpAddr, SocketAddr};
+
+use msgloop::{Ctx, Datagram, DgramOptions, Ecn, Handler, SocketId, Transmit};
+
+/// A datagram as received: bytes, sender, ECN codepoint, destination.
+type Got = (Vec<u8>, SocketAddr, Option<Ecn>, Option<IpAddr>);
+
+/// Records what each datagram said about itself.
+#[derive(Default)]
+struct Meta {
+    got: Vec<Got>,
+    /// Answer each datagram from the address it was sent to, with this
+    /// codepoint.
+    reply: Option<Ecn>,
+}
+
+impl Handler for Meta {
+    fn on_datagram(&mut self, cx: &mut Ctx, sock: SocketId, msg: Datagram<'_>) {
+        let from = msg.from().as_inet().unwrap();
+        self.got
+            .push((msg.data().to_vec(), from, msg.ecn(), msg.dst_addr()));
+        if let Some(ecn) = self.reply {
+            let mut t = Transmit::new(msg.data(), from).ecn(ecn);
+            if let Some(dst) = msg.dst_addr() {
+                t = t.source(dst);
+            }
+            cx.send_batch(sock, &[t]).unwrap();
+        }
+    }
+}
+
+fn run_until_got(r: &mut Reactor, h: &mut Meta, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while h.got.len() < n {
+        assert!(Instant::now() < deadline, "got {} of {n}", h.got.len());
+        r.run_once(h, Some(Duration::from_millis(20))).unwrap();
+    }
+}
+
+#[test]
+fn receive_offload_delivers_each_datagram_of_a_train_the_last_one_shorter() {
+    let _t = util::guard();
+    let mut r = Reactor::new().unwrap();
+    let offload = DgramOptions::new().offload(true);
+    let server = r.bind_udp_with("127.0.0.1:0", &offload).unwrap();
+    let to = r.local_addr(server).unwrap().as_inet().unwrap();
+    let client = r.bind_udp_with("127.0.0.1:0", &offload).unwrap();
+    let sizes = [1000usize, 1000, 1000, 1000, 500, 1000, 1000];
+    let payloads: Vec<Vec<u8>> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| util::pattern(n, i as u8))
+        .collect();
+    let batch: Vec<Transmit<'_>> = payloads.iter().map(|p| Transmit::new(p, to)).collect();
+    assert_eq!(r.send_batch(client, &batch).unwrap(), sizes.len());
+    let mut h = Meta::default();
+    run_until_got(&mut r, &mut h, sizes.len());
+    let got: Vec<&[u8]> = h.got.iter().map(|g| &g.0[..]).collect();
+    let want: Vec<&[u8]> = payloads.iter().map(|p| &p[..]).collect();
+    assert_eq!(got, want, "every datagram, whole and in order");
+    let (cs, ss) = (r.stats(client).unwrap(), r.stats(server).unwrap());
+    eprintln!(
+        "trains sent {} received {}",
+        cs.trains_sent, ss.trains_received
+    );
+    if util::kernel_has_offload("receive_offload_delivers_each_datagram_of_a_train") {
+        // 4 × 1000 + 500 closes a train; the last two form another.
+        assert_eq!(cs.trains_sent, 2);
+        assert!(ss.trains_received >= 1);
+    }
+    assert_eq!(ss.messages_in, sizes.len() as u64);
+}
+
+#[test]
+fn ecn_codepoints_make_the_round_trip() {
+    let _t = util::guard();
+    let mut r = Reactor::new().unwrap();
+    let ecn = DgramOptions::new().recv_ecn(true);
+    let server = r.bind_udp_with("127.0.0.1:0", &ecn).unwrap();
+    let to = r.local_addr(server).unwrap().as_inet().unwrap();
+    let client = r.bind_udp_with("127.0.0.1:0", &ecn).unwrap();
+    let mut h = Meta {
+        reply: Some(Ecn::Ce),
+        ..Meta::default()
+    };
+    r.send_batch(client, &[Transmit::new(b"ect0", to).ecn(Ecn::Ect0)])
+        .unwrap();
+    r.send_batch(client, &[Transmit::new(b"ect1", to).ecn(Ecn::Ect1)])
+        .unwrap();
+    r.send_to(client, b"plain", to).unwrap();
+    // Three requests at the server, three replies (marked CE) back.
+    run_until_got(&mut r, &mut h, 6);
+    let at = |data: &[u8]| {
+        h.got
+            .iter()
+            .filter(|g| g.0 == data)
+            .map(|g| g.2)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(at(b"ect0"), [Some(Ecn::Ect0), Some(Ecn::Ce)]);
+    assert_eq!(at(b"ect1"), [Some(Ecn::Ect1), Some(Ecn::Ce)]);
+    assert_eq!(at(b"plain"), [Some(Ecn::NotEct), Some(Ecn::Ce)]);
+}
+
+#[test]
+fn a_wildcard_socket_answers_from_the_address_it_was_reached_on() {
+    let _t = util::guard();
+    let mut r = Reactor::new().unwrap();
+    let opts = DgramOptions::new().recv_dst_addr(true);
+    let server = r.bind_udp_with("0.0.0.0:0", &opts).unwrap();
+    let port = r.local_addr(server).unwrap().as_inet().unwrap().port();
+    let mut h = Meta {
+        reply: Some(Ecn::NotEct),
+        ..Meta::default()
+    };
+    for ip in ["127.0.0.1", "127.0.0.2"] {
+        let c = util::udp_client("127.0.0.1");
+        let target: SocketAddr = format!("{ip}:{port}").parse().unwrap();
+        c.send_to(ip.as_bytes(), target).unwrap();
+        let before = h.got.len();
+        run_until_got(&mut r, &mut h, before + 1);
+        assert_eq!(
+            h.got[before].3,
+            Some(target.ip()),
+            "the server saw where the datagram was sent"
+        );
+        let mut buf = [0u8; 64];
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let (n, from) = c.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], ip.as_bytes());
+        assert_eq!(from, target, "the reply came from the address reached");
+    }
+}
+
+#[test]
+fn a_datagram_can_be_sent_from_parts() {
+    let _t = util::guard();
+    let mut r = Reactor::new().unwrap();
+    let s = r.bind_udp("127.0.0.1:0").unwrap();
+    let c = util::udp_client("127.0.0.1");
+    let to = c.local_addr().unwrap();
+    let parts = [IoSlice::new(b"head:"), IoSlice::new(b"payload")];
+    r.send_to_vectored(s, &parts, to).unwrap();
+    let mut buf = [0u8; 64];
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let n = c.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"head:payload");
+    r.connect(s, to).unwrap();
+    r.send_vectored(s, &parts[1..]).unwrap();
+    let n = c.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"payload");
+    assert_eq!(r.stats(s).unwrap().messages_out, 2);
+}

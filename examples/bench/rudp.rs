@@ -233,10 +233,7 @@ fn fanout_run(size: usize) -> io::Result<(f64, u64)> {
         )));
     }
     let secs = start.elapsed().as_secs_f64();
-    Ok((
-        app.received as f64 / secs,
-        r.stats(server)?.rudp_trains_sent,
-    ))
+    Ok((app.received as f64 / secs, r.stats(server)?.trains_sent))
 }
 
 /// The raw baselines' sockets: `a` connected to `b`, which is

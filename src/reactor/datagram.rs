@@ -17,8 +17,8 @@
 //! (or a full Unix peer) gives [`Error::WouldBlock`] at once and
 //! [`Handler::on_writable`] follows once the socket can send again.
 
-use std::io;
-use std::net::ToSocketAddrs;
+use std::io::{self, IoSlice};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 #[cfg(target_os = "linux")]
 use std::os::fd::BorrowedFd;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -44,8 +44,122 @@ pub(super) struct Dgram {
     max_msg: usize,
     /// Unix sockets: read with a control buffer (fds, credentials).
     pass_fds: bool,
+    /// UDP: read with control messages (offload trains, ECN, destination
+    /// addresses), in batches.
+    control: bool,
+    /// UDP: receive offload is on (a read may hold a train).
+    gro: bool,
+    /// UDP: `send_batch` sends trains (segmentation offload); turned off
+    /// for good when the kernel refuses one.
+    gso: bool,
+    /// UDP: the socket is IPv6 (control messages are `IPV6_*`).
+    ipv6: bool,
     /// The socket file it created, removed when it closes.
     _file: Option<SocketFile>,
+}
+
+/// The ECN codepoint of a datagram: the low two bits of its IP traffic
+/// class (RFC 3168).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Ecn {
+    /// Not ECN-capable transport (`00`).
+    NotEct,
+    /// ECN-capable transport, ECT(1) (`01`).
+    Ect1,
+    /// ECN-capable transport, ECT(0) (`10`).
+    Ect0,
+    /// Congestion experienced (`11`): a router marked it instead of
+    /// dropping it.
+    Ce,
+}
+
+impl Ecn {
+    /// The codepoint of a traffic class byte.
+    pub fn from_tos(tos: u8) -> Ecn {
+        match tos & 0b11 {
+            0b00 => Ecn::NotEct,
+            0b01 => Ecn::Ect1,
+            0b10 => Ecn::Ect0,
+            _ => Ecn::Ce,
+        }
+    }
+
+    /// The two bits.
+    pub fn bits(self) -> u8 {
+        match self {
+            Ecn::NotEct => 0b00,
+            Ecn::Ect1 => 0b01,
+            Ecn::Ect0 => 0b10,
+            Ecn::Ce => 0b11,
+        }
+    }
+}
+
+/// One outgoing UDP datagram for [`Ctx::send_batch`], with what may be set
+/// per datagram: where it goes, its ECN codepoint, the address it is sent
+/// from.
+///
+/// ```
+/// use msgloop::{Ecn, Transmit};
+/// let to = "127.0.0.1:9".parse().unwrap();
+/// let t = Transmit::new(b"hello", to).ecn(Ecn::Ect0);
+/// assert_eq!(t.ecn, Some(Ecn::Ect0));
+/// ```
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct Transmit<'a> {
+    /// The payload.
+    pub data: &'a [u8],
+    /// The destination; `None`: the connected peer.
+    pub to: Option<SocketAddr>,
+    /// The ECN codepoint to send with (Linux); `None`: the socket's default.
+    pub ecn: Option<Ecn>,
+    /// The source address (Linux): for a socket bound to `0.0.0.0` or
+    /// `::`, which of the host's addresses the datagram leaves from — the
+    /// one a request was sent to ([`Datagram::dst_addr`]).
+    pub source: Option<IpAddr>,
+}
+
+impl<'a> Transmit<'a> {
+    /// `data` to `to`, with the socket's defaults.
+    pub fn new(data: &'a [u8], to: SocketAddr) -> Transmit<'a> {
+        Transmit {
+            data,
+            to: Some(to),
+            ecn: None,
+            source: None,
+        }
+    }
+
+    /// `data` to the connected peer.
+    pub fn connected(data: &'a [u8]) -> Transmit<'a> {
+        Transmit {
+            data,
+            to: None,
+            ecn: None,
+            source: None,
+        }
+    }
+
+    /// Sets [`ecn`](field@Transmit::ecn).
+    #[must_use]
+    pub fn ecn(mut self, ecn: Ecn) -> Transmit<'a> {
+        self.ecn = Some(ecn);
+        self
+    }
+
+    /// Sets [`source`](field@Transmit::source).
+    #[must_use]
+    pub fn source(mut self, source: IpAddr) -> Transmit<'a> {
+        self.source = Some(source);
+        self
+    }
+
+    /// Whether `next` can follow this one in a train: same destination and
+    /// metadata.
+    fn same_path(&self, next: &Transmit<'_>) -> bool {
+        self.to == next.to && self.ecn == next.ecn && self.source == next.source
+    }
 }
 
 enum DgramIo {
@@ -195,11 +309,24 @@ impl Ctx {
         let max = if unix { max } else { max.min(MAX_UDP_PAYLOAD) };
         self.rbuf_needed = self.rbuf_needed.max(max);
         let pass_fds = unix && opts.pass_fds;
+        let (gro, gso, ipv6) = if unix {
+            (false, false, false)
+        } else {
+            udp_extras(&socket, opts)
+        };
+        let control = gro || (!unix && (opts.recv_ecn || opts.recv_dst_addr));
+        if gro {
+            self.rbuf_needed = self.rbuf_needed.max(GRO_SLOTS * GRO_SLOT);
+        }
         let build = move |io| {
             Sock::Dgram(Dgram {
                 io,
                 max_msg: max,
                 pass_fds,
+                control,
+                gro,
+                gso,
+                ipv6,
                 _file: file,
             })
         };
@@ -253,6 +380,107 @@ impl Ctx {
     pub fn send(&mut self, sock: SocketId, data: &[u8]) -> Result<(), Error> {
         let res = sys::send(self.dgram(sock, "send")?.fd(), data);
         self.after_send(sock, res, data.len())
+    }
+
+    /// Sends one datagram made of `parts` (a header and a payload, say) to
+    /// `to`, without copying them together first.
+    pub fn send_to_vectored<D: Destination>(
+        &mut self,
+        sock: SocketId,
+        parts: &[IoSlice<'_>],
+        to: D,
+    ) -> Result<(), Error> {
+        let dest = to.dest()?;
+        let raw = match &dest {
+            Dest::Inet(a) => sys::RawDest::inet(a),
+            Dest::Sock(a) => sys::RawDest::Sock(a),
+        };
+        self.send_parts(sock, parts, Some(&raw), "send_to_vectored")
+    }
+
+    /// Sends one datagram made of `parts` on a connected socket.
+    pub fn send_vectored(&mut self, sock: SocketId, parts: &[IoSlice<'_>]) -> Result<(), Error> {
+        self.send_parts(sock, parts, None, "send_vectored")
+    }
+
+    fn send_parts(
+        &mut self,
+        sock: SocketId,
+        parts: &[IoSlice<'_>],
+        dest: Option<&sys::RawDest<'_>>,
+        op: &'static str,
+    ) -> Result<(), Error> {
+        let fd = self.dgram(sock, op)?.fd();
+        let len = parts.iter().map(|p| p.len()).sum();
+        let res = sys::send_vectored(fd, parts, dest, sys::SEND_FLAGS);
+        self.after_send(sock, res, len)
+    }
+
+    /// Sends many UDP datagrams with as few system calls as possible
+    /// (`sendmmsg`), each with its own destination, ECN codepoint and
+    /// source address ([`Transmit`]). With
+    /// [`DgramOptions::offload`] on, consecutive datagrams of one size to
+    /// one destination (the last may be shorter) leave as one kernel packet
+    /// (`UDP_SEGMENT`), cut into datagrams by the kernel or the device;
+    /// their bytes are not copied.
+    ///
+    /// Returns how many of `datagrams` were sent — a prefix — or
+    /// [`Error::WouldBlock`] if none could be (then
+    /// [`Handler::on_writable`] follows). A datagram the kernel refuses for
+    /// its size gives [`Error::TooLarge`] once nothing before it is left.
+    pub fn send_batch(
+        &mut self,
+        sock: SocketId,
+        datagrams: &[Transmit<'_>],
+    ) -> Result<usize, Error> {
+        let d = self.dgram(sock, "send_batch")?;
+        if !matches!(d.io, DgramIo::Udp(_)) {
+            return Err(Error::WrongKind {
+                op: "send_batch",
+                kind: SocketKind::UnixDatagram,
+            });
+        }
+        let (fd, ipv6) = (d.fd(), d.ipv6);
+        let mut sent = 0;
+        let mut bytes = 0u64;
+        let mut trains_sent = 0u64;
+        let mut refused = false;
+        let mut error = None;
+        while sent < datagrams.len() {
+            let gso = self.dgram(sock, "send_batch")?.gso;
+            match send_chunk(fd, ipv6, gso, &datagrams[sent..]) {
+                Ok((n, b, t)) => {
+                    sent += n;
+                    bytes += b;
+                    trains_sent += t;
+                }
+                Err(e) if gso && gso_refused(&e) => {
+                    // Sent again datagram by datagram on the next turn.
+                    if let Some(Sock::Dgram(d)) = self.entry_mut(sock)?.sock.as_mut() {
+                        d.gso = false;
+                    }
+                    refused = true;
+                    log::info!("{sock}: UDP segmentation offload refused ({e}); single datagrams");
+                }
+                Err(e) => {
+                    error = Some(e);
+                    break;
+                }
+            }
+        }
+        let entry = self.entry_mut(sock)?;
+        entry.stats.messages_out += sent as u64;
+        entry.stats.bytes_out += bytes;
+        entry.stats.trains_sent += trains_sent;
+        entry.stats.offload_refused += u64::from(refused);
+        match error {
+            None => Ok(sent),
+            Some(_) if sent > 0 => Ok(sent),
+            Some(e) => {
+                let len = datagrams.first().map_or(0, |t| t.data.len());
+                self.after_send(sock, Err(e), len).map(|()| 0)
+            }
+        }
     }
 
     /// Sends one datagram with passed descriptors (`SCM_RIGHTS`) on a Unix
@@ -318,6 +546,157 @@ impl Ctx {
             _ => Err(Error::WrongKind { op, kind: e.kind }),
         }
     }
+}
+
+/// Receive offload slot: room for a whole coalesced train.
+const GRO_SLOT: usize = 64 << 10;
+
+/// Receive slots per `recvmmsg` on a socket with receive offload.
+const GRO_SLOTS: usize = 8;
+
+/// Most datagrams in a segmentation-offload train (the kernel's
+/// `UDP_MAX_SEGMENTS`, 64 before Linux 6.9).
+const MAX_TRAIN: usize = 64;
+
+/// Most bytes in one train: one UDP payload, with room to spare.
+const MAX_TRAIN_BYTES: usize = 65_000;
+
+/// Turns on what a plain UDP socket's options ask for beyond the basics:
+/// receive offload, traffic classes, destination addresses. Returns
+/// whether it reads trains, sends trains, and is IPv6. (Best effort for
+/// offload: a kernel without it reads and sends single datagrams.)
+fn udp_extras(socket: &Socket, opts: &DgramOptions) -> (bool, bool, bool) {
+    let ipv6 = socket.local_addr().is_ok_and(|a| a.is_ipv6());
+    #[cfg(target_os = "linux")]
+    {
+        let fd = socket.as_raw_fd();
+        let (mut gro, mut gso) = (false, false);
+        if opts.offload == Some(true) {
+            gso = sys::udp_gso_supported(fd);
+            gro = match sys::set_udp_gro(fd) {
+                Ok(()) => true,
+                Err(e) => {
+                    log::debug!("UDP receive offload: {e}");
+                    false
+                }
+            };
+        }
+        if opts.recv_ecn {
+            if let Err(e) = sys::set_recv_tos(fd, ipv6) {
+                log::warn!("UDP: ECN codepoints will not be reported: {e}");
+            }
+        }
+        if opts.recv_dst_addr {
+            if let Err(e) = sys::set_recv_pktinfo(fd, ipv6) {
+                log::warn!("UDP: destination addresses will not be reported: {e}");
+            }
+        }
+        (gro, gso, ipv6)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = opts;
+        (false, false, ipv6)
+    }
+}
+
+/// Errors with which the kernel refuses a segmentation-offload train where
+/// single datagrams may still go.
+fn gso_refused(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EIO | libc::EMSGSIZE | libc::EINVAL | libc::EOPNOTSUPP | libc::ENOPROTOOPT)
+    )
+}
+
+/// Datagrams handed to one `sendmmsg` at most (iovecs on the stack).
+const CHUNK: usize = 256;
+
+/// One `sendmmsg` of the first datagrams of `datagrams`, consecutive
+/// equal-size ones to one destination as trains when `gso`. Returns the
+/// datagrams sent, their bytes, and the trains among the entries sent.
+#[cfg(target_os = "linux")]
+fn send_chunk(
+    fd: RawFd,
+    ipv6: bool,
+    gso: bool,
+    datagrams: &[Transmit<'_>],
+) -> io::Result<(usize, u64, u64)> {
+    let datagrams = &datagrams[..datagrams.len().min(CHUNK)];
+    let mut iov = [IoSlice::new(&[]); CHUNK];
+    for (s, t) in iov.iter_mut().zip(datagrams) {
+        *s = IoSlice::new(t.data);
+    }
+    // Entries: ranges of `datagrams`, each one datagram or a train.
+    let mut entries = [(0usize, 0usize); sys::mmsg::MAX_BATCH];
+    let mut n = 0;
+    let mut i = 0;
+    while i < datagrams.len() && n < entries.len() {
+        let first = &datagrams[i];
+        let seg = first.data.len();
+        let mut j = i + 1;
+        let mut total = seg;
+        if gso && seg > 0 && seg <= usize::from(u16::MAX) {
+            while j < datagrams.len()
+                && j - i < MAX_TRAIN
+                && first.same_path(&datagrams[j])
+                && datagrams[j].data.len() <= seg
+                && total + datagrams[j].data.len() <= MAX_TRAIN_BYTES
+            {
+                total += datagrams[j].data.len();
+                j += 1;
+                if datagrams[j - 1].data.len() < seg {
+                    break; // a shorter one ends the train
+                }
+            }
+        }
+        entries[n] = (i, j);
+        n += 1;
+        i = j;
+    }
+    let dests: Vec<Option<sys::RawDest<'static>>> = entries[..n]
+        .iter()
+        .map(|&(a, _)| datagrams[a].to.as_ref().map(sys::RawDest::inet))
+        .collect();
+    let mut out = [sys::mmsg::UdpOut {
+        iov: &[],
+        dest: None,
+        segment: 0,
+        tos: None,
+        src: None,
+        ipv6,
+    }; sys::mmsg::MAX_BATCH];
+    for (k, &(a, b)) in entries[..n].iter().enumerate() {
+        let t = &datagrams[a];
+        out[k] = sys::mmsg::UdpOut {
+            iov: &iov[a..b],
+            dest: dests[k].as_ref(),
+            segment: if b - a > 1 { t.data.len() as u16 } else { 0 },
+            tos: t.ecn.map(Ecn::bits),
+            src: t.source,
+            ipv6,
+        };
+    }
+    let took = sys::mmsg::send_udp(fd, &out[..n])?;
+    let took = took.max(1).min(n);
+    let sent = entries[took - 1].1;
+    let bytes = datagrams[..sent].iter().map(|t| t.data.len() as u64).sum();
+    let trains = entries[..took].iter().filter(|(a, b)| b - a > 1).count() as u64;
+    Ok((sent, bytes, trains))
+}
+
+/// One datagram per call where `sendmmsg` is missing.
+#[cfg(not(target_os = "linux"))]
+fn send_chunk(
+    fd: RawFd,
+    _ipv6: bool,
+    _gso: bool,
+    datagrams: &[Transmit<'_>],
+) -> io::Result<(usize, u64, u64)> {
+    let t = &datagrams[0];
+    let dest = t.to.as_ref().map(sys::RawDest::inet);
+    sys::send_vectored(fd, &[IoSlice::new(t.data)], dest.as_ref(), sys::SEND_FLAGS)?;
+    Ok((1, t.data.len() as u64, 0))
 }
 
 /// Checks and configures a datagram socket before it is added.
@@ -457,6 +836,10 @@ pub(super) fn drain<H: Handler + ?Sized>(
     handler: &mut H,
     id: SocketId,
 ) -> bool {
+    #[cfg(target_os = "linux")]
+    if matches!(cx.table.get(id).and_then(|e| e.sock.as_ref()), Some(Sock::Dgram(d)) if d.control) {
+        return drain_with_control(cx, &mut bufs.rbuf, handler, id);
+    }
     for _ in 0..cx.config.read_budget {
         let Some(Sock::Dgram(d)) = cx.table.get_mut(id).and_then(|e| e.sock.as_mut()) else {
             return false;
@@ -511,6 +894,8 @@ pub(super) fn drain<H: Handler + ?Sized>(
                     from: &from,
                     #[cfg(target_os = "linux")]
                     anc: anc.as_mut(),
+                    tos: None,
+                    dst: None,
                 };
                 #[cfg(target_os = "linux")]
                 if msg.fds_truncated() {
@@ -540,4 +925,143 @@ pub(super) fn drain<H: Handler + ?Sized>(
     }
     // Budget spent with data possibly left: serve it next call.
     true
+}
+
+/// The datagrams a read with receive offload holds: `len` bytes of
+/// `segment`-byte datagrams (the last one possibly shorter), or one
+/// datagram (`segment` 0). A read that was cut (`truncated`) keeps only its
+/// whole datagrams: the second value says one was cut.
+fn segments(
+    len: usize,
+    segment: usize,
+    truncated: bool,
+) -> (impl Iterator<Item = std::ops::Range<usize>>, bool) {
+    let step = if segment == 0 { len.max(1) } else { segment };
+    // A cut read keeps its whole datagrams; without offload there is
+    // nothing whole in it.
+    let (whole, cut) = match (truncated, segment) {
+        (false, _) => (len, false),
+        (true, 0) => (0, true),
+        (true, s) => (len - len % s, true),
+    };
+    let empty = len == 0 && !truncated;
+    let it = (0..whole)
+        .step_by(step)
+        .map(move |at| at..(at + step).min(whole))
+        .chain(empty.then_some(0..0));
+    (it, cut)
+}
+
+/// Reads a UDP socket that asked for control messages (receive offload,
+/// ECN codepoints, destination addresses) with `recvmmsg`, delivering each
+/// datagram — each of a coalesced train — on its own. A train counts as
+/// one read of the budget. `true` if the budget ran out.
+#[cfg(target_os = "linux")]
+fn drain_with_control<H: Handler + ?Sized>(
+    cx: &mut Ctx,
+    rbuf: &mut [u8],
+    handler: &mut H,
+    id: SocketId,
+) -> bool {
+    use std::mem::MaybeUninit;
+    let mut budget = cx.config.read_budget;
+    while budget > 0 {
+        let Some(Sock::Dgram(d)) = cx.table.get(id).and_then(|e| e.sock.as_ref()) else {
+            return false;
+        };
+        let (fd, max, gro) = (d.fd(), d.max_msg, d.gro);
+        let slot = if gro { GRO_SLOT } else { MAX_UDP_PAYLOAD + 1 }.min(rbuf.len());
+        let n_slots = (rbuf.len() / slot).clamp(1, GRO_SLOTS).min(budget);
+        let mut chunks = rbuf.chunks_mut(slot);
+        let mut slots: [&mut [u8]; GRO_SLOTS] =
+            std::array::from_fn(|_| chunks.next().unwrap_or(&mut []));
+        let mut meta = [const { MaybeUninit::uninit() }; GRO_SLOTS];
+        let got = match sys::mmsg::recv_batch(fd, &mut slots[..n_slots], &mut meta, true) {
+            Ok(got) => got,
+            Err(e) => {
+                budget -= 1;
+                if cx.recv_failed(handler, id, e) {
+                    continue;
+                }
+                return false;
+            }
+        };
+        let n = got.len();
+        budget = budget.saturating_sub(n.max(1));
+        for (buf, m) in slots.iter().zip(got) {
+            let Some(from) = m.addr.to_inet() else {
+                continue;
+            };
+            let from = PeerAddr::Inet(from);
+            let (datagrams, cut) = segments(m.len, m.segment, m.truncated);
+            if let Some(e) = cx.table.get_mut(id) {
+                e.stats.trains_received += u64::from(m.segment != 0);
+                e.stats.dropped_truncated += u64::from(cut);
+            }
+            for at in datagrams {
+                let data = &buf[at];
+                let Some(entry) = cx.table.get_mut(id) else {
+                    return false; // closed by the handler
+                };
+                if data.len() > max {
+                    entry.stats.dropped_over_quota += 1;
+                    let q = crate::recv::QuotaExceeded {
+                        size: data.len(),
+                        quota: max,
+                    };
+                    cx.call(handler, |h, cx| h.on_error(cx, id, Error::QuotaExceeded(q)));
+                    continue;
+                }
+                entry.stats.messages_in += 1;
+                entry.stats.bytes_in += data.len() as u64;
+                let msg = Datagram {
+                    data,
+                    from: &from,
+                    anc: None,
+                    tos: m.tos,
+                    dst: m.dst,
+                };
+                cx.call(handler, |h, cx| h.on_datagram(cx, id, msg));
+            }
+        }
+        if n < n_slots {
+            return false; // a short read: the queue was empty
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split(len: usize, segment: usize, truncated: bool) -> (Vec<(usize, usize)>, bool) {
+        let (it, cut) = segments(len, segment, truncated);
+        (it.map(|r| (r.start, r.end)).collect(), cut)
+    }
+
+    #[test]
+    fn a_train_splits_into_its_datagrams_the_last_one_shorter() {
+        assert_eq!(
+            split(300, 100, false),
+            (vec![(0, 100), (100, 200), (200, 300)], false)
+        );
+        assert_eq!(
+            split(250, 100, false),
+            (vec![(0, 100), (100, 200), (200, 250)], false)
+        );
+        assert_eq!(split(70, 0, false), (vec![(0, 70)], false));
+        assert_eq!(
+            split(0, 0, false),
+            (vec![(0, 0)], false),
+            "an empty datagram is one"
+        );
+    }
+
+    #[test]
+    fn a_cut_train_keeps_its_whole_datagrams_and_says_one_was_cut() {
+        assert_eq!(split(250, 100, true), (vec![(0, 100), (100, 200)], true));
+        assert_eq!(split(200, 100, true), (vec![(0, 100), (100, 200)], true));
+        assert_eq!(split(70, 0, true), (vec![], true));
+    }
 }

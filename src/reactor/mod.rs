@@ -46,6 +46,7 @@ mod tcp;
 
 pub use ctx::Ctx;
 use ctx::TimerTarget;
+pub use datagram::{Ecn, Transmit};
 #[cfg(target_os = "linux")]
 pub use options::SeqpacketOptions;
 pub use options::{Config, DgramOptions, TcpOptions};

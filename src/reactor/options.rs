@@ -153,7 +153,21 @@ pub struct DgramOptions {
     /// falls back to single datagrams for good if the kernel refuses a
     /// train (a device that cannot offload checksums, a smaller path MTU).
     /// `None`: on for reliable UDP; plain UDP sockets do not offload.
+    ///
+    /// A plain UDP socket with offload on reads coalesced trains and
+    /// delivers each datagram of a train to
+    /// [`Handler::on_datagram`](crate::Handler::on_datagram) on its own;
+    /// [`Ctx::send_batch`](crate::Ctx::send_batch) sends consecutive
+    /// equal-size datagrams to one destination as trains.
     pub offload: Option<bool>,
+    /// UDP (Linux): report each datagram's ECN codepoint
+    /// ([`Datagram::ecn`](crate::Datagram::ecn)). Default off.
+    pub recv_ecn: bool,
+    /// UDP (Linux): report each datagram's destination address
+    /// ([`Datagram::dst_addr`](crate::Datagram::dst_addr)) — what a socket
+    /// bound to `0.0.0.0` or `::` was reached on, to answer from it
+    /// ([`Transmit::source`](crate::Transmit::source)). Default off.
+    pub recv_dst_addr: bool,
 }
 
 impl DgramOptions {
@@ -168,6 +182,8 @@ impl DgramOptions {
             pass_fds: false,
             reuse_port: false,
             offload: None,
+            recv_ecn: false,
+            recv_dst_addr: false,
         }
     }
 }
@@ -187,6 +203,8 @@ setters!(DgramOptions {
     pass_fds: bool,
     reuse_port: bool,
     offload: Option<bool>,
+    recv_ecn: bool,
+    recv_dst_addr: bool,
 });
 
 /// Options for TCP listeners and connections:

@@ -571,7 +571,7 @@ pub(super) fn drain<H: Handler + ?Sized>(
             // A train coalesced by receive offload holds datagrams of
             // `segment` bytes (the last one may be shorter).
             if segment != 0 {
-                entry.stats.rudp_trains_received += 1;
+                entry.stats.trains_received += 1;
             }
             let step = if segment == 0 { len.max(1) } else { segment };
             for at in (0..len).step_by(step) {
@@ -888,14 +888,14 @@ fn send_all(rs: &mut RudpSock, stats: &mut SocketStats, id: SocketId, items: &[s
             Ok(k) => {
                 let k = k.max(1);
                 let trains = items[sent..].iter().take(k).filter(|m| m.segment != 0);
-                stats.rudp_trains_sent += trains.count() as u64;
+                stats.trains_sent += trains.count() as u64;
                 sent += k;
             }
             Err(e) if t.segment != 0 && gso_refused(&e) => {
                 // Resent datagram by datagram on the next turn of the loop.
                 rs.gso = false;
                 rs.ep.set_transmit_burst(1);
-                stats.rudp_offload_refused += 1;
+                stats.offload_refused += 1;
                 log::info!(
                     "{id}: UDP segmentation offload refused ({e}); sending datagrams one by one"
                 );

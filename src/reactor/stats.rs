@@ -40,15 +40,15 @@ pub struct SocketStats {
     /// Reliable UDP: the largest smoothed round-trip time among the peers,
     /// in microseconds.
     pub rudp_max_srtt_us: u64,
-    /// Reliable UDP: trains of datagrams sent as one kernel packet
+    /// UDP and reliable UDP: trains of datagrams sent as one kernel packet
     /// (segmentation offload, [`DgramOptions::offload`](crate::DgramOptions::offload)).
-    pub rudp_trains_sent: u64,
-    /// Reliable UDP: trains of datagrams read with one copy (receive
-    /// offload).
-    pub rudp_trains_received: u64,
-    /// Reliable UDP: times the kernel refused a train, turning the
+    pub trains_sent: u64,
+    /// UDP and reliable UDP: trains of datagrams read with one copy
+    /// (receive offload).
+    pub trains_received: u64,
+    /// UDP and reliable UDP: times the kernel refused a train, turning the
     /// socket's segmentation offload off (0 or 1 per socket).
-    pub rudp_offload_refused: u64,
+    pub offload_refused: u64,
     /// Listeners: connections closed as soon as they were accepted because
     /// their source (an IP address or prefix; a uid for Unix sockets) had
     /// its maximum open.
@@ -86,9 +86,9 @@ impl SocketStats {
         self.rudp_packets_lost += o.rudp_packets_lost;
         self.rudp_retransmitted += o.rudp_retransmitted;
         self.rudp_max_srtt_us = self.rudp_max_srtt_us.max(o.rudp_max_srtt_us);
-        self.rudp_trains_sent += o.rudp_trains_sent;
-        self.rudp_trains_received += o.rudp_trains_received;
-        self.rudp_offload_refused += o.rudp_offload_refused;
+        self.trains_sent += o.trains_sent;
+        self.trains_received += o.trains_received;
+        self.offload_refused += o.offload_refused;
         self.refused_per_source += o.refused_per_source;
         self.refused_fd_reserve += o.refused_fd_reserve;
         self.reads_paused += o.reads_paused;
@@ -139,9 +139,9 @@ impl fmt::Display for SocketStats {
                 self.rudp_packets_lost,
                 self.rudp_retransmitted,
                 self.rudp_max_srtt_us,
-                self.rudp_trains_sent,
-                self.rudp_trains_received,
-                self.rudp_offload_refused
+                self.trains_sent,
+                self.trains_received,
+                self.offload_refused
             )?;
         }
         Ok(())

@@ -90,6 +90,11 @@ pub(crate) struct Summary {
     /// (`UDP_GRO`): the buffer holds datagrams of this size, the last one
     /// possibly shorter.
     pub(crate) udp_gro: Option<usize>,
+    /// The IP header's traffic class byte (`IP_TOS` / `IPV6_TCLASS`): its
+    /// low two bits are the ECN codepoint.
+    pub(crate) tos: Option<u8>,
+    /// The datagram's destination address (`IP_PKTINFO` / `IPV6_PKTINFO`).
+    pub(crate) dst: Option<std::net::IpAddr>,
 }
 
 /// Walks the control messages in `bytes`, calling `on_fd` with every number
@@ -143,6 +148,41 @@ pub(crate) fn parse(bytes: &[u8], mut on_fd: impl FnMut(RawFd)) -> Summary {
                     summary.malformed = true;
                 }
             }
+            // IPv4 reports the byte alone; some kernels send an int.
+            (libc::SOL_IP, libc::IP_TOS) => match data.first() {
+                Some(&b) => summary.tos = Some(b),
+                None => summary.malformed = true,
+            },
+            (libc::SOL_IPV6, libc::IPV6_TCLASS) => match data.get(..4) {
+                Some(w) => {
+                    let v = libc::c_int::from_ne_bytes([w[0], w[1], w[2], w[3]]);
+                    summary.tos = Some(v as u8);
+                }
+                None => summary.malformed = true,
+            },
+            // `in_pktinfo`: ifindex (4), spec_dst (4), addr (4): the header's
+            // destination is `addr`.
+            (libc::SOL_IP, libc::IP_PKTINFO) => match data.get(8..12) {
+                Some(a) => {
+                    let ip = std::net::Ipv4Addr::new(a[0], a[1], a[2], a[3]);
+                    summary.dst = Some(ip.into());
+                }
+                None => summary.malformed = true,
+            },
+            // `in6_pktinfo`: addr (16), ifindex (4).
+            (libc::SOL_IPV6, libc::IPV6_PKTINFO) => match data.get(..16) {
+                Some(a) => {
+                    let mut b = [0u8; 16];
+                    b.copy_from_slice(a);
+                    let ip = std::net::Ipv6Addr::from(b);
+                    // A dual-stack socket's IPv4 peer.
+                    summary.dst = Some(match ip.to_ipv4_mapped() {
+                        Some(v4) => v4.into(),
+                        None => ip.into(),
+                    });
+                }
+                None => summary.malformed = true,
+            },
             (libc::SOL_UDP, libc::UDP_GRO) => match data.get(..4) {
                 Some(w) => {
                     let size = libc::c_int::from_ne_bytes([w[0], w[1], w[2], w[3]]);
@@ -438,7 +478,19 @@ fn put_header(room: &mut [u8], level: libc::c_int, ty: libc::c_int, len: usize) 
 /// the start of `control`; returns its `cmsg_len` (what the kernel reads
 /// as `msg_controllen` when it is the only message).
 pub(crate) fn put_udp(control: &mut [u8], ty: libc::c_int, data: &[u8]) -> usize {
-    put_header(control, libc::SOL_UDP, ty, data.len());
+    put_msg(control, libc::SOL_UDP, ty, data)
+}
+
+/// Writes one control message (`level`, `ty`, `data`) at the start of
+/// `control`; returns its `cmsg_len`. The next message goes
+/// `cmsg_space(data.len())` bytes further.
+pub(crate) fn put_msg(
+    control: &mut [u8],
+    level: libc::c_int,
+    ty: libc::c_int,
+    data: &[u8],
+) -> usize {
+    put_header(control, level, ty, data.len());
     control[DATA_OFFSET..DATA_OFFSET + data.len()].copy_from_slice(data);
     cmsg_len(data.len())
 }
@@ -446,39 +498,6 @@ pub(crate) fn put_udp(control: &mut [u8], ty: libc::c_int, data: &[u8]) -> usize
 /// `sendmsg(fd, bufs, MSG_NOSIGNAL)` with `SCM_RIGHTS` for `fds` and, when
 /// given, `SCM_CREDENTIALS`; to `dest`, or to the connected peer. `eor`
 /// adds `MSG_EOR` (seqpacket: the message ends here).
-/// `send`/`sendto` of one buffer (or `sendmsg` for several, with no control
-/// data).
-fn send_plain(
-    fd: RawFd,
-    bufs: &[IoSlice<'_>],
-    dest: Option<&RawDest<'_>>,
-    flags: libc::c_int,
-) -> io::Result<usize> {
-    if let [buf] = bufs {
-        let (ptr, len) = match dest {
-            Some(d) => d.as_ptr_len(),
-            None => (std::ptr::null(), 0),
-        };
-        // SAFETY: `buf` is valid for `buf.len()` bytes; `ptr`/`len` name a
-        // live address borrowed from `dest`, or are null/0.
-        let n = syscall!(sendto(fd, buf.as_ptr().cast(), buf.len(), flags, ptr, len))?;
-        return Ok(n as usize);
-    }
-    // SAFETY: `msghdr` is a plain C struct; all-zero is a valid value.
-    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
-    // `IoSlice` is ABI-compatible with `iovec` on Unix; the kernel only reads.
-    msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
-    msg.msg_iovlen = bufs.len() as _;
-    if let Some(d) = dest {
-        let (ptr, len) = d.as_ptr_len();
-        msg.msg_name = ptr as *mut libc::c_void;
-        msg.msg_namelen = len;
-    }
-    // SAFETY: `msg` points at live iovecs and (optionally) a live address.
-    let n = syscall!(sendmsg(fd, &msg, flags))?;
-    Ok(n as usize)
-}
-
 pub(crate) fn sendmsg(
     fd: RawFd,
     bufs: &[IoSlice<'_>],
@@ -499,7 +518,7 @@ pub(crate) fn sendmsg(
     if fds.is_empty() && creds.is_none() {
         // Nothing to pass: plain send/sendto, no msghdr, no control buffer.
         let flags = super::SEND_FLAGS | if eor { libc::MSG_EOR } else { 0 };
-        return send_plain(fd, bufs, dest, flags);
+        return super::send_vectored(fd, bufs, dest, flags);
     }
     let mut control = [0u64; SEND_WORDS];
     // SAFETY: `control` is SEND_WORDS initialised u64s borrowed mutably for

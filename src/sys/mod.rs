@@ -5,7 +5,7 @@
 //! `EINTR` — nowhere else in the crate needs to think about it.
 #![allow(unsafe_code)]
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::mem::{self, MaybeUninit};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::RawFd;
@@ -291,6 +291,40 @@ pub(crate) fn send_to(fd: RawFd, buf: &[u8], dest: &RawDest<'_>) -> io::Result<u
     Ok(n as usize)
 }
 
+/// `send`/`sendto` of one buffer, or `sendmsg` for several (no control
+/// data): one datagram whose bytes are the concatenation of `bufs`, to
+/// `dest` or to the connected peer.
+pub(crate) fn send_vectored(
+    fd: RawFd,
+    bufs: &[IoSlice<'_>],
+    dest: Option<&RawDest<'_>>,
+    flags: libc::c_int,
+) -> io::Result<usize> {
+    if let [buf] = bufs {
+        let (ptr, len) = match dest {
+            Some(d) => d.as_ptr_len(),
+            None => (std::ptr::null(), 0),
+        };
+        // SAFETY: `buf` is valid for `buf.len()` bytes; `ptr`/`len` name a
+        // live address borrowed from `dest`, or are null/0.
+        let n = syscall!(sendto(fd, buf.as_ptr().cast(), buf.len(), flags, ptr, len))?;
+        return Ok(n as usize);
+    }
+    // SAFETY: `msghdr` is a plain C struct; all-zero is a valid value.
+    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+    // `IoSlice` is ABI-compatible with `iovec` on Unix; the kernel only reads.
+    msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = bufs.len() as _;
+    if let Some(d) = dest {
+        let (ptr, len) = d.as_ptr_len();
+        msg.msg_name = ptr as *mut libc::c_void;
+        msg.msg_namelen = len;
+    }
+    // SAFETY: `msg` points at live iovecs and (optionally) a live address.
+    let n = syscall!(sendmsg(fd, &msg, flags))?;
+    Ok(n as usize)
+}
+
 /// One entry of a batch send (`mmsg::send_batch`): a datagram, or a train
 /// of them.
 #[derive(Clone, Copy)]
@@ -354,6 +388,34 @@ pub(crate) fn set_dont_fragment(fd: RawFd, ipv6: bool) -> io::Result<()> {
 #[cfg(target_os = "linux")]
 pub(crate) fn set_udp_gro(fd: RawFd) -> io::Result<()> {
     setsockopt_int(fd, libc::SOL_UDP, libc::UDP_GRO, 1)
+}
+
+/// Asks for each datagram's traffic class (its ECN bits): `IP_RECVTOS`,
+/// and `IPV6_RECVTCLASS` on an IPv6 socket (which may carry IPv4 too).
+#[cfg(target_os = "linux")]
+pub(crate) fn set_recv_tos(fd: RawFd, ipv6: bool) -> io::Result<()> {
+    if ipv6 {
+        setsockopt_int(fd, libc::SOL_IPV6, libc::IPV6_RECVTCLASS, 1)?;
+        // Dual-stack: IPv4 datagrams report IP_TOS; not every IPv6 socket
+        // takes the IPv4 option.
+        let _ = setsockopt_int(fd, libc::SOL_IP, libc::IP_RECVTOS, 1);
+        Ok(())
+    } else {
+        setsockopt_int(fd, libc::SOL_IP, libc::IP_RECVTOS, 1)
+    }
+}
+
+/// Asks for each datagram's destination address: `IP_PKTINFO`, and
+/// `IPV6_RECVPKTINFO` on an IPv6 socket.
+#[cfg(target_os = "linux")]
+pub(crate) fn set_recv_pktinfo(fd: RawFd, ipv6: bool) -> io::Result<()> {
+    if ipv6 {
+        setsockopt_int(fd, libc::SOL_IPV6, libc::IPV6_RECVPKTINFO, 1)?;
+        let _ = setsockopt_int(fd, libc::SOL_IP, libc::IP_PKTINFO, 1);
+        Ok(())
+    } else {
+        setsockopt_int(fd, libc::SOL_IP, libc::IP_PKTINFO, 1)
+    }
 }
 
 /// Whether the kernel accepts UDP segmentation offload (`UDP_SEGMENT`,
