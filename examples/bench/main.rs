@@ -45,6 +45,7 @@ use std::time::{Duration, Instant};
 use mio::{Events, Interest, Poll, Token};
 
 mod c10k;
+mod offload;
 mod rudp;
 mod rudp_core;
 mod seqpacket;
@@ -55,9 +56,11 @@ use msgloop::{Ctx, Datagram, DgramOptions, Handler, Reactor, SocketId};
 const PAYLOAD: [u8; 64] = [0x5a; 64];
 
 /// Every workload, in the order they run.
-const WORKLOADS: [&str; 18] = [
+const WORKLOADS: [&str; 20] = [
     "udp_pingpong",
     "udp_ingest",
+    "udp_ingest_gro",
+    "udp_send_gso",
     "unix_dgram_pingpong",
     "seqpacket_pingpong",
     "seqpacket_oneway",
@@ -611,6 +614,7 @@ fn main() {
                 &format!("payload=64 slices={slices}x{SLICE_ROUND_TRIPS}"),
             );
         }
+        offload::run(slices, &want)?;
         seqpacket::run(o.rounds, slices, &want)?;
         tcp::run(o.rounds, &want)?;
         c10k::run(&want)?;
