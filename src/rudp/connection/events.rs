@@ -15,8 +15,13 @@
 
 use std::collections::VecDeque;
 
+use super::reassembly::vec_charge;
 use super::stats::PerGuarantee;
 use crate::rudp::{Event, EventRef, Guarantee, RudpCloseReason};
+
+/// Arena capacity kept once every message in it was polled; a larger
+/// arena is freed then (an idle connection keeps at most this much).
+const ARENA_KEEP: usize = 64 << 10;
 
 /// Data handed to the application, waiting in the event queue.
 #[derive(Debug)]
@@ -78,12 +83,20 @@ enum PendingEvent {
 /// Events waiting for `poll_event`, with an arena for in-order small messages.
 ///
 /// The arena is only cleared when no queued event points into it.
+///
+/// What the inbox holds counts toward the connection's receive budgets:
+/// [`mem_held`](Self::mem_held) (the arena's capacity, messages with a
+/// vector of their own, the last one lent out) and
+/// [`in_place_bytes`](Self::in_place_bytes) (messages left in the
+/// caller's buffer: not our memory, but not yet taken either).
 #[derive(Debug, Default)]
 pub(super) struct Inbox {
     events: VecDeque<PendingEvent>,
     arena: Vec<u8>,
-    /// Message bytes waiting in `events`.
-    bytes: usize,
+    /// What the owned messages waiting in `events` are charged.
+    owned: usize,
+    /// Bytes of the in-place messages waiting in `events`.
+    in_place: usize,
     delivered: PerGuarantee,
     /// Set while a packet is handled in place: messages that lie whole in
     /// it are queued by position instead of copied.
@@ -99,9 +112,76 @@ impl Inbox {
         !self.events.is_empty()
     }
 
-    /// Message bytes waiting (they count toward the receive buffer limit).
-    pub(super) fn bytes(&self) -> usize {
-        self.bytes
+    /// Memory held: the arena, owned messages waiting, and the message
+    /// last lent out by `pop_raw`.
+    #[inline]
+    pub(super) fn mem_held(&self) -> usize {
+        vec_charge(self.arena.capacity())
+            + self.owned
+            + self.last.as_ref().map_or(0, |v| vec_charge(v.capacity()))
+    }
+
+    /// Bytes of messages waiting in the caller's receive buffer.
+    #[inline]
+    pub(super) fn in_place_bytes(&self) -> usize {
+        self.in_place
+    }
+
+    /// Whether `data` lies in the packet being handled in place (it would
+    /// be queued by position, not copied).
+    #[inline]
+    pub(super) fn is_in_place(&self, data: &[u8]) -> bool {
+        self.place.is_some_and(|p| {
+            let at = (data.as_ptr() as usize).wrapping_sub(p.base);
+            at <= p.len && data.len() <= p.len - at
+        })
+    }
+
+    /// The arena's capacity after taking `n` more bytes.
+    #[inline]
+    fn arena_target(&self, n: usize) -> Option<usize> {
+        let len = if self.events.is_empty() {
+            0
+        } else {
+            self.arena.len()
+        };
+        let cap = self.arena.capacity();
+        (len + n > cap).then(|| (2 * cap).max(len + n).max(256))
+    }
+
+    /// How much copying `n` bytes into the arena grows what is held.
+    #[inline]
+    pub(super) fn arena_growth(&self, n: usize) -> usize {
+        self.arena_target(n)
+            .map_or(0, |t| vec_charge(t) - vec_charge(self.arena.capacity()))
+    }
+
+    /// Frees an arena larger than [`ARENA_KEEP`] once nothing refers to it.
+    fn trim_arena(&mut self) {
+        self.arena.clear();
+        if self.arena.capacity() > ARENA_KEEP {
+            self.arena = Vec::new();
+        }
+    }
+
+    /// With no event waiting, frees the arena and the message last lent
+    /// out (the endpoint wants the room).
+    pub(super) fn release_idle(&mut self) {
+        if self.events.is_empty() {
+            self.arena = Vec::new();
+            self.last = None;
+        }
+    }
+
+    /// Drops every message waiting (the connection is being closed for
+    /// want of room), keeping the other events.
+    pub(super) fn discard_messages(&mut self) {
+        self.events
+            .retain(|e| !matches!(e, PendingEvent::Message { .. }));
+        self.arena = Vec::new();
+        self.last = None;
+        self.owned = 0;
+        self.in_place = 0;
     }
 
     /// Messages handed to the application so far.
@@ -112,7 +192,7 @@ impl Inbox {
     /// Reuses the arena from its start when no event refers to it.
     pub(super) fn recycle(&mut self) {
         if self.events.is_empty() {
-            self.arena.clear();
+            self.trim_arena();
         }
     }
 
@@ -142,7 +222,7 @@ impl Inbox {
         if let Some(p) = self.place {
             let at = (data.as_ptr() as usize).wrapping_sub(p.base);
             if at <= p.len && data.len() <= p.len - at {
-                self.bytes += data.len();
+                self.in_place += data.len();
                 self.delivered.add(g);
                 self.events.push_back(PendingEvent::Message {
                     guarantee: g,
@@ -154,12 +234,18 @@ impl Inbox {
                 return;
             }
         }
-        if self.events.is_empty() {
+        // Grown exactly as `arena_growth` said (the budget was checked
+        // with it).
+        if let Some(t) = self.arena_target(data.len()) {
+            if self.events.is_empty() {
+                self.arena.clear();
+            }
+            self.arena.reserve_exact(t - self.arena.len());
+        } else if self.events.is_empty() {
             self.arena.clear();
         }
         let start = self.arena.len();
         self.arena.extend_from_slice(data);
-        self.bytes += data.len();
         self.delivered.add(g);
         self.events.push_back(PendingEvent::Message {
             guarantee: g,
@@ -172,7 +258,7 @@ impl Inbox {
 
     /// Queues a message that has a vector of its own.
     pub(super) fn deliver_vec(&mut self, g: Guarantee, data: Vec<u8>) {
-        self.bytes += data.len();
+        self.owned += vec_charge(data.capacity());
         self.delivered.add(g);
         self.events.push_back(PendingEvent::Message {
             guarantee: g,
@@ -185,7 +271,7 @@ impl Inbox {
     #[inline]
     pub(super) fn pop_event(&mut self) -> Option<Event> {
         let Some(ev) = self.events.pop_front() else {
-            self.arena.clear();
+            self.trim_arena();
             return None;
         };
         Some(match ev {
@@ -194,11 +280,15 @@ impl Inbox {
             PendingEvent::Closed(r) => Event::Closed(r),
             PendingEvent::Message { guarantee, data } => {
                 let data = match data {
-                    MsgData::Owned(v) => v,
+                    MsgData::Owned(v) => {
+                        self.owned -= vec_charge(v.capacity());
+                        v
+                    }
                     MsgData::Arena { start, len } => {
                         self.arena.get(start..start + len).unwrap_or(&[]).to_vec()
                     }
                     MsgData::InPlace { len, .. } => {
+                        self.in_place -= len;
                         // Only the reactor handles packets in place, and it
                         // polls with `poll_event_raw`.
                         debug_assert!(false, "in-place message polled by copy");
@@ -206,7 +296,6 @@ impl Inbox {
                         Vec::new()
                     }
                 };
-                self.bytes -= data.len();
                 Event::Message { data, guarantee }
             }
         })
@@ -238,7 +327,7 @@ impl Inbox {
     /// them in the caller's buffer ([`MsgRef::InPlace`]).
     pub(super) fn pop_raw(&mut self) -> Option<RawEvent<'_>> {
         let Some(ev) = self.events.pop_front() else {
-            self.arena.clear();
+            self.trim_arena();
             self.last = None;
             return None;
         };
@@ -246,15 +335,14 @@ impl Inbox {
             PendingEvent::Message { guarantee, data } => {
                 let data = match data {
                     MsgData::Arena { start, len } => {
-                        self.bytes -= len;
                         MsgRef::Bytes(self.arena.get(start..start + len).unwrap_or(&[]))
                     }
                     MsgData::Owned(v) => {
-                        self.bytes -= v.len();
+                        self.owned -= vec_charge(v.capacity());
                         MsgRef::Bytes(self.last.insert(v))
                     }
                     MsgData::InPlace { offset, len } => {
-                        self.bytes -= len;
+                        self.in_place -= len;
                         MsgRef::InPlace { offset, len }
                     }
                 };
@@ -269,10 +357,16 @@ impl Inbox {
     /// Copies every queued in-place message out of `buf` (the caller's
     /// receive buffer, still holding the packets) into the arena.
     pub(super) fn materialize(&mut self, buf: &[u8]) {
-        let Inbox { events, arena, .. } = self;
+        let Inbox {
+            events,
+            arena,
+            in_place,
+            ..
+        } = self;
         for ev in events.iter_mut() {
             if let PendingEvent::Message { data, .. } = ev {
                 if let MsgData::InPlace { offset, len } = *data {
+                    *in_place -= len;
                     let bytes = buf.get(offset..offset + len).unwrap_or(&[]);
                     let start = arena.len();
                     arena.extend_from_slice(bytes);
