@@ -480,8 +480,10 @@ impl RecvState {
     // -- budget ------------------------------------------------------------------
 
     /// Room left, in bytes: under the connection's own budget (everything
-    /// it holds, messages handled in place included; less the front's
-    /// reserve unless `front`), and under its allowance (memory only).
+    /// it holds, messages handled in place included), and under its
+    /// allowance (memory only); less, in both, the front's reserve unless
+    /// `front` (so the message the others wait for always fits, whatever
+    /// waits behind it here or, for the allowance, elsewhere).
     #[inline]
     fn rooms(&self, inbox: &Inbox, front: bool) -> (usize, usize) {
         let mem = self.held + inbox.mem_held();
@@ -492,7 +494,7 @@ impl RecvState {
                 .budget
                 .saturating_sub(reserve)
                 .saturating_sub(total),
-            self.allowance.saturating_sub(mem),
+            self.allowance.saturating_sub(reserve).saturating_sub(mem),
         )
     }
 
