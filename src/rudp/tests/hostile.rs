@@ -874,8 +874,24 @@ fn in_place_in_order_messages_need_no_budget() {
     sim.captured = Some(Vec::new());
     let mut raw = Raw::new(attacker(6), 1);
     fill_budget(&mut sim, &mut raw, 200, 0);
-    let full_before = sim.nodes[1].ep.stats();
-    assert!(full_before.recv_bytes_held + 2 * F as u64 > cfg.max_endpoint_recv_bytes as u64);
+    // Up to the last bytes: the front message of a second connection.
+    assert_eq!(raw.handshake(&mut sim, &[78]), 2);
+    let full = vec![5u8; F];
+    for i in 1..13 {
+        let c = frag_chunk(Guarantee::Delivery, SEQ0, i, 14, &full);
+        raw.data(&mut sim, 1, &[c]);
+    }
+    sim.step();
+    let limit = cfg.max_endpoint_recv_bytes;
+    let free = limit - held(&sim, 1);
+    let last = vec![5u8; free.saturating_sub(100).clamp(1, F)];
+    let c = frag_chunk(Guarantee::Delivery, SEQ0, 13, 14, &last);
+    raw.data(&mut sim, 1, &[c]);
+    sim.step();
+    raw.take(&mut sim);
+    let free = limit - held(&sim, 1);
+    let msg_len = 1000;
+    assert!(free < msg_len, "{free} B free");
     // A client driven by hand, its datagrams handled in place.
     let now = sim.now;
     let (caddr, saddr) = (sim.nodes[0].addr, sim.nodes[1].addr);
@@ -888,11 +904,12 @@ fn in_place_in_order_messages_need_no_budget() {
     let mut sent = 0u32;
     for round in 0..2000 {
         let t = now + Duration::from_millis(round);
-        while sent < n
-            && client
-                .send(peer, &sent.to_be_bytes(), Guarantee::Delivery)
-                .is_ok()
-        {
+        while sent < n {
+            let mut m = vec![0u8; msg_len];
+            m[..4].copy_from_slice(&sent.to_be_bytes());
+            if client.send(peer, &m, Guarantee::Delivery).is_err() {
+                break;
+            }
             sent += 1;
         }
         while let Some(tx) = client.poll_transmit(t, &mut buf) {
@@ -903,7 +920,8 @@ fn in_place_in_order_messages_need_no_budget() {
                         MsgRef::InPlace { offset, len } => buf[offset..offset + len].to_vec(),
                         MsgRef::Bytes(b) => b.to_vec(),
                     };
-                    assert_eq!(bytes, got.to_be_bytes());
+                    assert_eq!(bytes.len(), msg_len);
+                    assert_eq!(bytes[..4], got.to_be_bytes());
                     got += 1;
                 }
             }
@@ -926,7 +944,7 @@ fn in_place_in_order_messages_need_no_budget() {
     assert_eq!(got, n);
     let st = server.stats();
     assert_eq!(st.closed_over_budget, 0);
-    assert_eq!(st.connections, 2);
+    assert_eq!(st.connections, 3);
 }
 
 // -- 5. ack delay ------------------------------------------------------------------------
