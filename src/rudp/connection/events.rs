@@ -22,6 +22,24 @@ use crate::rudp::{Event, EventRef, Guarantee, RudpCloseReason};
 /// Arena capacity kept once every message in it was polled; a larger
 /// arena is freed then (an idle connection keeps at most this much).
 const ARENA_KEEP: usize = 64 << 10;
+/// Event queue capacity kept once every event was polled.
+const EVENTS_KEEP: usize = 256;
+/// Bytes an event takes in the queue.
+const EVENT_SIZE: usize = core::mem::size_of::<PendingEvent>();
+/// The queue's first allocation (`VecDeque`'s smallest, made when the
+/// connection reports `Connected`): part of the connection's fixed cost,
+/// not charged to the receive budgets.
+const EVENTS_BASE: usize = 4;
+
+/// What an event queue of capacity `cap` is charged.
+#[inline]
+fn events_charge(cap: usize) -> usize {
+    if cap <= EVENTS_BASE {
+        0
+    } else {
+        vec_charge(cap * EVENT_SIZE)
+    }
+}
 
 /// Data handed to the application, waiting in the event queue.
 #[derive(Debug)]
@@ -117,8 +135,24 @@ impl Inbox {
     #[inline]
     pub(super) fn mem_held(&self) -> usize {
         vec_charge(self.arena.capacity())
+            + events_charge(self.events.capacity())
             + self.owned
             + self.last.as_ref().map_or(0, |v| vec_charge(v.capacity()))
+    }
+
+    /// How much the queue grows by its next doubling if `n` more events,
+    /// and the two queued without asking for room (`Writable`, `Closed`),
+    /// would not fit in it, else 0 (a message's record costs memory of
+    /// ours even when its bytes are not).
+    #[inline]
+    pub(super) fn event_headroom(&self, n: usize) -> usize {
+        let cap = self.events.capacity();
+        if self.events.len() + n + 2 <= cap {
+            0
+        } else {
+            // `VecDeque` doubles (at least 4).
+            events_charge((2 * cap).max(EVENTS_BASE)) - events_charge(cap)
+        }
     }
 
     /// Bytes of messages waiting in the caller's receive buffer.
@@ -156,11 +190,15 @@ impl Inbox {
             .map_or(0, |t| vec_charge(t) - vec_charge(self.arena.capacity()))
     }
 
-    /// Frees an arena larger than [`ARENA_KEEP`] once nothing refers to it.
+    /// Frees an arena larger than [`ARENA_KEEP`] once nothing refers to
+    /// it, and shrinks the event queue to [`EVENTS_KEEP`].
     fn trim_arena(&mut self) {
         self.arena.clear();
         if self.arena.capacity() > ARENA_KEEP {
             self.arena = Vec::new();
+        }
+        if self.events.is_empty() && self.events.capacity() > EVENTS_KEEP {
+            self.events.shrink_to(EVENTS_KEEP);
         }
     }
 
@@ -169,6 +207,7 @@ impl Inbox {
     pub(super) fn release_idle(&mut self) {
         if self.events.is_empty() {
             self.arena = Vec::new();
+            self.events = VecDeque::new();
             self.last = None;
         }
     }
@@ -178,6 +217,7 @@ impl Inbox {
     pub(super) fn discard_messages(&mut self) {
         self.events
             .retain(|e| !matches!(e, PendingEvent::Message { .. }));
+        self.events.shrink_to_fit();
         self.arena = Vec::new();
         self.last = None;
         self.owned = 0;
@@ -199,6 +239,19 @@ impl Inbox {
     /// Sets (or, with `None`, ends) the packet being handled in place.
     pub(super) fn set_place(&mut self, place: Option<InPlace>) {
         self.place = place;
+    }
+
+    /// Queues a message, keeping room in the queue for the two events
+    /// queued without asking for room (`Writable`, `Closed`): the queue
+    /// grows here, where the caller checked the budget for it (see
+    /// `event_headroom`), never when the connection closes.
+    #[inline]
+    fn push_message(&mut self, guarantee: Guarantee, data: MsgData) {
+        self.events
+            .push_back(PendingEvent::Message { guarantee, data });
+        if self.events.capacity() - self.events.len() < 2 {
+            self.events.reserve(2);
+        }
     }
 
     /// Queues `Connected`.
@@ -224,13 +277,13 @@ impl Inbox {
             if at <= p.len && data.len() <= p.len - at {
                 self.in_place += data.len();
                 self.delivered.add(g);
-                self.events.push_back(PendingEvent::Message {
-                    guarantee: g,
-                    data: MsgData::InPlace {
+                self.push_message(
+                    g,
+                    MsgData::InPlace {
                         offset: p.origin + at,
                         len: data.len(),
                     },
-                });
+                );
                 return;
             }
         }
@@ -247,23 +300,20 @@ impl Inbox {
         let start = self.arena.len();
         self.arena.extend_from_slice(data);
         self.delivered.add(g);
-        self.events.push_back(PendingEvent::Message {
-            guarantee: g,
-            data: MsgData::Arena {
+        self.push_message(
+            g,
+            MsgData::Arena {
                 start,
                 len: data.len(),
             },
-        });
+        );
     }
 
     /// Queues a message that has a vector of its own.
     pub(super) fn deliver_vec(&mut self, g: Guarantee, data: Vec<u8>) {
         self.owned += vec_charge(data.capacity());
         self.delivered.add(g);
-        self.events.push_back(PendingEvent::Message {
-            guarantee: g,
-            data: MsgData::Owned(data),
-        });
+        self.push_message(g, MsgData::Owned(data));
     }
 
     /// The next event, with message bytes copied out (or moved, for messages

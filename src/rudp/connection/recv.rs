@@ -479,45 +479,59 @@ impl RecvState {
 
     // -- budget ------------------------------------------------------------------
 
+    /// What must stay free beyond a chunk's own growth: the front's
+    /// reserve unless `front` (so that the message the others wait for
+    /// always fits, whatever waits behind it here or, for the allowance,
+    /// elsewhere), and the growth of the inbox's event queue if `pending`
+    /// more events would not fit in it (messages waiting in the window are
+    /// queued there without a check when the message before them arrives:
+    /// one doubling of the queue must fit, and the window entries they
+    /// free pay for the next ones).
+    #[inline]
+    fn keep(&self, inbox: &Inbox, front: bool, pending: usize) -> usize {
+        let reserve = if front { 0 } else { self.limits.reserve };
+        reserve + inbox.event_headroom(pending)
+    }
+
     /// Room left, in bytes: under the connection's own budget (everything
     /// it holds, messages handled in place included), and under its
-    /// allowance (memory only); less, in both, the front's reserve unless
-    /// `front` (so the message the others wait for always fits, whatever
-    /// waits behind it here or, for the allowance, elsewhere).
+    /// allowance (memory only), less [`keep`](Self::keep) with the window's
+    /// messages and one more pending.
     #[inline]
     fn rooms(&self, inbox: &Inbox, front: bool) -> (usize, usize) {
         let mem = self.held + inbox.mem_held();
         let total = mem + inbox.in_place_bytes();
-        let reserve = if front { 0 } else { self.limits.reserve };
+        let keep = self.keep(inbox, front, self.window.len() + 1);
         (
-            self.limits
-                .budget
-                .saturating_sub(reserve)
-                .saturating_sub(total),
-            self.allowance.saturating_sub(reserve).saturating_sub(mem),
+            self.limits.budget.saturating_sub(keep + total),
+            self.allowance.saturating_sub(keep + mem),
         )
     }
 
     /// Makes room for `total` more bytes under the connection's budget, of
-    /// which `mem` under its allowance, dropping unreliable partial
+    /// which `mem` under its allowance, keeping [`keep`](Self::keep) free
+    /// with `pending` more messages, by dropping unreliable partial
     /// reassemblies (oldest first) if need be. False when that is not
     /// enough; a shortfall of the allowance alone is recorded as starving.
     fn make_room(
         &mut self,
         inbox: &Inbox,
-        front: bool,
+        (front, pending): (bool, usize),
         mem: usize,
         total: usize,
         stats: &mut ConnectionStats,
     ) -> bool {
         loop {
-            let (own, allowed) = self.rooms(inbox, front);
-            if total <= own && mem <= allowed {
+            let held = self.held + inbox.mem_held();
+            let keep = self.keep(inbox, front, pending);
+            let own = held + inbox.in_place_bytes() + keep + total <= self.limits.budget;
+            let allowed = held.saturating_add(keep + mem) <= self.allowance;
+            if own && allowed {
                 return true;
             }
             let Some(old) = self.partials.pop_front() else {
-                if total <= own {
-                    self.budget_events.starved = self.budget_events.starved.max(mem);
+                if own {
+                    self.budget_events.starved = self.budget_events.starved.max(mem + keep);
                 }
                 return false;
             };
@@ -531,15 +545,19 @@ impl RecvState {
     }
 
     /// Room for a message queued from borrowed bytes: handled in place it
-    /// costs only its length under the connection's budget; copied into
-    /// the inbox's arena it costs the arena's growth.
+    /// costs its length under the connection's budget (not under the
+    /// allowance: the bytes are the caller's); copied into the inbox's
+    /// arena it costs the arena's growth; either way, the event queue's
+    /// growth if it has no room for it and the window's messages it may
+    /// release.
     #[inline]
     fn room_to_deliver(&mut self, inbox: &Inbox, data: &[u8], stats: &mut ConnectionStats) -> bool {
+        let e = inbox.event_headroom(self.window.len() + 1);
         if inbox.is_in_place(data) {
-            self.make_room(inbox, true, 0, data.len(), stats)
+            self.make_room(inbox, (true, 0), e, e + data.len(), stats)
         } else {
-            let g = inbox.arena_growth(data.len());
-            g == 0 || self.make_room(inbox, true, g, g, stats)
+            let g = e + inbox.arena_growth(data.len());
+            self.make_room(inbox, (true, 0), g, g, stats)
         }
     }
 
@@ -591,7 +609,7 @@ impl RecvState {
                     return ChunkOutcome::Duplicate;
                 }
                 let charge = ENTRY_OVERHEAD + vec_charge(c.payload.len());
-                if !self.make_room(inbox, front, charge, charge, stats) {
+                if !self.make_room(inbox, (front, self.window.len() + 1), charge, charge, stats) {
                     return self.refuse(stats);
                 }
                 self.held += ENTRY_OVERHEAD;
@@ -641,7 +659,7 @@ impl RecvState {
             None => {
                 // The first fragment: kept as it is.
                 let charge = ENTRY_OVERHEAD + vec_charge(c.payload.len());
-                if !self.make_room(inbox, front, charge, charge, stats) {
+                if !self.make_room(inbox, (front, self.window.len() + 1), charge, charge, stats) {
                     return Err(self.refuse(stats));
                 }
                 let slot = Slot::Frag {
@@ -694,7 +712,9 @@ impl RecvState {
                 }
                 FragInsert::NoRoom { need } => {
                     let need = need + upgrade;
-                    if tries > 2 || !self.make_room(inbox, front, need, need, stats) {
+                    if tries > 2
+                        || !self.make_room(inbox, (front, self.window.len() + 1), need, need, stats)
+                    {
                         break Err(self.refuse(stats));
                     }
                     upgrade = (ENTRY_OVERHEAD + r.held()).saturating_sub(before);
@@ -856,9 +876,10 @@ impl RecvState {
                         stats.unreliable_dropped += 1;
                     }
                 }
+                let pending = self.window.len() + 1;
                 if !self.make_room(
                     inbox,
-                    false,
+                    (false, pending),
                     REASSEMBLY_OVERHEAD,
                     REASSEMBLY_OVERHEAD,
                     stats,
@@ -891,7 +912,9 @@ impl RecvState {
                 FragInsert::Added => break true,
                 FragInsert::Duplicate | FragInsert::Mismatch => break true,
                 FragInsert::NoRoom { need } => {
-                    if tries > 2 || !self.make_room(inbox, false, need, need, stats) {
+                    if tries > 2
+                        || !self.make_room(inbox, (false, self.window.len() + 1), need, need, stats)
+                    {
                         stats.unreliable_dropped += 1;
                         stats.recv_budget_drops += 1;
                         self.budget_events.drops += 1;
