@@ -896,7 +896,8 @@ impl Endpoint {
             }
         };
         if let Some(idx) = route {
-            self.sync(idx);
+            // `charged` may be stale (events polled since): it is then too
+            // high, which only makes the allowance smaller than it could be.
             let ep_free = self
                 .cfg
                 .max_endpoint_recv_bytes
@@ -1185,8 +1186,6 @@ impl Endpoint {
     fn next_event_conn(&mut self) -> Option<u32> {
         loop {
             let idx = *self.event_queue.front()?;
-            // What the last event polled (by reference) freed.
-            self.sync(idx);
             // Fast path: the front connection still has events.
             if self
                 .slots
@@ -1204,6 +1203,8 @@ impl Endpoint {
             match state {
                 Some((true, _)) => return Some(idx),
                 Some((false, closed)) => {
+                    // Drained: what its events held is free.
+                    self.sync(idx);
                     self.event_queue.pop_front();
                     if let Some(e) = self
                         .slots
@@ -1240,8 +1241,6 @@ impl Endpoint {
         if e.conn.is_closed() && !e.conn.has_pending_events() {
             self.event_queue.pop_front();
             self.remove(idx);
-        } else {
-            self.sync(idx);
         }
         Some((peer, ev))
     }

@@ -19,8 +19,10 @@ use super::reassembly::vec_charge;
 use super::stats::PerGuarantee;
 use crate::rudp::{Event, EventRef, Guarantee, RudpCloseReason};
 
-/// Arena capacity kept once every message in it was polled; a larger
-/// arena is freed then (an idle connection keeps at most this much).
+/// Arena capacity kept once every message in it was polled, whatever it
+/// held; a larger arena is kept only while it was used to a quarter at
+/// least (an idle connection keeps at most this much, or four times the
+/// bytes of its last burst; counted as held either way).
 const ARENA_KEEP: usize = 64 << 10;
 /// Event queue capacity kept once every event was polled.
 const EVENTS_KEEP: usize = 256;
@@ -193,8 +195,11 @@ impl Inbox {
     /// Frees an arena larger than [`ARENA_KEEP`] once nothing refers to
     /// it, and shrinks the event queue to [`EVENTS_KEEP`].
     fn trim_arena(&mut self) {
+        // Kept while it is used to a quarter at least: a steady flow of
+        // bursts keeps its arena, one large burst gives it back.
+        let used = self.arena.len();
         self.arena.clear();
-        if self.arena.capacity() > ARENA_KEEP {
+        if self.arena.capacity() > ARENA_KEEP.max(4 * used) {
             self.arena = Vec::new();
         }
         if self.events.is_empty() && self.events.capacity() > EVENTS_KEEP {
@@ -231,7 +236,7 @@ impl Inbox {
 
     /// Reuses the arena from its start when no event refers to it.
     pub(super) fn recycle(&mut self) {
-        if self.events.is_empty() {
+        if self.events.is_empty() && !self.arena.is_empty() {
             self.trim_arena();
         }
     }

@@ -677,7 +677,7 @@ impl RecvState {
                     return dup(stats);
                 }
             }
-            Some(Slot::Partial(_)) => {}
+            Some(Slot::Partial(_)) => return self.on_partial(key, front, f, c, inbox, stats),
             Some(Slot::Complete { .. } | Slot::Delivered) => return dup(stats),
         }
         // A second fragment turns the entry into a reassembly.
@@ -692,7 +692,6 @@ impl RecvState {
                 set,
                 data,
             } => Box::new(Reassembly::with_fragment(count, set, index, data)),
-            Slot::Partial(r) => r,
             other => {
                 self.window.insert(key, other);
                 return dup(stats);
@@ -749,6 +748,57 @@ impl RecvState {
         self.held -= after - ENTRY_OVERHEAD;
         let set = r.set();
         Ok(Some((r.finish(), set)))
+    }
+
+    /// Stores a fragment of the message at `key`, which is being
+    /// reassembled: in place (the in-order path of large messages).
+    #[allow(clippy::type_complexity)]
+    fn on_partial(
+        &mut self,
+        key: u64,
+        front: bool,
+        f: FragInfo,
+        c: &ChunkRepr<'_>,
+        inbox: &Inbox,
+        stats: &mut ConnectionStats,
+    ) -> Result<Option<(Vec<u8>, Option<SetInfo>)>, ChunkOutcome> {
+        let frag_size = self.limits.frag_size;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let (own, allowed) = self.rooms(inbox, front);
+            let Some(Slot::Partial(r)) = self.window.get_mut(&key) else {
+                return Err(ChunkOutcome::Duplicate);
+            };
+            let before = r.held();
+            match r.insert(f, c.payload, frag_size, own.min(allowed)) {
+                FragInsert::Added => {
+                    let after = r.held();
+                    self.held = self.held + after - before;
+                    if !r.is_complete() {
+                        return Ok(None);
+                    }
+                    // Complete: the entry's bytes leave the charge (the
+                    // caller charges them again as the slot they become).
+                    let Some(Slot::Partial(r)) = self.window.remove(&key) else {
+                        return Ok(None);
+                    };
+                    self.held -= after;
+                    let set = r.set();
+                    return Ok(Some((r.finish(), set)));
+                }
+                FragInsert::Duplicate | FragInsert::Mismatch => {
+                    stats.duplicate_chunks += 1;
+                    return Err(ChunkOutcome::Duplicate);
+                }
+                FragInsert::NoRoom { need } => {
+                    let pending = self.window.len() + 1;
+                    if tries > 2 || !self.make_room(inbox, (front, pending), need, need, stats) {
+                        return Err(self.refuse(stats));
+                    }
+                }
+            }
+        }
     }
 
     /// Moves the front of the window one message on.
