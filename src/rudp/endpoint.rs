@@ -477,25 +477,24 @@ impl Endpoint {
 
     /// Brings the endpoint's view of connection `idx` up to date: the
     /// bytes its receive side holds and its budget events. Returns how
-    /// many bytes it was starved of (see `BudgetEvents::starved`).
-    fn sync(&mut self, idx: u32) -> usize {
-        let Some(e) = self
+    /// many bytes it was starved of, if any (see `BudgetEvents::starved`).
+    #[inline]
+    fn sync(&mut self, idx: u32) -> Option<usize> {
+        let e = self
             .slots
             .get_mut(idx as usize)
-            .and_then(|s| s.entry.as_deref_mut())
-        else {
-            return 0;
-        };
+            .and_then(|s| s.entry.as_deref_mut())?;
         let held = e.conn.recv_held();
         let ev = e.conn.take_budget_events();
         let (old, source) = (e.charged, e.source);
         e.charged = held;
-        self.stats.recv_budget_drops += ev.drops;
-        self.stats.recv_budget_refusals += ev.refusals;
         if held != old {
             self.recharge(source, old, held);
         }
-        ev.starved
+        let ev = ev?;
+        self.stats.recv_budget_drops += ev.drops;
+        self.stats.recv_budget_refusals += ev.refusals;
+        Some(ev.starved).filter(|&n| n > 0)
     }
 
     fn remove(&mut self, idx: u32) {
@@ -556,7 +555,7 @@ impl Endpoint {
                 src.half_open -= 1;
             }
         }
-        let (held, charged) = (e.conn.recv_held(), e.charged);
+
         // Only a deadline earlier than the heap entry needs a new entry. A
         // later one (the common case: every packet sent pushes the
         // retransmission timer back) leaves the entry early; `poll_timeout`
@@ -574,9 +573,6 @@ impl Endpoint {
         }
         if self.heap.len() > 2 * self.live + 64 {
             self.rebuild_heap();
-        }
-        if held != charged {
-            self.sync(idx);
         }
     }
 
@@ -733,6 +729,7 @@ impl Endpoint {
             }
             _ => self.stats.stateless_dropped += 1,
         }
+        self.sync(idx);
         self.touched(idx);
     }
 
@@ -930,8 +927,7 @@ impl Endpoint {
             if let Err(RudpError::ProtocolViolation(_)) = r {
                 self.stats.protocol_violations += 1;
             }
-            let starved = self.sync(idx);
-            if starved > 0 {
+            if let Some(starved) = self.sync(idx) {
                 self.reclaim(idx, starved, now);
             }
             self.touched(idx);
@@ -1007,9 +1003,11 @@ impl Endpoint {
                 .get_mut(idx as usize)
                 .and_then(|s| s.entry.as_deref_mut())
             {
-                e.scheduled = None;
                 e.conn.handle_timeout(now);
+                e.scheduled = None;
             }
+            // A connection that timed out frees what it held.
+            self.sync(idx);
             self.touched(idx);
         }
     }

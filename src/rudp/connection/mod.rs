@@ -350,9 +350,9 @@ impl Connection {
         self.rx.set_allowance(bytes);
     }
 
-    /// Budget events since the last call.
+    /// Budget events since the last call, if any.
     #[inline]
-    pub(crate) fn take_budget_events(&mut self) -> BudgetEvents {
+    pub(crate) fn take_budget_events(&mut self) -> Option<BudgetEvents> {
         self.rx.take_budget_events()
     }
 

@@ -9,9 +9,10 @@
 //!
 //! - the **prefix** holds fragments `0..next`, back to back: the in-order
 //!   fast path appends to it, and it *is* the message once complete (no
-//!   copy at completion). Its capacity grows geometrically with what was
-//!   appended, capped at the claimed length, so it is at most twice the
-//!   bytes received and ends with less than `F` bytes of slack;
+//!   copy at completion). Its capacity doubles with what was appended and
+//!   jumps to the claimed length once a quarter of it is there, so it is
+//!   at most four times the bytes received (twice below a quarter) and
+//!   ends with less than `F` bytes of slack;
 //! - fragments that arrive beyond the prefix wait in a sorted map, each in
 //!   an allocation of its own size, and move into the prefix (one copy)
 //!   when the gap before them closes.
@@ -186,9 +187,16 @@ impl Reassembly {
                     need: min_cost - freed,
                 };
             }
+            // Doubling; and once a quarter of the claimed length is here,
+            // the claimed length at once (one large copy fewer on the
+            // in-order path, at most four times what arrived).
             let claimed = usize::from(self.count) * frag_size;
-            let target = (2 * cap)
-                .max(needed)
+            let grown = if needed.saturating_mul(4) >= claimed {
+                claimed
+            } else {
+                (2 * cap).max(needed)
+            };
+            let target = grown
                 .min(claimed)
                 .min(
                     room.saturating_add(freed)
@@ -291,11 +299,11 @@ mod tests {
                 reallocs += 1;
                 cap = r.prefix.capacity();
             }
-            // Never more than twice what arrived.
-            assert!(r.prefix.capacity() <= 2 * r.prefix.len().max(F));
+            // Never more than four times what arrived.
+            assert!(r.prefix.capacity() <= 4 * r.prefix.len().max(F));
         }
         assert!(r.is_complete());
-        assert!(reallocs <= 12, "{reallocs} reallocations");
+        assert!(reallocs <= 10, "{reallocs} reallocations");
         let held = r.held();
         let m = r.finish();
         assert_eq!(m, expected(count, 37));

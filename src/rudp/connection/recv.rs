@@ -301,8 +301,14 @@ impl RecvState {
     }
 
     /// The budget events since the last call.
-    pub(super) fn take_budget_events(&mut self) -> BudgetEvents {
-        core::mem::take(&mut self.budget_events)
+    #[inline]
+    pub(super) fn take_budget_events(&mut self) -> Option<BudgetEvents> {
+        let e = self.budget_events;
+        if e == BudgetEvents::default() {
+            return None;
+        }
+        self.budget_events = BudgetEvents::default();
+        Some(e)
     }
 
     /// Drops every unreliable partial reassembly (the endpoint needs the
@@ -513,6 +519,7 @@ impl RecvState {
     /// with `pending` more messages, by dropping unreliable partial
     /// reassemblies (oldest first) if need be. False when that is not
     /// enough; a shortfall of the allowance alone is recorded as starving.
+    #[inline]
     fn make_room(
         &mut self,
         inbox: &Inbox,
@@ -521,16 +528,45 @@ impl RecvState {
         total: usize,
         stats: &mut ConnectionStats,
     ) -> bool {
+        let (own, allowed) = self.fits(inbox, (front, pending), mem, total);
+        (own && allowed) || self.make_room_slow(inbox, (front, pending), mem, total, stats)
+    }
+
+    /// Whether `total` more bytes fit the connection's budget and `mem` its
+    /// allowance, keeping [`keep`](Self::keep) free.
+    #[inline]
+    fn fits(
+        &self,
+        inbox: &Inbox,
+        (front, pending): (bool, usize),
+        mem: usize,
+        total: usize,
+    ) -> (bool, bool) {
+        let held = self.held + inbox.mem_held();
+        let keep = self.keep(inbox, front, pending);
+        (
+            held + inbox.in_place_bytes() + keep + total <= self.limits.budget,
+            held.saturating_add(keep + mem) <= self.allowance,
+        )
+    }
+
+    #[cold]
+    fn make_room_slow(
+        &mut self,
+        inbox: &Inbox,
+        (front, pending): (bool, usize),
+        mem: usize,
+        total: usize,
+        stats: &mut ConnectionStats,
+    ) -> bool {
         loop {
-            let held = self.held + inbox.mem_held();
-            let keep = self.keep(inbox, front, pending);
-            let own = held + inbox.in_place_bytes() + keep + total <= self.limits.budget;
-            let allowed = held.saturating_add(keep + mem) <= self.allowance;
+            let (own, allowed) = self.fits(inbox, (front, pending), mem, total);
             if own && allowed {
                 return true;
             }
             let Some(old) = self.partials.pop_front() else {
                 if own {
+                    let keep = self.keep(inbox, front, pending);
                     self.budget_events.starved = self.budget_events.starved.max(mem + keep);
                 }
                 return false;
@@ -553,12 +589,20 @@ impl RecvState {
     #[inline]
     fn room_to_deliver(&mut self, inbox: &Inbox, data: &[u8], stats: &mut ConnectionStats) -> bool {
         let e = inbox.event_headroom(self.window.len() + 1);
-        if inbox.is_in_place(data) {
-            self.make_room(inbox, (true, 0), e, e + data.len(), stats)
+        let (mem, total) = if inbox.is_in_place(data) {
+            (e, e + data.len())
         } else {
             let g = e + inbox.arena_growth(data.len());
-            self.make_room(inbox, (true, 0), g, g, stats)
+            (g, g)
+        };
+        // `fits` with nothing to keep (front, no other event pending).
+        let held = self.held + inbox.mem_held();
+        if held + inbox.in_place_bytes() + total <= self.limits.budget
+            && held.saturating_add(mem) <= self.allowance
+        {
+            return true;
         }
+        self.make_room_slow(inbox, (true, 0), mem, total, stats)
     }
 
     fn refuse(&mut self, stats: &mut ConnectionStats) -> ChunkOutcome {
@@ -655,7 +699,48 @@ impl RecvState {
             stats.duplicate_chunks += 1;
             Err(ChunkOutcome::Duplicate)
         };
+        // The in-order path of a large message: the next fragment of a
+        // reassembly under way, appended where its prefix has room.
+        if let Some(Slot::Partial(r)) = self.window.get_mut(&key) {
+            let before = r.held();
+            match r.insert(f, c.payload, frag_size, 0) {
+                FragInsert::Added => {
+                    let after = r.held();
+                    let complete = r.is_complete();
+                    self.held = self.held + after - before;
+                    if !complete {
+                        return Ok(None);
+                    }
+                    let Some(Slot::Partial(r)) = self.window.remove(&key) else {
+                        return Ok(None);
+                    };
+                    self.held -= after;
+                    let set = r.set();
+                    return Ok(Some((r.finish(), set)));
+                }
+                FragInsert::Duplicate | FragInsert::Mismatch => return dup(stats),
+                FragInsert::NoRoom { .. } => {
+                    return self.on_partial(key, front, f, c, inbox, stats);
+                }
+            }
+        }
         match self.window.get(&key) {
+            None if front && f.index == 0 => {
+                // The start of the message everything waits for: a
+                // reassembly at once, its prefix allocated last (it grows
+                // in place while nothing is allocated after it).
+                let charge = ENTRY_OVERHEAD + REASSEMBLY_OVERHEAD + vec_charge(c.payload.len());
+                let pending = self.window.len() + 1;
+                if !self.make_room(inbox, (front, pending), charge, charge, stats) {
+                    return Err(self.refuse(stats));
+                }
+                self.held += ENTRY_OVERHEAD + REASSEMBLY_OVERHEAD;
+                self.window.insert(
+                    key,
+                    Slot::Partial(Box::new(Reassembly::new(f.count, c.set))),
+                );
+                return self.on_partial(key, front, f, c, inbox, stats);
+            }
             None => {
                 // The first fragment: kept as it is.
                 let charge = ENTRY_OVERHEAD + vec_charge(c.payload.len());
@@ -764,14 +849,16 @@ impl RecvState {
     ) -> Result<Option<(Vec<u8>, Option<SetInfo>)>, ChunkOutcome> {
         let frag_size = self.limits.frag_size;
         let mut tries = 0;
+        // No room at first: most fragments need none (the prefix has
+        // capacity), and the room is worked out only for those that do.
+        let mut room = 0;
         loop {
             tries += 1;
-            let (own, allowed) = self.rooms(inbox, front);
             let Some(Slot::Partial(r)) = self.window.get_mut(&key) else {
                 return Err(ChunkOutcome::Duplicate);
             };
             let before = r.held();
-            match r.insert(f, c.payload, frag_size, own.min(allowed)) {
+            match r.insert(f, c.payload, frag_size, room) {
                 FragInsert::Added => {
                     let after = r.held();
                     self.held = self.held + after - before;
@@ -792,9 +879,17 @@ impl RecvState {
                     return Err(ChunkOutcome::Duplicate);
                 }
                 FragInsert::NoRoom { need } => {
+                    let (own, allowed) = self.rooms(inbox, front);
                     let pending = self.window.len() + 1;
-                    if tries > 2 || !self.make_room(inbox, (front, pending), need, need, stats) {
+                    if own.min(allowed) >= need {
+                        room = own.min(allowed);
+                    } else if tries > 3
+                        || !self.make_room(inbox, (front, pending), need, need, stats)
+                    {
                         return Err(self.refuse(stats));
+                    } else {
+                        let (own, allowed) = self.rooms(inbox, front);
+                        room = own.min(allowed);
                     }
                 }
             }
