@@ -190,7 +190,14 @@ fn sparse_fragments_cost_the_bytes_that_arrived() {
     };
     // Room for everything the test itself keeps, before measuring.
     a.conns.reserve(1024);
-    a.connect(1..=16);
+    a.connect(1..=1);
+    // What a connection costs before it receives anything.
+    let (_, c0) = live();
+    a.connect(2..=16);
+    let (_, c1) = live();
+    let per_conn = (c1 - c0) / 15;
+    println!("an established connection: {per_conn} B of heap");
+    assert!(per_conn < 16 << 10, "{per_conn} B per connection");
     assert_eq!(a.conns.len(), 16);
     let (b0, r0) = live();
     let sent0 = a.sent;

@@ -39,9 +39,13 @@ pub struct RudpConfig {
     /// cumulative ack. Default 8,192; clamped to 16..=1,048,576.
     pub recv_window: u32,
     /// Bound on received bytes held per connection: out-of-order messages,
-    /// partial reassemblies and delivered-but-not-yet-polled messages.
-    /// Default 8 MiB; at least `2 * max_message_len`. Data past it is dropped
-    /// unacknowledged (the peer retransmits later).
+    /// partial reassemblies and delivered-but-not-yet-polled messages,
+    /// counted as memory held (capacities and bookkeeping, never lengths a
+    /// header claims). Default 8 MiB; at least `2 * max_message_len`.
+    /// Unreliable data past it is dropped, reliable data left
+    /// unacknowledged (the peer retransmits later); see `docs/rudp.md` §6
+    /// and the source-wide and endpoint-wide bounds,
+    /// `max_source_recv_bytes` and `max_endpoint_recv_bytes`.
     pub max_recv_buffer_bytes: usize,
     /// Congestion window at the start, in packets. Default 10.
     pub initial_cwnd: u32,

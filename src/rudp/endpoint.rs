@@ -223,6 +223,18 @@ struct Slot {
 /// ECHO with a valid cookie creates a connection, so a spoofed source costs
 /// the server nothing; at most `max_half_open` accepted connections may wait
 /// for the client's first numbered packet.
+///
+/// # Limits per source
+///
+/// A source (an IPv4 address or an IPv6 /64, see
+/// `RudpConfig::source_prefix_v6`) may hold at most
+/// `max_connections_per_source` connections, `max_half_open_per_source`
+/// half-open ones and `max_source_recv_bytes` of received data; a full
+/// half-open table makes room for a source holding fewer by evicting the
+/// oldest half-open connection of the source holding the most. What every
+/// connection receives is bounded by `max_endpoint_recv_bytes` with fair
+/// shares among sources (`docs/rudp.md` §3, §6). Refusals, evictions and
+/// budget events are counted in [`EndpointStats`].
 #[derive(Debug)]
 pub struct Endpoint {
     cfg: RudpConfig,

@@ -720,10 +720,8 @@ fn reliable_data_refused_at_the_budget_comes_again_exactly_once() {
                 if chunks.iter().any(|c| c.guarantee == Guarantee::Delivery && c.seq == INIT + 10))
     }));
     let mut got = Vec::new();
-    let mut peak = 0;
     sim.run_until(STEPS, Duration::from_secs(60), |s| {
         clock.set(s.now);
-        peak = peak.max(s.nodes[1].ep.stats().recv_bytes_held);
         got.extend(messages_of(s, 1));
         got.len() as u32 >= n
     })
@@ -735,6 +733,7 @@ fn reliable_data_refused_at_the_budget_comes_again_exactly_once() {
         .expect("runs");
     assert!(messages_of(&mut sim, 1).is_empty(), "delivered twice");
     let st = sim.nodes[1].ep.stats();
+    let peak = st.recv_bytes_held_peak;
     println!(
         "refused then retransmitted: {} chunks refused, peak {peak} B held",
         st.recv_budget_refusals
