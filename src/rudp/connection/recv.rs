@@ -782,27 +782,30 @@ impl RecvState {
                 return dup(stats);
             }
         };
-        let mut upgrade = (ENTRY_OVERHEAD + r.held()).saturating_sub(before);
+        // What the reassembly itself costs beyond the lone fragment: it
+        // must fit first (the fragment's insertion may free some of it, but
+        // is checked against what is left).
+        let upgrade = (ENTRY_OVERHEAD + r.held()).saturating_sub(before);
         let mut tries = 0;
         let outcome = loop {
             tries += 1;
             let (own, allowed) = self.rooms(inbox, front);
-            let room = own.min(allowed).saturating_sub(upgrade);
-            match r.insert(f, c.payload, frag_size, room) {
-                FragInsert::Added => break Ok(()),
-                FragInsert::Duplicate | FragInsert::Mismatch => {
-                    stats.duplicate_chunks += 1;
-                    break Err(ChunkOutcome::Duplicate);
-                }
-                FragInsert::NoRoom { need } => {
-                    let need = need + upgrade;
-                    if tries > 2
-                        || !self.make_room(inbox, (front, self.window.len() + 1), need, need, stats)
-                    {
-                        break Err(self.refuse(stats));
+            let room = own.min(allowed);
+            let need = if room < upgrade {
+                upgrade
+            } else {
+                match r.insert(f, c.payload, frag_size, room - upgrade) {
+                    FragInsert::Added => break Ok(()),
+                    FragInsert::Duplicate | FragInsert::Mismatch => {
+                        stats.duplicate_chunks += 1;
+                        break Err(ChunkOutcome::Duplicate);
                     }
-                    upgrade = (ENTRY_OVERHEAD + r.held()).saturating_sub(before);
+                    FragInsert::NoRoom { need } => need + upgrade,
                 }
+            };
+            let pending = self.window.len() + 1;
+            if tries > 2 || !self.make_room(inbox, (front, pending), need, need, stats) {
+                break Err(self.refuse(stats));
             }
         };
         if let Err(e) = outcome {
