@@ -1112,3 +1112,107 @@ impl RecvState {
         stats.stale_order_dropped += (before - self.partials.len()) as u64;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const F: usize = 100;
+
+    fn state(budget: usize) -> RecvState {
+        RecvState::new(
+            0,
+            RecvLimits {
+                frag_size: F,
+                max_message: 10 * F,
+                window: 64,
+                budget,
+                reserve: 10 * F,
+                max_partials: 8,
+                max_ack_delay: Duration::from_millis(10),
+            },
+        )
+    }
+
+    fn frag(seq: u32, index: u16, count: u16, payload: &[u8]) -> ChunkRepr<'_> {
+        ChunkRepr {
+            guarantee: Guarantee::Delivery,
+            seq,
+            frag: Some(FragInfo { index, count }),
+            set: None,
+            payload,
+        }
+    }
+
+    /// Regression (found by the `rudp_sparse_fragments` fuzz target): a
+    /// lone fragment becoming a reassembly when a second one arrives was
+    /// checked without the reassembly's own cost, so the budget could be
+    /// exceeded by it.
+    #[test]
+    fn a_second_fragment_pays_for_the_reassembly() {
+        let last = [7u8; 40];
+        let budget = ENTRY_OVERHEAD + vec_charge(last.len()) + 50;
+        let mut rx = state(budget);
+        let mut inbox = Inbox::default();
+        let mut stats = ConnectionStats::default();
+        let c = frag(0, 1, 2, &last);
+        assert!(matches!(
+            rx.on_reliable(&c, &mut inbox, &mut stats),
+            ChunkOutcome::Accepted
+        ));
+        let held = rx.held();
+        assert!(held <= budget);
+        let first = [8u8; F];
+        let c = frag(0, 0, 2, &first);
+        assert!(matches!(
+            rx.on_reliable(&c, &mut inbox, &mut stats),
+            ChunkOutcome::Rejected
+        ));
+        assert_eq!(rx.held(), held, "nothing changed");
+        assert_eq!(stats.recv_budget_refusals, 1);
+        // With room, the message completes and is delivered.
+        let mut rx2 = state(4 * budget);
+        for c in [frag(0, 1, 2, &last), frag(0, 0, 2, &first)] {
+            assert!(matches!(
+                rx2.on_reliable(&c, &mut inbox, &mut stats),
+                ChunkOutcome::Accepted
+            ));
+        }
+        assert_eq!(rx2.held(), 0);
+        assert!(inbox.has_events());
+    }
+
+    /// Whatever arrives, in any order, what is held stays within the
+    /// budget, and a far fragment costs its bytes, not its index.
+    #[test]
+    fn held_stays_within_the_budget() {
+        let budget = 4096;
+        let mut rx = state(budget);
+        let mut inbox = Inbox::default();
+        let mut stats = ConnectionStats::default();
+        let full = [1u8; F];
+        let mut rng = crate::rudp::rng::Rng::new(9);
+        for _ in 0..5000 {
+            let seq = rng.next_u32() % 64;
+            let count = 2 + (rng.next_u32() % 9) as u16;
+            let index = (rng.next_u32() % u32::from(count)) as u16;
+            let len = if index + 1 == count {
+                1 + (rng.next_u32() as usize % F)
+            } else {
+                F
+            };
+            let c = frag(seq, index, count, &full[..len]);
+            let _ = rx.on_reliable(&c, &mut inbox, &mut stats);
+            assert!(
+                rx.held() + inbox.mem_held() <= budget,
+                "{} + {}",
+                rx.held(),
+                inbox.mem_held()
+            );
+            if rng.next_u32() % 8 == 0 {
+                while inbox.pop_event().is_some() {}
+            }
+        }
+        assert!(stats.recv_budget_refusals > 0);
+    }
+}
