@@ -120,9 +120,13 @@ fn a_thousand_idle_peers_cost_little_and_vanished_ones_are_freed() {
     let _t = util::guard();
     // Heartbeats every second, timeout after 2 s of silence: idle enough
     // for the measurement (a few tens of ms) and quick to time out.
+    // Every peer is on 127.0.0.1, one source: the per-source limits are
+    // raised to the test's scale.
     let cfg = RudpConfig::default()
         .idle_timeout(Duration::from_secs(2))
-        .heartbeat_interval(Duration::from_secs(1));
+        .heartbeat_interval(Duration::from_secs(1))
+        .max_connections_per_source(N + 1)
+        .max_half_open_per_source(256);
     let mut server = (Reactor::new().expect("reactor"), Peers::default());
     let mut client = (Reactor::new().expect("reactor"), Peers::default());
     let sock = server
@@ -408,8 +412,11 @@ fn unconfirmed_handshakes_hold_at_most_the_half_open_cap_and_expire() {
     let _t = util::guard();
     let mut r = Reactor::new().expect("reactor");
     let mut h = Peers::default();
+    // Every source socket is on 127.0.0.1, one source: its half-open
+    // limit is raised to the endpoint's.
     let server_cfg = RudpConfig::default()
         .max_half_open(CAP)
+        .max_half_open_per_source(CAP)
         .handshake_timeout(Duration::from_millis(800));
     let server = r.bind_rudp("127.0.0.1:0", server_cfg).expect("bind");
     let addr: SocketAddr = r.local_addr(server).unwrap().as_inet().unwrap();

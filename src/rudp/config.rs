@@ -39,9 +39,13 @@ pub struct RudpConfig {
     /// cumulative ack. Default 8,192; clamped to 16..=1,048,576.
     pub recv_window: u32,
     /// Bound on received bytes held per connection: out-of-order messages,
-    /// partial reassemblies and delivered-but-not-yet-polled messages.
-    /// Default 8 MiB; at least `2 * max_message_len`. Data past it is dropped
-    /// unacknowledged (the peer retransmits later).
+    /// partial reassemblies and delivered-but-not-yet-polled messages,
+    /// counted as memory held (capacities and bookkeeping, never lengths a
+    /// header claims). Default 8 MiB; at least `2 * max_message_len`.
+    /// Unreliable data past it is dropped, reliable data left
+    /// unacknowledged (the peer retransmits later); see `docs/rudp.md` §6
+    /// and the source-wide and endpoint-wide bounds,
+    /// `max_source_recv_bytes` and `max_endpoint_recv_bytes`.
     pub max_recv_buffer_bytes: usize,
     /// Congestion window at the start, in packets. Default 10.
     pub initial_cwnd: u32,
@@ -89,6 +93,37 @@ pub struct RudpConfig {
     /// Partially reassembled unreliable (None/Order) messages kept per
     /// connection; the oldest is dropped beyond it. Default 8.
     pub max_unreliable_partials: usize,
+    /// Endpoint: bound on received bytes held over all connections
+    /// (what `max_recv_buffer_bytes` bounds per connection). Default 64 MiB;
+    /// at least `2 * max_message_len`. At the bound, unreliable partial
+    /// reassemblies are dropped first, reliable data that cannot be
+    /// delivered at once is refused (left unacknowledged: the peer sends it
+    /// again later), and as a last resort, for a source holding less than
+    /// its fair share, the connection holding the most of the source
+    /// holding the most is closed (`RudpCloseReason::OverBudget`); see
+    /// `docs/rudp.md` §6.
+    pub max_endpoint_recv_bytes: usize,
+    /// Endpoint: bound on received bytes held over the connections of one
+    /// source (see `source_prefix_v4` / `source_prefix_v6`). Default 16 MiB
+    /// (a quarter of the endpoint's: one source cannot take it all);
+    /// clamped to `2 * max_message_len..=max_endpoint_recv_bytes`.
+    pub max_source_recv_bytes: usize,
+    /// Endpoint: most server connections (half-open included) from one
+    /// source; ECHOs beyond are ignored. Default 64 (1/64 of the default
+    /// `max_connections`); clamped to `1..=max_connections`.
+    pub max_connections_per_source: usize,
+    /// Endpoint: most half-open server connections from one source.
+    /// Default 16 (1/16 of the default `max_half_open`); clamped to
+    /// `1..=max_half_open`.
+    pub max_half_open_per_source: usize,
+    /// Endpoint: IPv4 addresses sharing this many leading bits are one
+    /// source for the per-source limits. Default 32 (an address); at most 32.
+    pub source_prefix_v4: u8,
+    /// Endpoint: IPv6 addresses sharing this many leading bits are one
+    /// source for the per-source limits. Default 64 (a /64, what one host or
+    /// one site is usually given); at most 128. IPv4-mapped IPv6 addresses
+    /// (`::ffff:a.b.c.d`, a dual-stack socket's IPv4 peers) are IPv4.
+    pub source_prefix_v6: u8,
     /// Protocol violations tolerated (each discards its datagram) before the
     /// connection is closed with `RudpCloseReason::ProtocolViolation`. Default 16.
     pub max_protocol_violations: u32,
@@ -128,6 +163,12 @@ setters!(RudpConfig {
     cookie_lifetime: Duration,
     max_unreliable_partials: usize,
     max_protocol_violations: u32,
+    max_endpoint_recv_bytes: usize,
+    max_source_recv_bytes: usize,
+    max_connections_per_source: usize,
+    max_half_open_per_source: usize,
+    source_prefix_v4: u8,
+    source_prefix_v6: u8,
 });
 
 impl Default for RudpConfig {
@@ -158,6 +199,12 @@ impl Default for RudpConfig {
             cookie_lifetime: Duration::from_secs(10),
             max_unreliable_partials: 8,
             max_protocol_violations: 16,
+            max_endpoint_recv_bytes: 64 << 20,
+            max_source_recv_bytes: 16 << 20,
+            max_connections_per_source: 64,
+            max_half_open_per_source: 16,
+            source_prefix_v4: 32,
+            source_prefix_v6: 64,
             #[cfg(test)]
             initial_sequence: None,
         }
@@ -210,6 +257,14 @@ impl RudpConfig {
             .clamp(Duration::from_millis(100), 24 * hour);
         c.max_unreliable_partials = c.max_unreliable_partials.clamp(1, 1024);
         c.max_protocol_violations = c.max_protocol_violations.max(1);
+        c.max_endpoint_recv_bytes = c.max_endpoint_recv_bytes.max(2 * c.max_message_len);
+        c.max_source_recv_bytes = c
+            .max_source_recv_bytes
+            .clamp(2 * c.max_message_len, c.max_endpoint_recv_bytes);
+        c.max_connections_per_source = c.max_connections_per_source.clamp(1, c.max_connections);
+        c.max_half_open_per_source = c.max_half_open_per_source.clamp(1, c.max_half_open);
+        c.source_prefix_v4 = c.source_prefix_v4.min(32);
+        c.source_prefix_v6 = c.source_prefix_v6.min(128);
         c
     }
 
@@ -259,5 +314,25 @@ mod tests {
         assert!(c.heartbeat_interval <= c.idle_timeout / 2);
         assert!(c.max_in_flight >= c.min_cwnd);
         assert!(c.max_recv_buffer_bytes >= 2 * c.max_message_len);
+    }
+
+    #[test]
+    fn per_source_limits_are_clamped_below_the_endpoint_ones() {
+        let c = RudpConfig::new()
+            .max_connections(10)
+            .max_half_open(4)
+            .max_connections_per_source(0)
+            .max_half_open_per_source(1000)
+            .max_message_len(1000)
+            .max_endpoint_recv_bytes(0)
+            .max_source_recv_bytes(usize::MAX)
+            .source_prefix_v4(200)
+            .source_prefix_v6(200)
+            .sanitized();
+        assert_eq!(c.max_connections_per_source, 1);
+        assert_eq!(c.max_half_open_per_source, 4);
+        assert_eq!(c.max_endpoint_recv_bytes, 2000);
+        assert_eq!(c.max_source_recv_bytes, 2000);
+        assert_eq!((c.source_prefix_v4, c.source_prefix_v6), (32, 128));
     }
 }

@@ -3,17 +3,28 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use log::{debug, trace};
 
 use super::connection::{Connection, InPlace, RawEvent};
 use super::rng::{siphash24, Rng};
-use super::wire::{field, PacketRepr};
-use super::{ConnectionStats, Event, EventRef, Guarantee, RudpConfig, RudpError, SendError};
+use super::wire::{field, CloseCode, PacketRepr};
+use super::{
+    ConnectionStats, Event, EventRef, Guarantee, RudpCloseReason, RudpConfig, RudpError, SendError,
+};
 
-/// Stateless responses (CHALLENGE) queued at most; more are dropped.
+/// Stateless responses (CHALLENGE, and the CLOSE of a connection the
+/// endpoint ended) queued at most; more are dropped.
 const MAX_STATELESS_QUEUE: usize = 256;
+
+/// CLOSE reason sent when the endpoint ends a connection for want of room
+/// (half-open eviction, receive budget): "resource limit".
+pub(crate) const CLOSE_RESOURCE_LIMIT: u8 = 2;
+
+/// A starved connection makes the endpoint look for room elsewhere at most
+/// this often (each look is a pass over the connections).
+const RECLAIM_INTERVAL: Duration = Duration::from_millis(1);
 
 /// Identifies a connection of an [`Endpoint`]. Carries a generation: once the
 /// connection is gone, its id is rejected even if the slot is reused.
@@ -56,8 +67,42 @@ pub struct EndpointStats {
     pub stateless_dropped: u64,
     /// ECHOs with a wrong or expired cookie.
     pub invalid_cookies: u64,
-    /// ECHOs refused because of the connection or half-open limit.
+    /// ECHOs refused, whatever the limit (the sum of the `refused_*`
+    /// counters).
     pub refused: u64,
+    /// ECHOs refused because `max_connections` connections were live.
+    pub refused_connections: u64,
+    /// ECHOs refused because `max_half_open` connections were half-open and
+    /// none could be evicted (no source held more than its share).
+    pub refused_half_open: u64,
+    /// ECHOs refused because their source had `max_connections_per_source`
+    /// server connections.
+    pub refused_per_source: u64,
+    /// ECHOs refused because their source had `max_half_open_per_source`
+    /// half-open connections.
+    pub refused_half_open_per_source: u64,
+    /// Half-open connections closed (`RudpCloseReason::Evicted`) to make
+    /// room for a handshake from a source holding fewer.
+    pub half_open_evicted: u64,
+    /// Unreliable messages or partial reassemblies dropped for a receive
+    /// budget (summed over connections, and those the endpoint dropped to
+    /// make room for another source).
+    pub recv_budget_drops: u64,
+    /// Reliable chunks refused (left unacknowledged) for a receive budget,
+    /// summed over connections.
+    pub recv_budget_refusals: u64,
+    /// Connections closed because the endpoint's receive budget was
+    /// exhausted (`RudpCloseReason::OverBudget`): the last resort.
+    pub closed_over_budget: u64,
+    /// Bytes held now by the receive side of every connection (see
+    /// `ConnectionStats::recv_bytes_held`); at most
+    /// `max_endpoint_recv_bytes`.
+    pub recv_bytes_held: u64,
+    /// Most bytes ever held at once by the receive side of the connections.
+    pub recv_bytes_held_peak: u64,
+    /// Sources (see `RudpConfig::source_prefix_v4`) with a live connection
+    /// now: the entries of the per-source table.
+    pub sources: u64,
     /// Server connections created.
     pub accepted: u64,
     /// Client connections created.
@@ -73,10 +118,66 @@ pub struct EndpointStats {
     pub half_open: u64,
 }
 
+/// A source, for the per-source limits: an IPv4 address or an IPv6
+/// prefix, masked to the configured length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum SourceKey {
+    V4(u32),
+    V6(u128),
+}
+
+impl SourceKey {
+    fn new(addr: &SocketAddr, v4_prefix: u8, v6_prefix: u8) -> Self {
+        let v4 = |a: std::net::Ipv4Addr| {
+            let bits = u32::from(a);
+            SourceKey::V4(match v4_prefix {
+                0 => 0,
+                p => bits & (u32::MAX << (32 - u32::from(p.min(32)))),
+            })
+        };
+        match addr.ip() {
+            IpAddr::V4(a) => v4(a),
+            IpAddr::V6(a) => match a.to_ipv4_mapped() {
+                // A dual-stack socket's IPv4 peer: otherwise every IPv4
+                // peer would share ::ffff:0:0/64.
+                Some(a) => v4(a),
+                None => {
+                    let bits = u128::from(a);
+                    SourceKey::V6(match v6_prefix {
+                        0 => 0,
+                        p => bits & (u128::MAX << (128 - u32::from(p.min(128)))),
+                    })
+                }
+            },
+        }
+    }
+}
+
+/// What one source holds.
+#[derive(Debug)]
+struct Source {
+    key: SourceKey,
+    /// Live connections (either side): the entry goes when this is 0.
+    entries: u32,
+    /// Live server connections (half-open included).
+    accepted: u32,
+    /// Half-open server connections.
+    half_open: u32,
+    /// Bytes the receive sides of its connections hold.
+    held: usize,
+}
+
 #[derive(Debug)]
 struct Entry {
     conn: Connection,
     remote: SocketAddr,
+    /// Index of its source in `Endpoint::sources`.
+    source: u32,
+    /// A server connection (counts toward `max_connections_per_source`).
+    accepted: bool,
+    /// What `conn.recv_held()` was when last looked at: its share of the
+    /// endpoint's and its source's totals.
+    charged: usize,
     half_open: bool,
     /// Deadline of this connection's live heap entry.
     scheduled: Option<Instant>,
@@ -122,6 +223,18 @@ struct Slot {
 /// ECHO with a valid cookie creates a connection, so a spoofed source costs
 /// the server nothing; at most `max_half_open` accepted connections may wait
 /// for the client's first numbered packet.
+///
+/// # Limits per source
+///
+/// A source (an IPv4 address or an IPv6 /64, see
+/// `RudpConfig::source_prefix_v6`) may hold at most
+/// `max_connections_per_source` connections, `max_half_open_per_source`
+/// half-open ones and `max_source_recv_bytes` of received data; a full
+/// half-open table makes room for a source holding fewer by evicting the
+/// oldest half-open connection of the source holding the most. What every
+/// connection receives is bounded by `max_endpoint_recv_bytes` with fair
+/// shares among sources (`docs/rudp.md` §3, §6). Refusals, evictions and
+/// budget events are counted in [`EndpointStats`].
 #[derive(Debug)]
 pub struct Endpoint {
     cfg: RudpConfig,
@@ -141,10 +254,23 @@ pub struct Endpoint {
     /// Datagrams the front of `transmit_queue` wrote in its current turn.
     turn: u32,
     event_queue: VecDeque<u32>,
-    stateless: VecDeque<(SocketAddr, [u8; field::CHALLENGE_LEN])>,
+    /// Datagrams sent without a connection: (to, bytes, length).
+    stateless: VecDeque<(SocketAddr, [u8; field::CHALLENGE_LEN], usize)>,
     epoch: Option<Instant>,
     live: usize,
     half_open: usize,
+    /// Half-open connections (index, generation) in the order they were
+    /// accepted, with stale entries skipped lazily.
+    half_open_order: VecDeque<(u32, u32)>,
+    /// Sources with a live connection (a slab; `source_index` finds them).
+    sources: Vec<Source>,
+    free_sources: Vec<u32>,
+    source_index: HashMap<SourceKey, u32>,
+    /// Sources holding received bytes now.
+    sources_holding: usize,
+    /// Bytes the receive sides of all connections hold.
+    recv_held: usize,
+    last_reclaim: Option<Instant>,
     stats: EndpointStats,
 }
 
@@ -175,6 +301,13 @@ impl Endpoint {
             epoch: None,
             live: 0,
             half_open: 0,
+            half_open_order: VecDeque::new(),
+            sources: Vec::new(),
+            free_sources: Vec::new(),
+            source_index: HashMap::new(),
+            sources_holding: 0,
+            recv_held: 0,
+            last_reclaim: None,
             stats: EndpointStats::default(),
         }
     }
@@ -189,6 +322,8 @@ impl Endpoint {
         EndpointStats {
             connections: self.live as u64,
             half_open: self.half_open as u64,
+            recv_bytes_held: self.recv_held as u64,
+            sources: self.source_index.len() as u64,
             ..self.stats.clone()
         }
     }
@@ -256,8 +391,47 @@ impl Endpoint {
         }
     }
 
+    fn source_key(&self, addr: &SocketAddr) -> SourceKey {
+        SourceKey::new(addr, self.cfg.source_prefix_v4, self.cfg.source_prefix_v6)
+    }
+
+    /// The source entry of `key`, created if need be.
+    fn source_of(&mut self, key: SourceKey) -> u32 {
+        if let Some(&i) = self.source_index.get(&key) {
+            return i;
+        }
+        let src = Source {
+            key,
+            entries: 0,
+            accepted: 0,
+            half_open: 0,
+            held: 0,
+        };
+        let i = match self.free_sources.pop() {
+            Some(i) => {
+                if let Some(s) = self.sources.get_mut(i as usize) {
+                    *s = src;
+                }
+                i
+            }
+            None => {
+                self.sources.push(src);
+                (self.sources.len() - 1) as u32
+            }
+        };
+        self.source_index.insert(key, i);
+        i
+    }
+
     fn insert(&mut self, conn: Connection, remote: SocketAddr, half_open: bool) -> u32 {
         let key = (remote, conn.conn_id());
+        let accepted = half_open;
+        let source = self.source_of(self.source_key(&remote));
+        if let Some(src) = self.sources.get_mut(source as usize) {
+            src.entries += 1;
+            src.accepted += u32::from(accepted);
+            src.half_open += u32::from(half_open);
+        }
         let idx = match self.free.pop() {
             Some(i) => i,
             None => {
@@ -269,6 +443,9 @@ impl Endpoint {
             s.entry = Some(Box::new(Entry {
                 conn,
                 remote,
+                source,
+                accepted,
+                charged: 0,
                 half_open,
                 scheduled: None,
                 in_transmit_queue: false,
@@ -279,9 +456,57 @@ impl Endpoint {
         self.live += 1;
         if half_open {
             self.half_open += 1;
+            let generation = self.slots.get(idx as usize).map_or(0, |s| s.generation);
+            self.half_open_order.push_back((idx, generation));
+            if self.half_open_order.len() > 2 * self.half_open + 64 {
+                let slots = &self.slots;
+                self.half_open_order.retain(|&(i, g)| {
+                    slots.get(i as usize).is_some_and(|s| {
+                        s.generation == g && s.entry.as_ref().is_some_and(|e| e.half_open)
+                    })
+                });
+            }
         }
         self.touched(idx);
         idx
+    }
+
+    /// Adds `held - old` to a source's and the endpoint's totals.
+    fn recharge(&mut self, source: u32, old: usize, held: usize) {
+        self.recv_held = self.recv_held - old + held;
+        self.stats.recv_bytes_held_peak =
+            self.stats.recv_bytes_held_peak.max(self.recv_held as u64);
+        if let Some(src) = self.sources.get_mut(source as usize) {
+            let was = src.held;
+            src.held = src.held - old + held;
+            match (was, src.held) {
+                (0, 1..) => self.sources_holding += 1,
+                (1.., 0) => self.sources_holding -= 1,
+                _ => {}
+            }
+        }
+    }
+
+    /// Brings the endpoint's view of connection `idx` up to date: the
+    /// bytes its receive side holds and its budget events. Returns how
+    /// many bytes it was starved of, if any (see `BudgetEvents::starved`).
+    #[inline]
+    fn sync(&mut self, idx: u32) -> Option<usize> {
+        let e = self
+            .slots
+            .get_mut(idx as usize)
+            .and_then(|s| s.entry.as_deref_mut())?;
+        let held = e.conn.recv_held();
+        let ev = e.conn.take_budget_events();
+        let (old, source) = (e.charged, e.source);
+        e.charged = held;
+        if held != old {
+            self.recharge(source, old, held);
+        }
+        let ev = ev?;
+        self.stats.recv_budget_drops += ev.drops;
+        self.stats.recv_budget_refusals += ev.refusals;
+        Some(ev.starved).filter(|&n| n > 0)
     }
 
     fn remove(&mut self, idx: u32) {
@@ -298,6 +523,16 @@ impl Endpoint {
         self.live -= 1;
         if e.half_open {
             self.half_open -= 1;
+        }
+        self.recharge(e.source, e.charged, 0);
+        if let Some(src) = self.sources.get_mut(e.source as usize) {
+            src.entries -= 1;
+            src.accepted -= u32::from(e.accepted);
+            src.half_open -= u32::from(e.half_open);
+            if src.entries == 0 {
+                self.source_index.remove(&src.key);
+                self.free_sources.push(e.source);
+            }
         }
         self.stats.closed += 1;
         trace!("rudp: endpoint freed slot {idx}");
@@ -328,7 +563,11 @@ impl Endpoint {
         if e.half_open && (e.conn.is_confirmed() || e.conn.is_closed()) {
             e.half_open = false;
             self.half_open -= 1;
+            if let Some(src) = self.sources.get_mut(e.source as usize) {
+                src.half_open -= 1;
+            }
         }
+
         // Only a deadline earlier than the heap entry needs a new entry. A
         // later one (the common case: every packet sent pushes the
         // retransmission timer back) leaves the entry early; `poll_timeout`
@@ -384,6 +623,226 @@ impl Endpoint {
         b[18..22].copy_from_slice(&conn_id.to_be_bytes());
         b[22..30].copy_from_slice(&bucket.to_be_bytes());
         siphash24(self.k0, self.k1, &b)
+    }
+
+    // -- limits ------------------------------------------------------------------
+
+    /// Whether a valid ECHO from `from` may create a connection: the
+    /// per-source limits, then the endpoint's; a full half-open table
+    /// evicts the oldest half-open connection of the source holding the
+    /// most when `from`'s source holds less than its share.
+    fn admit(&mut self, from: SocketAddr, now: Instant) -> Result<(), RudpError> {
+        let key = self.source_key(&from);
+        let (accepted, half_open) = self
+            .source_index
+            .get(&key)
+            .and_then(|&i| self.sources.get(i as usize))
+            .map_or((0, 0), |s| (s.accepted as usize, s.half_open as usize));
+        if accepted >= self.cfg.max_connections_per_source {
+            self.stats.refused_per_source += 1;
+            return Err(RudpError::TooManyConnections);
+        }
+        if half_open >= self.cfg.max_half_open_per_source {
+            self.stats.refused_half_open_per_source += 1;
+            return Err(RudpError::TooManyConnections);
+        }
+        if self.live >= self.cfg.max_connections {
+            self.stats.refused_connections += 1;
+            return Err(RudpError::TooManyConnections);
+        }
+        if self.half_open >= self.cfg.max_half_open && !self.evict_half_open(key, half_open, now) {
+            self.stats.refused_half_open += 1;
+            return Err(RudpError::TooManyConnections);
+        }
+        Ok(())
+    }
+
+    /// The half-open table is full and a source holding `holds` of them
+    /// wants one more: when that is less than its share (the table divided
+    /// among the sources holding some, itself included), the oldest
+    /// half-open connection of the source holding the most is closed, if
+    /// that source holds more than its share. Returns whether one was.
+    fn evict_half_open(&mut self, key: SourceKey, holds: usize, now: Instant) -> bool {
+        let mut holding = usize::from(holds == 0);
+        let mut top: Option<(usize, u32)> = None;
+        for (&k, &i) in &self.source_index {
+            let Some(src) = self.sources.get(i as usize) else {
+                continue;
+            };
+            let n = src.half_open as usize;
+            if n == 0 {
+                continue;
+            }
+            holding += 1;
+            if k != key && top.is_none_or(|(m, _)| n > m) {
+                top = Some((n, i));
+            }
+        }
+        let share = (self.cfg.max_half_open / holding.max(1)).max(1);
+        let Some((most, victim)) = top else {
+            return false;
+        };
+        if holds >= share || most <= share {
+            return false;
+        }
+        // Its oldest half-open connection.
+        while let Some(&(i, g)) = self.half_open_order.front() {
+            if self.is_half_open(i, g) {
+                break;
+            }
+            self.half_open_order.pop_front();
+        }
+        let found = self.half_open_order.iter().position(|&(i, g)| {
+            self.is_half_open(i, g)
+                && self
+                    .slots
+                    .get(i as usize)
+                    .and_then(|s| s.entry.as_ref())
+                    .is_some_and(|e| e.source == victim)
+        });
+        let Some((idx, _)) = found.and_then(|p| self.half_open_order.remove(p)) else {
+            return false;
+        };
+        debug!("rudp: evicting half-open connection in slot {idx}");
+        self.end_connection(idx, RudpCloseReason::Evicted, now);
+        self.stats.half_open_evicted += 1;
+        true
+    }
+
+    fn is_half_open(&self, idx: u32, generation: u32) -> bool {
+        self.slots.get(idx as usize).is_some_and(|s| {
+            s.generation == generation && s.entry.as_ref().is_some_and(|e| e.half_open)
+        })
+    }
+
+    /// Closes connection `idx` at once for `reason`, freeing what it
+    /// received, and tells the peer with a CLOSE (resource limit).
+    fn end_connection(&mut self, idx: u32, reason: RudpCloseReason, _now: Instant) {
+        let Some(e) = self
+            .slots
+            .get_mut(idx as usize)
+            .and_then(|s| s.entry.as_deref_mut())
+        else {
+            return;
+        };
+        if e.conn.is_closed() {
+            return;
+        }
+        let (remote, conn_id) = (e.remote, e.conn.conn_id());
+        e.conn.abort(reason);
+        let mut out = [0u8; field::CHALLENGE_LEN];
+        let close = PacketRepr::Close {
+            conn_id,
+            reason: CloseCode::Other(CLOSE_RESOURCE_LIMIT),
+        };
+        match close.emit(&mut out) {
+            Ok(n) if self.stateless.len() < MAX_STATELESS_QUEUE => {
+                self.stateless.push_back((remote, out, n));
+            }
+            _ => self.stats.stateless_dropped += 1,
+        }
+        self.sync(idx);
+        self.touched(idx);
+    }
+
+    /// Connection `idx` was refused `need` bytes by the endpoint's or its
+    /// source's receive budget. When the endpoint's is what is short and
+    /// the connection's source holds less than its fair share (the budget
+    /// divided among the sources holding some), room is made elsewhere: idle
+    /// buffers kept for reuse are freed, then unreliable partial
+    /// reassemblies (largest holders first), then, as a last resort, the
+    /// connection holding the most of the source holding the most (if that
+    /// source holds more than its share) is closed. The refused data comes
+    /// again (reliable data is retransmitted).
+    fn reclaim(&mut self, idx: u32, need: usize, now: Instant) {
+        if self
+            .last_reclaim
+            .is_some_and(|t| now < t + RECLAIM_INTERVAL && now >= t)
+        {
+            return;
+        }
+        let limit = self.cfg.max_endpoint_recv_bytes;
+        let short = (self.recv_held + need).saturating_sub(limit);
+        if short == 0 {
+            // Its source's budget, not the endpoint's: its own business.
+            return;
+        }
+        let Some(source) = self
+            .slots
+            .get(idx as usize)
+            .and_then(|s| s.entry.as_ref())
+            .map(|e| e.source)
+        else {
+            return;
+        };
+        let holds = self.sources.get(source as usize).map_or(0, |s| s.held);
+        let share = limit / (self.sources_holding + usize::from(holds == 0)).max(1);
+        if holds >= share {
+            return;
+        }
+        self.last_reclaim = Some(now);
+        let start = self.recv_held;
+        let freed = |ep: &Self| start.saturating_sub(ep.recv_held);
+        // Idle buffers, and who holds unreliable partials.
+        let mut unrel = Vec::new();
+        for i in 0..self.slots.len() as u32 {
+            let Some(e) = self
+                .slots
+                .get_mut(i as usize)
+                .and_then(|s| s.entry.as_deref_mut())
+            else {
+                continue;
+            };
+            e.conn.release_idle();
+            let u = e.conn.unreliable_held();
+            if u > 0 {
+                unrel.push((u, i));
+            }
+            self.sync(i);
+        }
+        unrel.sort_unstable_by(|a, b| b.cmp(a));
+        for (_, i) in unrel {
+            if freed(self) >= short {
+                break;
+            }
+            if let Some(e) = self
+                .slots
+                .get_mut(i as usize)
+                .and_then(|s| s.entry.as_deref_mut())
+            {
+                e.conn.drop_unreliable_partials();
+            }
+            self.sync(i);
+        }
+        if freed(self) >= short {
+            return;
+        }
+        // The last resort.
+        let Some((most, victim_source)) = self
+            .source_index
+            .values()
+            .filter_map(|&i| self.sources.get(i as usize).map(|s| (s.held, i)))
+            .max()
+        else {
+            return;
+        };
+        if most <= share || victim_source == source {
+            return;
+        }
+        let victim = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                let e = s.entry.as_ref()?;
+                (e.source == victim_source && !e.conn.is_closed()).then_some((e.charged, i as u32))
+            })
+            .max();
+        if let Some((_, v)) = victim {
+            debug!("rudp: receive budget exhausted: closing the connection in slot {v}");
+            self.end_connection(v, RudpCloseReason::OverBudget, now);
+            self.stats.closed_over_budget += 1;
+        }
     }
 
     // -- input -------------------------------------------------------------------
@@ -446,26 +905,42 @@ impl Endpoint {
             }
         };
         if let Some(idx) = route {
+            // `charged` may be stale (events polled since): it is then too
+            // high, which only makes the allowance smaller than it could be.
+            let ep_free = self
+                .cfg
+                .max_endpoint_recv_bytes
+                .saturating_sub(self.recv_held);
             let r = match self
                 .slots
                 .get_mut(idx as usize)
                 .and_then(|s| s.entry.as_deref_mut())
             {
-                Some(e) => match origin {
-                    None => e.conn.handle_packet(now, &pkt, data.len()),
-                    Some(origin) => {
-                        let place = InPlace {
-                            base: data.as_ptr() as usize,
-                            len: data.len(),
-                            origin,
-                        };
-                        e.conn.handle_packet_in_place(now, &pkt, data.len(), place)
+                Some(e) => {
+                    let src_free = self
+                        .sources
+                        .get(e.source as usize)
+                        .map_or(0, |s| self.cfg.max_source_recv_bytes.saturating_sub(s.held));
+                    e.conn.set_recv_allowance(e.charged + ep_free.min(src_free));
+                    match origin {
+                        None => e.conn.handle_packet(now, &pkt, data.len()),
+                        Some(origin) => {
+                            let place = InPlace {
+                                base: data.as_ptr() as usize,
+                                len: data.len(),
+                                origin,
+                            };
+                            e.conn.handle_packet_in_place(now, &pkt, data.len(), place)
+                        }
                     }
-                },
+                }
                 None => Err(RudpError::UnknownConnection),
             };
             if let Err(RudpError::ProtocolViolation(_)) = r {
                 self.stats.protocol_violations += 1;
+            }
+            if let Some(starved) = self.sync(idx) {
+                self.reclaim(idx, starved, now);
             }
             self.touched(idx);
             return r;
@@ -486,8 +961,7 @@ impl Endpoint {
                 })
                 .emit(&mut out)
                 {
-                    debug_assert_eq!(n, out.len());
-                    self.stateless.push_back((from, out));
+                    self.stateless.push_back((from, out, n));
                     self.stats.challenges_sent += 1;
                 }
                 Ok(())
@@ -504,10 +978,9 @@ impl Endpoint {
                     self.stats.invalid_cookies += 1;
                     return Err(RudpError::InvalidCookie);
                 }
-                if self.live >= self.cfg.max_connections || self.half_open >= self.cfg.max_half_open
-                {
+                if let Err(e) = self.admit(from, now) {
                     self.stats.refused += 1;
-                    return Err(RudpError::TooManyConnections);
+                    return Err(e);
                 }
                 let seed = self.rng.next_u64();
                 let conn = Connection::accept(self.cfg.clone(), conn_id, now, params, seed);
@@ -542,9 +1015,11 @@ impl Endpoint {
                 .get_mut(idx as usize)
                 .and_then(|s| s.entry.as_deref_mut())
             {
-                e.scheduled = None;
                 e.conn.handle_timeout(now);
+                e.scheduled = None;
             }
+            // A connection that timed out frees what it held.
+            self.sync(idx);
             self.touched(idx);
         }
     }
@@ -673,13 +1148,10 @@ impl Endpoint {
     /// to [`set_transmit_burst`](Self::set_transmit_burst)).
     #[must_use]
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
-        if let Some((dest, bytes)) = self.stateless.front() {
-            if let Some(dst) = buf.get_mut(..bytes.len()) {
-                dst.copy_from_slice(bytes);
-                let t = Transmit {
-                    dest: *dest,
-                    len: bytes.len(),
-                };
+        if let Some(&(dest, ref bytes, len)) = self.stateless.front() {
+            if let Some(dst) = buf.get_mut(..len) {
+                dst.copy_from_slice(&bytes[..len]);
+                let t = Transmit { dest, len };
                 self.stateless.pop_front();
                 return Some(t);
             }
@@ -741,6 +1213,8 @@ impl Endpoint {
             match state {
                 Some((true, _)) => return Some(idx),
                 Some((false, closed)) => {
+                    // Drained: what its events held is free.
+                    self.sync(idx);
                     self.event_queue.pop_front();
                     if let Some(e) = self
                         .slots
@@ -812,7 +1286,10 @@ impl Endpoint {
     /// receive buffer given to [`handle_datagram_in_place`](Self::handle_datagram_in_place),
     /// unchanged since) into the connections, so that `buf` may be reused.
     pub(crate) fn materialize(&mut self, buf: &[u8]) {
-        for &idx in &self.event_queue {
+        for k in 0..self.event_queue.len() {
+            let Some(&idx) = self.event_queue.get(k) else {
+                break;
+            };
             if let Some(e) = self
                 .slots
                 .get_mut(idx as usize)
@@ -820,6 +1297,7 @@ impl Endpoint {
             {
                 e.conn.materialize(buf);
             }
+            self.sync(idx);
         }
     }
 }

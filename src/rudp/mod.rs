@@ -93,6 +93,15 @@ pub enum RudpCloseReason {
     ProtocolViolation(&'static str),
     /// Closed by this side ([`Connection::close`] / [`Endpoint::close`]).
     Local,
+    /// A server connection not yet confirmed by its client, closed to make
+    /// room in the half-open table for a handshake from a source holding
+    /// fewer (see `RudpConfig::max_half_open`, `docs/rudp.md` §8).
+    Evicted,
+    /// Closed as a last resort because the endpoint's receive budget was
+    /// exhausted and this connection, of the source holding the most,
+    /// held the most (see `RudpConfig::max_endpoint_recv_bytes`,
+    /// `docs/rudp.md` §6). Messages not yet polled are discarded.
+    OverBudget,
 }
 
 /// Something that happened on a connection.

@@ -108,6 +108,9 @@ pub(crate) struct Sim {
     pub(crate) drop_filter: Option<DropFilter>,
     /// Network counters.
     pub(crate) net: NetStats,
+    /// When `Some`, datagrams to addresses with no node are kept here as
+    /// (from, to, bytes): a test plays those hosts itself (see [`Sim::inject`]).
+    pub(crate) captured: Option<Vec<(SocketAddr, SocketAddr, Vec<u8>)>>,
     /// Steps taken so far.
     pub(crate) steps: u64,
     rng: Rng,
@@ -168,6 +171,7 @@ impl Sim {
             links: HashMap::new(),
             drop_filter: None,
             net: NetStats::default(),
+            captured: None,
             steps: 0,
             rng,
             queue: BinaryHeap::new(),
@@ -209,6 +213,9 @@ impl Sim {
         self.net.sent += 1;
         let Some(&to) = self.by_addr.get(&to_addr) else {
             self.net.unroutable += 1;
+            if let Some(c) = self.captured.as_mut() {
+                c.push((self.nodes[from].addr, to_addr, self.buf[..len].to_vec()));
+            }
             return;
         };
         let from_addr = self.nodes[from].addr;

@@ -15,8 +15,33 @@
 
 use std::collections::VecDeque;
 
+use super::reassembly::vec_charge;
 use super::stats::PerGuarantee;
 use crate::rudp::{Event, EventRef, Guarantee, RudpCloseReason};
+
+/// Arena capacity kept once every message in it was polled, whatever it
+/// held; a larger arena is kept only while it was used to a quarter at
+/// least (an idle connection keeps at most this much, or four times the
+/// bytes of its last burst; counted as held either way).
+const ARENA_KEEP: usize = 64 << 10;
+/// Event queue capacity kept once every event was polled.
+const EVENTS_KEEP: usize = 256;
+/// Bytes an event takes in the queue.
+const EVENT_SIZE: usize = core::mem::size_of::<PendingEvent>();
+/// The queue's first allocation (`VecDeque`'s smallest, made when the
+/// connection reports `Connected`): part of the connection's fixed cost,
+/// not charged to the receive budgets.
+const EVENTS_BASE: usize = 4;
+
+/// What an event queue of capacity `cap` is charged.
+#[inline]
+fn events_charge(cap: usize) -> usize {
+    if cap <= EVENTS_BASE {
+        0
+    } else {
+        vec_charge(cap * EVENT_SIZE)
+    }
+}
 
 /// Data handed to the application, waiting in the event queue.
 #[derive(Debug)]
@@ -78,12 +103,20 @@ enum PendingEvent {
 /// Events waiting for `poll_event`, with an arena for in-order small messages.
 ///
 /// The arena is only cleared when no queued event points into it.
+///
+/// What the inbox holds counts toward the connection's receive budgets:
+/// [`mem_held`](Self::mem_held) (the arena's capacity, messages with a
+/// vector of their own, the last one lent out) and
+/// [`in_place_bytes`](Self::in_place_bytes) (messages left in the
+/// caller's buffer: not our memory, but not yet taken either).
 #[derive(Debug, Default)]
 pub(super) struct Inbox {
     events: VecDeque<PendingEvent>,
     arena: Vec<u8>,
-    /// Message bytes waiting in `events`.
-    bytes: usize,
+    /// What the owned messages waiting in `events` are charged.
+    owned: usize,
+    /// Bytes of the in-place messages waiting in `events`.
+    in_place: usize,
     delivered: PerGuarantee,
     /// Set while a packet is handled in place: messages that lie whole in
     /// it are queued by position instead of copied.
@@ -99,9 +132,101 @@ impl Inbox {
         !self.events.is_empty()
     }
 
-    /// Message bytes waiting (they count toward the receive buffer limit).
-    pub(super) fn bytes(&self) -> usize {
-        self.bytes
+    /// Memory held: the arena, owned messages waiting, and the message
+    /// last lent out by `pop_raw`.
+    #[inline]
+    pub(super) fn mem_held(&self) -> usize {
+        vec_charge(self.arena.capacity())
+            + events_charge(self.events.capacity())
+            + self.owned
+            + self.last.as_ref().map_or(0, |v| vec_charge(v.capacity()))
+    }
+
+    /// How much the queue grows by its next doubling if `n` more events,
+    /// and the two queued without asking for room (`Writable`, `Closed`),
+    /// would not fit in it, else 0 (a message's record costs memory of
+    /// ours even when its bytes are not).
+    #[inline]
+    pub(super) fn event_headroom(&self, n: usize) -> usize {
+        let cap = self.events.capacity();
+        if self.events.len() + n + 2 <= cap {
+            0
+        } else {
+            // `VecDeque` doubles (at least 4).
+            events_charge((2 * cap).max(EVENTS_BASE)) - events_charge(cap)
+        }
+    }
+
+    /// Bytes of messages waiting in the caller's receive buffer.
+    #[inline]
+    pub(super) fn in_place_bytes(&self) -> usize {
+        self.in_place
+    }
+
+    /// Whether `data` lies in the packet being handled in place (it would
+    /// be queued by position, not copied).
+    #[inline]
+    pub(super) fn is_in_place(&self, data: &[u8]) -> bool {
+        self.place.is_some_and(|p| {
+            let at = (data.as_ptr() as usize).wrapping_sub(p.base);
+            at <= p.len && data.len() <= p.len - at
+        })
+    }
+
+    /// The arena's capacity after taking `n` more bytes.
+    #[inline]
+    fn arena_target(&self, n: usize) -> Option<usize> {
+        let len = if self.events.is_empty() {
+            0
+        } else {
+            self.arena.len()
+        };
+        let cap = self.arena.capacity();
+        (len + n > cap).then(|| (2 * cap).max(len + n).max(256))
+    }
+
+    /// How much copying `n` bytes into the arena grows what is held.
+    #[inline]
+    pub(super) fn arena_growth(&self, n: usize) -> usize {
+        self.arena_target(n)
+            .map_or(0, |t| vec_charge(t) - vec_charge(self.arena.capacity()))
+    }
+
+    /// Frees an arena larger than [`ARENA_KEEP`] once nothing refers to
+    /// it, and shrinks the event queue to [`EVENTS_KEEP`].
+    fn trim_arena(&mut self) {
+        // Kept while it is used to a quarter at least: a steady flow of
+        // bursts keeps its arena, one large burst gives it back.
+        let used = self.arena.len();
+        self.arena.clear();
+        if self.arena.capacity() > ARENA_KEEP.max(4 * used) {
+            self.arena = Vec::new();
+        }
+        if self.events.is_empty() && self.events.capacity() > EVENTS_KEEP {
+            self.events.shrink_to(EVENTS_KEEP);
+        }
+    }
+
+    /// With no event waiting, frees the arena and the message last lent
+    /// out (the endpoint wants the room).
+    pub(super) fn release_idle(&mut self) {
+        if self.events.is_empty() {
+            self.arena = Vec::new();
+            self.events = VecDeque::new();
+            self.last = None;
+        }
+    }
+
+    /// Drops every message waiting (the connection is being closed for
+    /// want of room), keeping the other events.
+    pub(super) fn discard_messages(&mut self) {
+        self.events
+            .retain(|e| !matches!(e, PendingEvent::Message { .. }));
+        self.events.shrink_to_fit();
+        self.arena = Vec::new();
+        self.last = None;
+        self.owned = 0;
+        self.in_place = 0;
     }
 
     /// Messages handed to the application so far.
@@ -111,14 +236,27 @@ impl Inbox {
 
     /// Reuses the arena from its start when no event refers to it.
     pub(super) fn recycle(&mut self) {
-        if self.events.is_empty() {
-            self.arena.clear();
+        if self.events.is_empty() && !self.arena.is_empty() {
+            self.trim_arena();
         }
     }
 
     /// Sets (or, with `None`, ends) the packet being handled in place.
     pub(super) fn set_place(&mut self, place: Option<InPlace>) {
         self.place = place;
+    }
+
+    /// Queues a message, keeping room in the queue for the two events
+    /// queued without asking for room (`Writable`, `Closed`): the queue
+    /// grows here, where the caller checked the budget for it (see
+    /// `event_headroom`), never when the connection closes.
+    #[inline]
+    fn push_message(&mut self, guarantee: Guarantee, data: MsgData) {
+        self.events
+            .push_back(PendingEvent::Message { guarantee, data });
+        if self.events.capacity() - self.events.len() < 2 {
+            self.events.reserve(2);
+        }
     }
 
     /// Queues `Connected`.
@@ -142,42 +280,45 @@ impl Inbox {
         if let Some(p) = self.place {
             let at = (data.as_ptr() as usize).wrapping_sub(p.base);
             if at <= p.len && data.len() <= p.len - at {
-                self.bytes += data.len();
+                self.in_place += data.len();
                 self.delivered.add(g);
-                self.events.push_back(PendingEvent::Message {
-                    guarantee: g,
-                    data: MsgData::InPlace {
+                self.push_message(
+                    g,
+                    MsgData::InPlace {
                         offset: p.origin + at,
                         len: data.len(),
                     },
-                });
+                );
                 return;
             }
         }
-        if self.events.is_empty() {
+        // Grown exactly as `arena_growth` said (the budget was checked
+        // with it).
+        if let Some(t) = self.arena_target(data.len()) {
+            if self.events.is_empty() {
+                self.arena.clear();
+            }
+            self.arena.reserve_exact(t - self.arena.len());
+        } else if self.events.is_empty() {
             self.arena.clear();
         }
         let start = self.arena.len();
         self.arena.extend_from_slice(data);
-        self.bytes += data.len();
         self.delivered.add(g);
-        self.events.push_back(PendingEvent::Message {
-            guarantee: g,
-            data: MsgData::Arena {
+        self.push_message(
+            g,
+            MsgData::Arena {
                 start,
                 len: data.len(),
             },
-        });
+        );
     }
 
     /// Queues a message that has a vector of its own.
     pub(super) fn deliver_vec(&mut self, g: Guarantee, data: Vec<u8>) {
-        self.bytes += data.len();
+        self.owned += vec_charge(data.capacity());
         self.delivered.add(g);
-        self.events.push_back(PendingEvent::Message {
-            guarantee: g,
-            data: MsgData::Owned(data),
-        });
+        self.push_message(g, MsgData::Owned(data));
     }
 
     /// The next event, with message bytes copied out (or moved, for messages
@@ -185,7 +326,7 @@ impl Inbox {
     #[inline]
     pub(super) fn pop_event(&mut self) -> Option<Event> {
         let Some(ev) = self.events.pop_front() else {
-            self.arena.clear();
+            self.trim_arena();
             return None;
         };
         Some(match ev {
@@ -194,11 +335,15 @@ impl Inbox {
             PendingEvent::Closed(r) => Event::Closed(r),
             PendingEvent::Message { guarantee, data } => {
                 let data = match data {
-                    MsgData::Owned(v) => v,
+                    MsgData::Owned(v) => {
+                        self.owned -= vec_charge(v.capacity());
+                        v
+                    }
                     MsgData::Arena { start, len } => {
                         self.arena.get(start..start + len).unwrap_or(&[]).to_vec()
                     }
                     MsgData::InPlace { len, .. } => {
+                        self.in_place -= len;
                         // Only the reactor handles packets in place, and it
                         // polls with `poll_event_raw`.
                         debug_assert!(false, "in-place message polled by copy");
@@ -206,7 +351,6 @@ impl Inbox {
                         Vec::new()
                     }
                 };
-                self.bytes -= data.len();
                 Event::Message { data, guarantee }
             }
         })
@@ -238,7 +382,7 @@ impl Inbox {
     /// them in the caller's buffer ([`MsgRef::InPlace`]).
     pub(super) fn pop_raw(&mut self) -> Option<RawEvent<'_>> {
         let Some(ev) = self.events.pop_front() else {
-            self.arena.clear();
+            self.trim_arena();
             self.last = None;
             return None;
         };
@@ -246,15 +390,14 @@ impl Inbox {
             PendingEvent::Message { guarantee, data } => {
                 let data = match data {
                     MsgData::Arena { start, len } => {
-                        self.bytes -= len;
                         MsgRef::Bytes(self.arena.get(start..start + len).unwrap_or(&[]))
                     }
                     MsgData::Owned(v) => {
-                        self.bytes -= v.len();
+                        self.owned -= vec_charge(v.capacity());
                         MsgRef::Bytes(self.last.insert(v))
                     }
                     MsgData::InPlace { offset, len } => {
-                        self.bytes -= len;
+                        self.in_place -= len;
                         MsgRef::InPlace { offset, len }
                     }
                 };
@@ -269,10 +412,16 @@ impl Inbox {
     /// Copies every queued in-place message out of `buf` (the caller's
     /// receive buffer, still holding the packets) into the arena.
     pub(super) fn materialize(&mut self, buf: &[u8]) {
-        let Inbox { events, arena, .. } = self;
+        let Inbox {
+            events,
+            arena,
+            in_place,
+            ..
+        } = self;
         for ev in events.iter_mut() {
             if let PendingEvent::Message { data, .. } = ev {
                 if let MsgData::InPlace { offset, len } = *data {
+                    *in_place -= len;
                     let bytes = buf.get(offset..offset + len).unwrap_or(&[]);
                     let start = arena.len();
                     arena.extend_from_slice(bytes);

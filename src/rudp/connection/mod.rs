@@ -46,6 +46,7 @@ use congestion::Congestion;
 use events::Inbox;
 pub(crate) use events::{InPlace, MsgRef, RawEvent};
 use loss::{LostPacket, Reordering};
+pub(crate) use recv::BudgetEvents;
 use recv::{ChunkOutcome, PnStatus, RecvLimits, RecvState};
 use rtt::{RttEstimator, GRANULARITY};
 use send::SendState;
@@ -319,7 +320,60 @@ impl Connection {
         s.reorder_threshold = self.reorder.threshold();
         s.reorder_window = self.reorder.window();
         s.messages_delivered = self.inbox.delivered();
+        s.recv_bytes_held = self.recv_held();
         s
+    }
+
+    // -- receive budgets (the endpoint's side) --------------------------------
+
+    /// Bytes the receive side holds: the window, partial reassemblies and
+    /// messages waiting to be polled (those left in the caller's receive
+    /// buffer excepted).
+    #[inline]
+    pub(crate) fn recv_held(&self) -> usize {
+        self.rx.held() + self.inbox.mem_held()
+    }
+
+    /// Of [`recv_held`](Self::recv_held), what unreliable partial
+    /// reassemblies hold (the endpoint may drop them for room).
+    #[inline]
+    pub(crate) fn unreliable_held(&self) -> usize {
+        self.rx.unreliable_held()
+    }
+
+    /// The most [`recv_held`](Self::recv_held) may reach while handling
+    /// the next datagrams (the connection's share of the endpoint's and its
+    /// source's budgets); unlimited by default, `max_recv_buffer_bytes`
+    /// applies regardless.
+    #[inline]
+    pub(crate) fn set_recv_allowance(&mut self, bytes: usize) {
+        self.rx.set_allowance(bytes);
+    }
+
+    /// Budget events since the last call, if any.
+    #[inline]
+    pub(crate) fn take_budget_events(&mut self) -> Option<BudgetEvents> {
+        self.rx.take_budget_events()
+    }
+
+    /// Drops every unreliable partial reassembly (counted); returns how
+    /// many.
+    pub(crate) fn drop_unreliable_partials(&mut self) -> usize {
+        self.rx.drop_unreliable_partials(&mut self.stats)
+    }
+
+    /// Frees buffers kept for reuse while no event waits.
+    pub(crate) fn release_idle(&mut self) {
+        self.inbox.release_idle();
+    }
+
+    /// Closes at once for `reason`, freeing everything received, messages
+    /// not yet polled included; only `Closed(reason)` (and events other
+    /// than messages queued before it) remain to be polled. Sends nothing:
+    /// the endpoint tells the peer.
+    pub(crate) fn abort(&mut self, reason: RudpCloseReason) {
+        self.inbox.discard_messages();
+        self.close_now(reason);
     }
 
     fn current_rto(&self) -> Duration {

@@ -105,6 +105,18 @@ pub struct ConnectionStats {
     pub unreliable_dropped: u64,
     /// Packets left unacknowledged because the receive buffer was full.
     pub rejected_packets: u64,
+    /// Bytes the receive side holds now: out-of-order and partially
+    /// reassembled messages, messages waiting to be polled (capacities and
+    /// bookkeeping overheads; messages left in the caller's receive buffer
+    /// are not counted). See `docs/rudp.md` §6.
+    pub recv_bytes_held: usize,
+    /// Unreliable messages, or partial reassemblies of them, dropped for a
+    /// receive budget (the connection's, its source's or the endpoint's).
+    /// Also counted in `unreliable_dropped`.
+    pub recv_budget_drops: u64,
+    /// Reliable chunks refused for a receive budget: their packet was not
+    /// acknowledged, and the peer sends them again later.
+    pub recv_budget_refusals: u64,
     /// Protocol violations seen (each discarded its datagram).
     pub protocol_violations: u64,
 }

@@ -5,6 +5,7 @@
 //! support, not API.
 
 mod endpoint;
+mod hostile;
 mod loss_matrix;
 mod regressions;
 mod sim;
