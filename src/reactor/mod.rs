@@ -141,7 +141,10 @@ use table::{id_of, WAKER_TOKEN};
 ///   reflects the socket's own send buffer;
 /// - a TCP connection queues what the kernel does not take, up to
 ///   [`TcpOptions::max_send_queue`];
-/// - a reliable-UDP peer queues up to its `max_send_queue_bytes`.
+/// - a reliable-UDP peer queues up to its `max_send_queue_bytes`, within
+///   its source's and its socket's send budgets (`max_source_send_bytes`,
+///   `max_endpoint_send_bytes`): a peer that withholds acknowledgements
+///   pins no more.
 ///
 /// # Panics in handlers
 ///

@@ -329,7 +329,8 @@ impl Ctx {
 
     /// Sends one message to a reliable-UDP peer with `guarantee`.
     ///
-    /// A full send queue gives [`Error::WouldBlock`];
+    /// A full send queue (the peer's, or its source's or the socket's send
+    /// budget, see [`RudpConfig`](crate::rudp::RudpConfig)) gives [`Error::WouldBlock`];
     /// [`Handler::on_rudp_writable`] follows when there is room. A message
     /// over `max_message_len` gives [`Error::TooLarge`]; a peer that is
     /// closing, [`Error::Closed`]; a peer that is gone, [`Error::StaleId`].

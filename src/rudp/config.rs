@@ -108,6 +108,17 @@ pub struct RudpConfig {
     /// (a quarter of the endpoint's: one source cannot take it all);
     /// clamped to `2 * max_message_len..=max_endpoint_recv_bytes`.
     pub max_source_recv_bytes: usize,
+    /// Endpoint: bound on queued-but-unacknowledged bytes over all
+    /// connections (what `max_send_queue_bytes` bounds per connection): a
+    /// peer that withholds acknowledgements pins what was sent to it.
+    /// Default 64 MiB; at least `max_message_len`. A send that would pass
+    /// it fails with `SendError::QueueFull` and `Event::Writable` follows
+    /// once the endpoint's total (and the source's) has drained to half.
+    pub max_endpoint_send_bytes: usize,
+    /// Endpoint: bound on queued-but-unacknowledged bytes over the
+    /// connections of one source. Default 16 MiB; clamped to
+    /// `max_message_len..=max_endpoint_send_bytes`.
+    pub max_source_send_bytes: usize,
     /// Endpoint: most server connections (half-open included) from one
     /// source; ECHOs beyond are ignored. Default 64 (1/64 of the default
     /// `max_connections`); clamped to `1..=max_connections`.
@@ -165,6 +176,8 @@ setters!(RudpConfig {
     max_protocol_violations: u32,
     max_endpoint_recv_bytes: usize,
     max_source_recv_bytes: usize,
+    max_endpoint_send_bytes: usize,
+    max_source_send_bytes: usize,
     max_connections_per_source: usize,
     max_half_open_per_source: usize,
     source_prefix_v4: u8,
@@ -201,6 +214,8 @@ impl Default for RudpConfig {
             max_protocol_violations: 16,
             max_endpoint_recv_bytes: 64 << 20,
             max_source_recv_bytes: 16 << 20,
+            max_endpoint_send_bytes: 64 << 20,
+            max_source_send_bytes: 16 << 20,
             max_connections_per_source: 64,
             max_half_open_per_source: 16,
             source_prefix_v4: 32,
@@ -261,6 +276,10 @@ impl RudpConfig {
         c.max_source_recv_bytes = c
             .max_source_recv_bytes
             .clamp(2 * c.max_message_len, c.max_endpoint_recv_bytes);
+        c.max_endpoint_send_bytes = c.max_endpoint_send_bytes.max(c.max_message_len);
+        c.max_source_send_bytes = c
+            .max_source_send_bytes
+            .clamp(c.max_message_len, c.max_endpoint_send_bytes);
         c.max_connections_per_source = c.max_connections_per_source.clamp(1, c.max_connections);
         c.max_half_open_per_source = c.max_half_open_per_source.clamp(1, c.max_half_open);
         c.source_prefix_v4 = c.source_prefix_v4.min(32);

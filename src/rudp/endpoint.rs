@@ -100,6 +100,15 @@ pub struct EndpointStats {
     pub recv_bytes_held: u64,
     /// Most bytes ever held at once by the receive side of the connections.
     pub recv_bytes_held_peak: u64,
+    /// Sends refused (`SendError::QueueFull`) because the source's
+    /// (`max_source_send_bytes`) or the endpoint's
+    /// (`max_endpoint_send_bytes`) send budget was spent.
+    pub send_budget_refusals: u64,
+    /// Bytes queued now, unacknowledged, over every connection's send
+    /// queue; at most `max_endpoint_send_bytes`.
+    pub send_bytes_held: u64,
+    /// Most bytes ever queued at once over every connection's send queue.
+    pub send_bytes_held_peak: u64,
     /// Sources (see `RudpConfig::source_prefix_v4`) with a live connection
     /// now: the entries of the per-source table.
     pub sources: u64,
@@ -165,6 +174,8 @@ struct Source {
     half_open: u32,
     /// Bytes the receive sides of its connections hold.
     held: usize,
+    /// Bytes the send queues of its connections hold.
+    send_held: usize,
 }
 
 #[derive(Debug)]
@@ -178,6 +189,11 @@ struct Entry {
     /// What `conn.recv_held()` was when last looked at: its share of the
     /// endpoint's and its source's totals.
     charged: usize,
+    /// What `conn.send_queue_len().0` was when last looked at.
+    send_charged: usize,
+    /// A send was refused for the source's or the endpoint's send budget:
+    /// `Writable` is owed (the entry is in `send_waiters`).
+    send_waiting: bool,
     half_open: bool,
     /// Deadline of this connection's live heap entry.
     scheduled: Option<Instant>,
@@ -270,6 +286,10 @@ pub struct Endpoint {
     sources_holding: usize,
     /// Bytes the receive sides of all connections hold.
     recv_held: usize,
+    /// Bytes the send queues of all connections hold.
+    send_held: usize,
+    /// Connections (index, generation) refused a send for a send budget.
+    send_waiters: Vec<(u32, u32)>,
     last_reclaim: Option<Instant>,
     stats: EndpointStats,
 }
@@ -307,6 +327,8 @@ impl Endpoint {
             source_index: HashMap::new(),
             sources_holding: 0,
             recv_held: 0,
+            send_held: 0,
+            send_waiters: Vec::new(),
             last_reclaim: None,
             stats: EndpointStats::default(),
         }
@@ -323,6 +345,7 @@ impl Endpoint {
             connections: self.live as u64,
             half_open: self.half_open as u64,
             recv_bytes_held: self.recv_held as u64,
+            send_bytes_held: self.send_held as u64,
             sources: self.source_index.len() as u64,
             ..self.stats.clone()
         }
@@ -406,6 +429,7 @@ impl Endpoint {
             accepted: 0,
             half_open: 0,
             held: 0,
+            send_held: 0,
         };
         let i = match self.free_sources.pop() {
             Some(i) => {
@@ -446,6 +470,8 @@ impl Endpoint {
                 source,
                 accepted,
                 charged: 0,
+                send_charged: 0,
+                send_waiting: false,
                 half_open,
                 scheduled: None,
                 in_transmit_queue: false,
@@ -509,6 +535,78 @@ impl Endpoint {
         Some(ev.starved).filter(|&n| n > 0)
     }
 
+    /// Adds `held - old` to a source's and the endpoint's send totals, and
+    /// owes `Writable` to the connections a send budget refused once both
+    /// totals have drained to half.
+    fn recharge_send(&mut self, source: u32, old: usize, held: usize) {
+        self.send_held = self.send_held - old + held;
+        self.stats.send_bytes_held_peak =
+            self.stats.send_bytes_held_peak.max(self.send_held as u64);
+        if let Some(src) = self.sources.get_mut(source as usize) {
+            src.send_held = src.send_held - old + held;
+        }
+        if held < old
+            && !self.send_waiters.is_empty()
+            && self.send_held * 2 <= self.cfg.max_endpoint_send_bytes
+        {
+            self.wake_senders();
+        }
+    }
+
+    /// Queues `Writable` for every connection refused a send whose source
+    /// has drained to half its budget; the others keep waiting.
+    #[cold]
+    fn wake_senders(&mut self) {
+        let mut waiters = std::mem::take(&mut self.send_waiters);
+        let half = self.cfg.max_source_send_bytes / 2;
+        let mut woken = Vec::new();
+        waiters.retain(|&(idx, generation)| {
+            let Some(slot) = self.slots.get_mut(idx as usize) else {
+                return false;
+            };
+            if slot.generation != generation {
+                return false;
+            }
+            let Some(e) = slot.entry.as_deref_mut() else {
+                return false;
+            };
+            let src_held = self
+                .sources
+                .get(e.source as usize)
+                .map_or(0, |s| s.send_held);
+            if src_held > half {
+                return true;
+            }
+            e.send_waiting = false;
+            e.conn.notify_writable();
+            woken.push(idx);
+            false
+        });
+        self.send_waiters = waiters;
+        for idx in woken {
+            self.refile(idx, false);
+        }
+    }
+
+    /// Brings the endpoint's view of connection `idx`'s send queue up to
+    /// date.
+    #[inline]
+    fn sync_send(&mut self, idx: u32) {
+        let Some(e) = self
+            .slots
+            .get_mut(idx as usize)
+            .and_then(|s| s.entry.as_deref_mut())
+        else {
+            return;
+        };
+        let held = e.conn.send_queue_len().0;
+        if held != e.send_charged {
+            let (old, source) = (e.send_charged, e.source);
+            e.send_charged = held;
+            self.recharge_send(source, old, held);
+        }
+    }
+
     fn remove(&mut self, idx: u32) {
         let Some(s) = self.slots.get_mut(idx as usize) else {
             return;
@@ -525,6 +623,7 @@ impl Endpoint {
             self.half_open -= 1;
         }
         self.recharge(e.source, e.charged, 0);
+        self.recharge_send(e.source, e.send_charged, 0);
         if let Some(src) = self.sources.get_mut(e.source as usize) {
             src.entries -= 1;
             src.accepted -= u32::from(e.accepted);
@@ -545,6 +644,7 @@ impl Endpoint {
     }
 
     fn refile(&mut self, idx: u32, queue_transmit: bool) {
+        self.sync_send(idx);
         let Some(slot) = self.slots.get_mut(idx as usize) else {
             return;
         };
@@ -1093,19 +1193,47 @@ impl Endpoint {
         r
     }
 
-    /// Runs a send on `peer`'s connection. Queuing messages changes neither
+    /// Runs a send of `lens` on `peer`'s connection, within the source's
+    /// and the endpoint's send budgets. Queuing messages changes neither
     /// timers nor events, so only the transmit queue needs the connection.
     fn with_conn_send(
         &mut self,
         peer: ConnectionHandle,
+        lens: impl Iterator<Item = usize> + Clone,
         f: impl FnOnce(&mut Connection) -> Result<(), SendError>,
     ) -> Result<(), SendError> {
-        let e = self.entry_mut(peer).ok_or(SendError::UnknownPeer)?;
+        self.entry(peer).ok_or(SendError::UnknownPeer)?;
+        self.sync_send(peer.index);
+        let bytes = lens.clone().fold(0usize, usize::saturating_add);
+        let (ep_max, src_max) = (
+            self.cfg.max_endpoint_send_bytes,
+            self.cfg.max_source_send_bytes,
+        );
+        let ep_held = self.send_held;
+        let sources = &self.sources;
+        let e = self
+            .slots
+            .get_mut(peer.index as usize)
+            .and_then(|s| s.entry.as_deref_mut())
+            .ok_or(SendError::UnknownPeer)?;
+        let src_held = sources.get(e.source as usize).map_or(0, |s| s.send_held);
+        if ep_held.saturating_add(bytes) > ep_max || src_held.saturating_add(bytes) > src_max {
+            // Checked by the connection first: a closed connection or a
+            // message too large says so rather than "wait".
+            e.conn.check_sendable(lens)?;
+            self.stats.send_budget_refusals += 1;
+            if !e.send_waiting {
+                e.send_waiting = true;
+                self.send_waiters.push((peer.index, peer.generation));
+            }
+            return Err(SendError::QueueFull);
+        }
         f(&mut e.conn)?;
         if !e.in_transmit_queue {
             e.in_transmit_queue = true;
             self.transmit_queue.push_back(peer.index);
         }
+        self.sync_send(peer.index);
         Ok(())
     }
 
@@ -1116,12 +1244,17 @@ impl Endpoint {
         data: &[u8],
         guarantee: Guarantee,
     ) -> Result<(), SendError> {
-        self.with_conn_send(peer, |c| c.send(data, guarantee))
+        self.with_conn_send(peer, core::iter::once(data.len()), |c| {
+            c.send(data, guarantee)
+        })
     }
 
     /// Queues a message set for `peer` (see [`Connection::send_set`]).
     pub fn send_set(&mut self, peer: ConnectionHandle, msgs: &[&[u8]]) -> Result<(), SendError> {
-        self.with_conn_send(peer, |c| c.send_set(msgs))
+        if msgs.len() > usize::from(u16::MAX) {
+            return Err(SendError::SetTooLarge { len: msgs.len() });
+        }
+        self.with_conn_send(peer, msgs.iter().map(|m| m.len()), |c| c.send_set(msgs))
     }
 
     /// Closes `peer` gracefully (see [`Connection::close`]). Unknown ids are ignored.

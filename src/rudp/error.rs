@@ -69,7 +69,10 @@ pub enum SendError {
         /// The limit.
         max: usize,
     },
-    /// The send queue (bytes or messages) is full: wait for `Event::Writable`.
+    /// The send queue (bytes or messages) is full, or the endpoint's send
+    /// budget for the peer's source or for every peer is spent
+    /// (`RudpConfig::max_source_send_bytes`, `max_endpoint_send_bytes`):
+    /// wait for `Event::Writable`.
     QueueFull,
     /// The set has more members than a set may have (65,535).
     SetTooLarge {

@@ -118,7 +118,8 @@ pub enum Event {
         guarantee: Guarantee,
     },
     /// The send queue has room again after a send failed with
-    /// [`SendError::QueueFull`].
+    /// [`SendError::QueueFull`] (the connection's queue, and the
+    /// endpoint's send budgets, have drained to half).
     Writable,
     /// The connection is closed; it produces no further events.
     Closed(RudpCloseReason),

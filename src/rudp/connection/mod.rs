@@ -383,7 +383,12 @@ impl Connection {
 
     // -- application commands ------------------------------------------------
 
-    fn check_send(&mut self, lens: impl Iterator<Item = usize>, n: usize) -> Result<(), SendError> {
+    /// What a send of messages of `lens` would fail with, the room in
+    /// the queue aside: `Closed` or `TooLarge`.
+    pub(crate) fn check_sendable(
+        &self,
+        lens: impl Iterator<Item = usize>,
+    ) -> Result<usize, SendError> {
         if self.state == State::Closed || self.closing {
             return Err(SendError::Closed);
         }
@@ -395,6 +400,11 @@ impl Connection {
             }
             total = total.saturating_add(len);
         }
+        Ok(total)
+    }
+
+    fn check_send(&mut self, lens: impl Iterator<Item = usize>, n: usize) -> Result<(), SendError> {
+        let total = self.check_sendable(lens)?;
         if self.tx.queued_bytes().saturating_add(total) > self.cfg.max_send_queue_bytes
             || self.tx.queued_msgs() + n > self.cfg.max_send_queue_messages
         {
@@ -938,6 +948,14 @@ impl Connection {
         }
         let at = later(self.last_eliciting_sent, pto);
         (at < self.rto_deadline()).then_some(at)
+    }
+
+    /// Queues `Event::Writable` for a send the endpoint refused (its
+    /// source's or its own send budget), now that there is room again.
+    pub(crate) fn notify_writable(&mut self) {
+        if self.state != State::Closed && !self.closing {
+            self.inbox.push_writable();
+        }
     }
 
     fn check_writable(&mut self) {

@@ -1038,3 +1038,123 @@ fn budget_counters_add_up() {
         (drops, refusals)
     );
 }
+
+/// A server with two clients (nodes 1 and 2) connected; the server's
+/// handles for them, in node order.
+fn two_clients(cfg: RudpConfig) -> (Sim, [crate::rudp::ConnectionHandle; 2]) {
+    let mut sim = Sim::new(3, cfg, LinkConfig::default(), 77);
+    let server = sim.nodes[0].addr;
+    let now = sim.now;
+    for i in 1..3 {
+        sim.nodes[i].ep.connect(now, server).expect("room");
+    }
+    sim.run_until(STEPS, Duration::from_secs(5), |s| {
+        s.nodes[0].ep.len() == 2 && s.nodes[0].ep.half_open() == 0
+    })
+    .expect("both connect");
+    sim.run_for(Duration::from_millis(100), STEPS)
+        .expect("settle");
+    let mut handles: Vec<_> = sim.nodes[0].ep.peers().collect();
+    let addr1 = sim.nodes[1].addr;
+    handles.sort_by_key(|&h| sim.nodes[0].ep.remote_addr(h) != Some(addr1));
+    (sim, [handles[0], handles[1]])
+}
+
+/// Queues 1,000-byte Delivery messages on `peer` until refused; how many
+/// were queued and the error.
+fn fill_send(
+    sim: &mut Sim,
+    peer: crate::rudp::ConnectionHandle,
+) -> (usize, crate::rudp::SendError) {
+    let msg = [7u8; 1000];
+    for n in 0.. {
+        if let Err(e) = sim.nodes[0].ep.send(peer, &msg, Guarantee::Delivery) {
+            return (n, e);
+        }
+    }
+    unreachable!()
+}
+
+#[test]
+fn peers_withholding_acks_pin_no_more_than_the_send_budgets() {
+    let cfg = RudpConfig::new()
+        .max_message_len(1000)
+        .max_send_queue_bytes(1 << 20)
+        .max_source_send_bytes(20_000)
+        .max_endpoint_send_bytes(30_000);
+    let (mut sim, [a, b]) = two_clients(cfg);
+    // Nothing the clients send reaches the server: no acks.
+    sim.drop_filter = Some(Box::new(|from, _, _| from != 0));
+    let (n, e) = fill_send(&mut sim, a);
+    assert_eq!(
+        (n, e),
+        (20, crate::rudp::SendError::QueueFull),
+        "a source's budget"
+    );
+    let (n, e) = fill_send(&mut sim, b);
+    assert_eq!(
+        (n, e),
+        (10, crate::rudp::SendError::QueueFull),
+        "the endpoint's budget"
+    );
+    // The checks that say more than "wait" still come first.
+    assert!(matches!(
+        sim.nodes[0].ep.send(a, &[0u8; 1001], Guarantee::Delivery),
+        Err(crate::rudp::SendError::TooLarge { .. })
+    ));
+    let st = sim.nodes[0].ep.stats();
+    assert_eq!(st.send_bytes_held, 30_000);
+    assert_eq!(st.send_budget_refusals, 2);
+    sim.run_for(Duration::from_millis(50), STEPS).expect("run");
+    assert_eq!(
+        sim.nodes[0].ep.stats().send_bytes_held,
+        30_000,
+        "nothing acked"
+    );
+    sim.take_events(0);
+
+    // Acks flow again: both queues drain and both senders hear Writable.
+    sim.drop_filter = None;
+    sim.run_until(STEPS, Duration::from_secs(10), |s| {
+        s.nodes[0].ep.stats().send_bytes_held == 0
+    })
+    .expect("queues drain");
+    let writable: Vec<_> = sim
+        .take_events(0)
+        .into_iter()
+        .filter(|(_, ev)| matches!(ev, Event::Writable))
+        .map(|(h, _)| h)
+        .collect();
+    assert!(
+        writable.contains(&a) && writable.contains(&b),
+        "{writable:?}"
+    );
+    assert_eq!(sim.nodes[0].ep.stats().send_bytes_held_peak, 30_000);
+    assert_eq!(fill_send(&mut sim, a).0, 20);
+}
+
+#[test]
+fn a_source_over_its_send_budget_does_not_block_other_sources() {
+    let cfg = RudpConfig::new()
+        .max_message_len(1000)
+        .max_send_queue_bytes(1 << 20)
+        .max_source_send_bytes(10_000)
+        .max_endpoint_send_bytes(100_000);
+    let (mut sim, [a, b]) = two_clients(cfg);
+    sim.drop_filter = Some(Box::new(|from, _, _| from != 0));
+    assert_eq!(fill_send(&mut sim, a).0, 10);
+    assert_eq!(fill_send(&mut sim, b).0, 10);
+}
+
+#[test]
+fn one_source_shares_its_send_budget() {
+    let cfg = RudpConfig::new()
+        .max_message_len(1000)
+        .max_send_queue_bytes(1 << 20)
+        .max_source_send_bytes(10_000)
+        .source_prefix_v4(24);
+    let (mut sim, [a, b]) = two_clients(cfg);
+    sim.drop_filter = Some(Box::new(|from, _, _| from != 0));
+    assert_eq!(fill_send(&mut sim, a).0, 10);
+    assert_eq!(fill_send(&mut sim, b).0, 0, "10.0.0.0/24 is one source");
+}
