@@ -99,8 +99,9 @@
 //!
 //! The `docs/` folder of the repository has a page per protocol, also
 //! here: [`guide::datagrams`], [`guide::framing`], [`guide::seqpacket`],
-//! [`guide::rudp`] (the reliable-UDP wire specification) and
-//! [`guide::rudp_examples`].
+//! [`guide::rudp`] (the reliable-UDP wire specification),
+//! [`guide::rudp_examples`] and [`guide::security`] (what a hostile peer
+//! can make a server hold, and the bound on each).
 //!
 //! [mio]: https://docs.rs/mio
 #![deny(
@@ -149,6 +150,7 @@ mod headroom;
 mod reactor;
 mod recv;
 mod socket_file;
+mod source;
 mod sys;
 mod timer;
 
@@ -177,6 +179,8 @@ pub mod guide {
     pub mod rudp {}
     #[doc = include_str!("../docs/rudp_examples.md")]
     pub mod rudp_examples {}
+    #[doc = include_str!("../docs/security.md")]
+    pub mod security {}
 }
 
 pub use addr::{Destination, PeerAddr, ToUnixAddr, UnixAddr};

@@ -13,33 +13,12 @@ use super::ctx::TimerTarget;
 use crate::handler::SocketId;
 use crate::timer::{TimerKey, Timers};
 
-/// Where a connection comes from, for per-source limits: an IPv4 address,
-/// an IPv6 prefix (a /64 by default: one subscriber's network), or, for
-/// Unix sockets, the peer's uid.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(super) enum Source {
-    V4(u32),
-    /// The address masked to the prefix.
-    V6(u128),
-    Uid(u32),
-}
+pub(super) use crate::source::Source;
 
-impl Source {
-    /// The source of an IP peer; an IPv4-mapped IPv6 address (a dual-stack
-    /// socket's IPv4 peer) is its IPv4 address.
-    pub(super) fn of_ip(ip: IpAddr, v6_prefix: u8) -> Source {
-        match ip {
-            IpAddr::V4(a) => Source::V4(a.into()),
-            IpAddr::V6(a) => match a.to_ipv4_mapped() {
-                Some(v4) => Source::V4(v4.into()),
-                None => {
-                    let bits = u32::from(v6_prefix.min(128));
-                    let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
-                    Source::V6(u128::from(a) & mask)
-                }
-            },
-        }
-    }
+/// The source of a TCP peer: its IPv4 address, or its IPv6 address's
+/// leading `v6_prefix` bits.
+pub(super) fn source_of_ip(ip: IpAddr, v6_prefix: u8) -> Source {
+    Source::of_ip(ip, 32, v6_prefix)
 }
 
 /// Open connections per source, for one listener. Entries go when their
@@ -215,20 +194,12 @@ mod tests {
     use std::net::{Ipv4Addr, Ipv6Addr};
 
     #[test]
-    fn sources_group_ipv6_by_prefix_and_unmap_ipv4() {
-        let a: Ipv6Addr = "2001:db8:1:2:aaaa::1".parse().unwrap();
-        let b: Ipv6Addr = "2001:db8:1:2:bbbb::9".parse().unwrap();
-        let c: Ipv6Addr = "2001:db8:1:3::1".parse().unwrap();
-        let s = |ip: Ipv6Addr, p| Source::of_ip(IpAddr::V6(ip), p);
-        assert_eq!(s(a, 64), s(b, 64));
-        assert_ne!(s(a, 64), s(c, 64));
-        assert_ne!(s(a, 128), s(b, 128));
-        assert_eq!(s(a, 0), s(c, 0));
-        let v4 = Ipv4Addr::new(127, 0, 0, 2);
-        assert_eq!(
-            s(v4.to_ipv6_mapped(), 64),
-            Source::of_ip(IpAddr::V4(v4), 64)
-        );
+    fn tcp_sources_are_whole_ipv4_addresses() {
+        let s = |a: [u8; 4]| source_of_ip(IpAddr::V4(Ipv4Addr::from(a)), 64);
+        assert_ne!(s([127, 0, 0, 1]), s([127, 0, 0, 2]));
+        let v6: Ipv6Addr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let w6: Ipv6Addr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        assert_eq!(source_of_ip(v6.into(), 64), source_of_ip(w6.into(), 64));
     }
 
     #[test]

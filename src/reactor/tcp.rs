@@ -31,7 +31,7 @@ use mio::Interest;
 use socket2::{SockRef, Socket, Type};
 
 use super::ctx::{Ctx, TimerTarget};
-use super::limits::{Budget, Idle, Source, MIN_READ};
+use super::limits::{source_of_ip, Budget, Idle, Source, MIN_READ};
 use super::listener::Accepted;
 use super::listener::{ListenIo, Listener};
 use super::options::TcpOptions;
@@ -178,7 +178,7 @@ impl TcpListenIo {
             }
         }
         let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
-        let source = Source::of_ip(peer.ip(), v6_prefix);
+        let source = source_of_ip(peer.ip(), v6_prefix);
         let conn = TcpConn::new(stream, &self.opts, false, Some(lid), source, Instant::now());
         Ok(Accepted {
             sock: Sock::Tcp(Box::new(conn)),
@@ -295,7 +295,7 @@ impl Ctx {
         if opts.nodelay {
             stream.set_nodelay(true)?;
         }
-        let source = Source::of_ip(addr.ip(), self.config.ipv6_source_prefix);
+        let source = source_of_ip(addr.ip(), self.config.ipv6_source_prefix);
         let now = self.now();
         let build = |stream| {
             Sock::Tcp(Box::new(TcpConn::new(
@@ -339,7 +339,7 @@ impl Ctx {
             if opts.nodelay {
                 socket.set_tcp_nodelay(true)?;
             }
-            Ok(Source::of_ip(peer.ip(), v6_prefix))
+            Ok(source_of_ip(peer.ip(), v6_prefix))
         })();
         let source = match prepared {
             Ok(s) => s,

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use log::{debug, trace};
 
+use crate::source::Source as SourceKey;
+
 use super::connection::{Connection, InPlace, RawEvent};
 use super::rng::{siphash24, Rng};
 use super::wire::{field, CloseCode, PacketRepr};
@@ -125,41 +127,6 @@ pub struct EndpointStats {
     pub connections: u64,
     /// Server connections accepted but not yet confirmed by the client, now.
     pub half_open: u64,
-}
-
-/// A source, for the per-source limits: an IPv4 address or an IPv6
-/// prefix, masked to the configured length.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum SourceKey {
-    V4(u32),
-    V6(u128),
-}
-
-impl SourceKey {
-    fn new(addr: &SocketAddr, v4_prefix: u8, v6_prefix: u8) -> Self {
-        let v4 = |a: std::net::Ipv4Addr| {
-            let bits = u32::from(a);
-            SourceKey::V4(match v4_prefix {
-                0 => 0,
-                p => bits & (u32::MAX << (32 - u32::from(p.min(32)))),
-            })
-        };
-        match addr.ip() {
-            IpAddr::V4(a) => v4(a),
-            IpAddr::V6(a) => match a.to_ipv4_mapped() {
-                // A dual-stack socket's IPv4 peer: otherwise every IPv4
-                // peer would share ::ffff:0:0/64.
-                Some(a) => v4(a),
-                None => {
-                    let bits = u128::from(a);
-                    SourceKey::V6(match v6_prefix {
-                        0 => 0,
-                        p => bits & (u128::MAX << (128 - u32::from(p.min(128)))),
-                    })
-                }
-            },
-        }
-    }
 }
 
 /// What one source holds.
@@ -415,7 +382,11 @@ impl Endpoint {
     }
 
     fn source_key(&self, addr: &SocketAddr) -> SourceKey {
-        SourceKey::new(addr, self.cfg.source_prefix_v4, self.cfg.source_prefix_v6)
+        SourceKey::of_ip(
+            addr.ip(),
+            self.cfg.source_prefix_v4,
+            self.cfg.source_prefix_v6,
+        )
     }
 
     /// The source entry of `key`, created if need be.
