@@ -190,8 +190,21 @@ impl Echo {
         if let Some(id) = self.rudp {
             if let Ok(ep) = cx.rudp_endpoint_stats(id) {
                 line += &format!(
-                    " | rudp peers={} connected={} dropped={} malformed={} refused={}",
-                    ep.connections, c.rudp_connected, c.rudp_dropped, ep.malformed, ep.refused
+                    " | rudp peers={} connected={} dropped={} malformed={} refused={} \
+                     (per_source={}) evicted={} recv_held={} B (peak {} B) recv_budget_events={} \
+                     send_held={} B sends_refused_budget={}",
+                    ep.connections,
+                    c.rudp_connected,
+                    c.rudp_dropped,
+                    ep.malformed,
+                    ep.refused,
+                    ep.refused_per_source + ep.refused_half_open_per_source,
+                    ep.half_open_evicted + ep.closed_over_budget,
+                    ep.recv_bytes_held,
+                    ep.recv_bytes_held_peak,
+                    ep.recv_budget_drops + ep.recv_budget_refusals,
+                    ep.send_bytes_held,
+                    ep.send_budget_refusals
                 );
             }
         }

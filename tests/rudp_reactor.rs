@@ -374,3 +374,37 @@ fn wrong_kind_and_stale_ids_are_typed_errors() {
         Err(Error::StaleId)
     ));
 }
+
+#[test]
+fn refusals_for_a_source_show_in_the_socket_counters() {
+    let _t = util::guard();
+    let mut r = Reactor::new().unwrap();
+    let cfg = RudpConfig::new().max_connections_per_source(1);
+    let server = r.bind_rudp("127.0.0.1:0", cfg).unwrap();
+    let to = r.local_addr(server).unwrap().as_inet().unwrap();
+    let client = r.bind_rudp("127.0.0.1:0", RudpConfig::default()).unwrap();
+    let mut app = App::default();
+    r.connect_rudp_from(client, to).unwrap();
+    drive(
+        &mut r,
+        &mut app,
+        |a| a.connected.len() == 2,
+        Duration::from_secs(5),
+    );
+    // A second connection from the same address: its ECHOs are refused
+    // until its handshake times out.
+    r.connect_rudp_from(client, to).unwrap();
+    let start = Instant::now();
+    while r.rudp_endpoint_stats(server).unwrap().refused_per_source == 0 {
+        assert!(start.elapsed() < Duration::from_secs(5), "no refusal");
+        r.run_once(&mut app, Some(Duration::from_millis(20)))
+            .unwrap();
+    }
+    let ep = r.rudp_endpoint_stats(server).unwrap();
+    let s = r.stats(server).unwrap();
+    assert!(s.refused_per_source >= 1 && s.refused_per_source == ep.refused_per_source);
+    assert_eq!(s.rudp_refused, ep.refused);
+    let totals = r.reactor_stats().totals;
+    assert_eq!(totals.refused_per_source, s.refused_per_source);
+    assert!(totals.to_string().contains("rudp_refused="), "{totals}");
+}

@@ -95,8 +95,14 @@ pub(super) struct RudpSock {
 }
 
 impl RudpSock {
-    /// Folds the peers' figures into a socket's counters.
+    /// Folds the endpoint's and the peers' figures into a socket's counters.
     pub(super) fn add_peer_stats(&self, s: &mut SocketStats) {
+        let ep = self.ep.stats();
+        s.rudp_refused += ep.refused;
+        s.refused_per_source += ep.refused_per_source + ep.refused_half_open_per_source;
+        s.rudp_evicted += ep.half_open_evicted + ep.closed_over_budget;
+        s.rudp_recv_budget += ep.recv_budget_drops + ep.recv_budget_refusals;
+        s.sends_refused_budget += ep.send_budget_refusals;
         for peer in self.ep.peers() {
             if let Some(p) = self.ep.peer_stats(peer) {
                 s.rudp_peers += 1;

@@ -40,6 +40,19 @@ pub struct SocketStats {
     /// Reliable UDP: the largest smoothed round-trip time among the peers,
     /// in microseconds.
     pub rudp_max_srtt_us: u64,
+    /// Reliable UDP: handshakes refused for a limit (`EndpointStats::refused`:
+    /// connections or half-open ones, per source or in all); those refused
+    /// for a source's limits are also in `refused_per_source`.
+    pub rudp_refused: u64,
+    /// Reliable UDP: connections closed to make room — half-open ones
+    /// evicted for a source holding fewer, and last-resort closes at the
+    /// receive budget (`EndpointStats::half_open_evicted`,
+    /// `closed_over_budget`).
+    pub rudp_evicted: u64,
+    /// Reliable UDP: received data dropped (unreliable) or left
+    /// unacknowledged (reliable) for a receive budget
+    /// (`EndpointStats::recv_budget_drops`, `recv_budget_refusals`).
+    pub rudp_recv_budget: u64,
     /// UDP and reliable UDP: trains of datagrams sent as one kernel packet
     /// (segmentation offload, [`DgramOptions::offload`](crate::DgramOptions::offload)).
     pub trains_sent: u64,
@@ -51,7 +64,8 @@ pub struct SocketStats {
     pub offload_refused: u64,
     /// Listeners: connections closed as soon as they were accepted because
     /// their source (an IP address or prefix; a uid for Unix sockets) had
-    /// its maximum open.
+    /// its maximum open. Reliable UDP: handshakes refused for the same
+    /// reason (connections or half-open ones).
     pub refused_per_source: u64,
     /// Listeners: connections closed as soon as they were accepted to keep
     /// the descriptor reserve ([`Config::fd_reserve`](crate::Config::fd_reserve)).
@@ -61,7 +75,9 @@ pub struct SocketStats {
     /// ([`Config::max_buffered_bytes`](crate::Config::max_buffered_bytes)).
     pub reads_paused: u64,
     /// TCP: sends refused with `WouldBlock` because the buffer budget was
-    /// spent (also counted in `send_would_block`).
+    /// spent (also counted in `send_would_block`). Reliable UDP: sends
+    /// refused for the source's or the socket's send budget
+    /// (`EndpointStats::send_budget_refusals`).
     pub sends_refused_budget: u64,
     /// Messages whose passed descriptors were cut (`MSG_CTRUNC`: the
     /// process had too few descriptors left, or more than fit were sent);
@@ -86,6 +102,9 @@ impl SocketStats {
         self.rudp_packets_lost += o.rudp_packets_lost;
         self.rudp_retransmitted += o.rudp_retransmitted;
         self.rudp_max_srtt_us = self.rudp_max_srtt_us.max(o.rudp_max_srtt_us);
+        self.rudp_refused += o.rudp_refused;
+        self.rudp_evicted += o.rudp_evicted;
+        self.rudp_recv_budget += o.rudp_recv_budget;
         self.trains_sent += o.trains_sent;
         self.trains_received += o.trains_received;
         self.offload_refused += o.offload_refused;
@@ -121,13 +140,16 @@ impl fmt::Display for SocketStats {
             self.refused_fd_reserve,
             self.reads_paused,
             self.sends_refused_budget,
+            self.rudp_refused,
+            self.rudp_evicted,
+            self.rudp_recv_budget,
         ];
         if limits.iter().any(|&n| n > 0) {
             write!(
                 f,
                 " | limits: refused_per_source={} refused_fd_reserve={} reads_paused={} \
-                 sends_refused_budget={}",
-                limits[0], limits[1], limits[2], limits[3]
+                 sends_refused_budget={} rudp_refused={} rudp_evicted={} rudp_recv_budget={}",
+                limits[0], limits[1], limits[2], limits[3], limits[4], limits[5], limits[6]
             )?;
         }
         if self.rudp_peers > 0 || self.rudp_retransmitted > 0 {
