@@ -972,9 +972,7 @@ fn drain_with_control<H: Handler + ?Sized>(
         let (fd, max, gro) = (d.fd(), d.max_msg, d.gro);
         let slot = if gro { GRO_SLOT } else { MAX_UDP_PAYLOAD + 1 }.min(rbuf.len());
         let n_slots = (rbuf.len() / slot).clamp(1, GRO_SLOTS).min(budget);
-        let mut chunks = rbuf.chunks_mut(slot);
-        let mut slots: [&mut [u8]; GRO_SLOTS] =
-            std::array::from_fn(|_| chunks.next().unwrap_or(&mut []));
+        let mut slots: [&mut [u8]; GRO_SLOTS] = receive_slots(rbuf, slot);
         let mut meta = [const { MaybeUninit::uninit() }; GRO_SLOTS];
         let got = match sys::mmsg::recv_batch(fd, &mut slots[..n_slots], &mut meta, true) {
             Ok(got) => got,
@@ -1029,6 +1027,13 @@ fn drain_with_control<H: Handler + ?Sized>(
         }
     }
     true
+}
+
+/// The receive buffer cut into `N` slots of `slot` bytes, for one
+/// `recvmmsg` (slots past the buffer's end are empty).
+pub(super) fn receive_slots<const N: usize>(rbuf: &mut [u8], slot: usize) -> [&mut [u8]; N] {
+    let mut chunks = rbuf.chunks_mut(slot);
+    std::array::from_fn(|_| chunks.next().unwrap_or(&mut []))
 }
 
 #[cfg(test)]

@@ -551,9 +551,7 @@ pub(super) fn drain<H: Handler + ?Sized>(
         };
         let slot = rs.slot.min(rbuf.len());
         let n_slots = (rbuf.len() / slot).clamp(1, BATCH).min(budget);
-        let mut chunks = rbuf.chunks_mut(slot);
-        let mut bufs: [&mut [u8]; BATCH] =
-            std::array::from_fn(|_| chunks.next().unwrap_or(&mut []));
+        let mut bufs: [&mut [u8]; BATCH] = super::datagram::receive_slots(rbuf, slot);
         let mut meta = [(0usize, false, UNSPECIFIED, 0usize); BATCH];
         let got = match recv_batch(rs, &mut bufs[..n_slots], &mut meta) {
             Ok(got) => got,

@@ -71,14 +71,22 @@ pub(crate) fn send_batch(fd: RawFd, msgs: &[Outgoing<'_>]) -> io::Result<usize> 
             h.msg_hdr.msg_controllen = len as _;
         }
     }
-    // SAFETY: the first `n` headers are initialised (above) and point at
-    // iovecs over live, borrowed payloads, at live addresses and at
-    // initialised control buffers of the declared lengths; the kernel only
-    // reads them, and reads no header past `n`.
+    sendmmsg(fd, &mut hdrs[..n])
+}
+
+/// `sendmmsg` over `hdrs`, every one initialised by the caller and
+/// pointing at live iovecs, addresses and control buffers of the declared
+/// lengths. Returns how many the kernel took.
+fn sendmmsg(fd: RawFd, hdrs: &mut [MaybeUninit<libc::mmsghdr>]) -> io::Result<usize> {
+    // SAFETY: the callers initialise every header of `hdrs` (they pass
+    // the prefix they wrote) and point it at iovecs over live, borrowed
+    // payloads, at live addresses and at initialised control buffers of
+    // the declared lengths; the kernel only reads them, and reads no
+    // header past `hdrs.len()`.
     let sent = syscall!(sendmmsg(
         fd,
         hdrs.as_mut_ptr().cast::<libc::mmsghdr>(),
-        n as libc::c_uint,
+        hdrs.len() as libc::c_uint,
         super::SEND_FLAGS
     ))?;
     Ok(sent as usize)
@@ -146,17 +154,7 @@ pub(crate) fn send_udp(fd: RawFd, msgs: &[UdpOut<'_>]) -> io::Result<usize> {
             h.msg_hdr.msg_controllen = len as _;
         }
     }
-    // SAFETY: the first `n` headers are initialised (above) and point at
-    // live iovecs over borrowed payloads, at live addresses and at
-    // initialised control buffers of the declared lengths; the kernel only
-    // reads them, and reads no header past `n`.
-    let sent = syscall!(sendmmsg(
-        fd,
-        hdrs.as_mut_ptr().cast::<libc::mmsghdr>(),
-        n as libc::c_uint,
-        super::SEND_FLAGS
-    ))?;
-    Ok(sent as usize)
+    sendmmsg(fd, &mut hdrs[..n])
 }
 
 /// Writes the control messages `m` needs into `control`; their total

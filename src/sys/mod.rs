@@ -394,14 +394,20 @@ pub(crate) fn set_udp_gro(fd: RawFd) -> io::Result<()> {
 /// and `IPV6_RECVTCLASS` on an IPv6 socket (which may carry IPv4 too).
 #[cfg(target_os = "linux")]
 pub(crate) fn set_recv_tos(fd: RawFd, ipv6: bool) -> io::Result<()> {
+    set_ip_flag(fd, ipv6, libc::IPV6_RECVTCLASS, libc::IP_RECVTOS)
+}
+
+/// Sets the IPv4 flag `v4` on an IPv4 socket; on an IPv6 socket, the IPv6
+/// flag `v6` and — for the IPv4 datagrams of a dual-stack socket — `v4`
+/// if the socket takes it (not every IPv6 socket does).
+#[cfg(target_os = "linux")]
+fn set_ip_flag(fd: RawFd, ipv6: bool, v6: libc::c_int, v4: libc::c_int) -> io::Result<()> {
     if ipv6 {
-        setsockopt_int(fd, libc::SOL_IPV6, libc::IPV6_RECVTCLASS, 1)?;
-        // Dual-stack: IPv4 datagrams report IP_TOS; not every IPv6 socket
-        // takes the IPv4 option.
-        let _ = setsockopt_int(fd, libc::SOL_IP, libc::IP_RECVTOS, 1);
+        setsockopt_int(fd, libc::SOL_IPV6, v6, 1)?;
+        let _ = setsockopt_int(fd, libc::SOL_IP, v4, 1);
         Ok(())
     } else {
-        setsockopt_int(fd, libc::SOL_IP, libc::IP_RECVTOS, 1)
+        setsockopt_int(fd, libc::SOL_IP, v4, 1)
     }
 }
 
@@ -409,13 +415,7 @@ pub(crate) fn set_recv_tos(fd: RawFd, ipv6: bool) -> io::Result<()> {
 /// `IPV6_RECVPKTINFO` on an IPv6 socket.
 #[cfg(target_os = "linux")]
 pub(crate) fn set_recv_pktinfo(fd: RawFd, ipv6: bool) -> io::Result<()> {
-    if ipv6 {
-        setsockopt_int(fd, libc::SOL_IPV6, libc::IPV6_RECVPKTINFO, 1)?;
-        let _ = setsockopt_int(fd, libc::SOL_IP, libc::IP_PKTINFO, 1);
-        Ok(())
-    } else {
-        setsockopt_int(fd, libc::SOL_IP, libc::IP_PKTINFO, 1)
-    }
+    set_ip_flag(fd, ipv6, libc::IPV6_RECVPKTINFO, libc::IP_PKTINFO)
 }
 
 /// Whether the kernel accepts UDP segmentation offload (`UDP_SEGMENT`,

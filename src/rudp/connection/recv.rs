@@ -27,6 +27,10 @@ const PN_WINDOW: u32 = 128;
 /// Ack snapshots kept at most (see `RecvState::ack_snapshots`).
 const MAX_ACK_SNAPSHOTS: usize = 16;
 
+/// A Delivery message completed by a fragment: its bytes, and its set's
+/// membership if it belongs to one.
+type Completed = (Vec<u8>, Option<SetInfo>);
+
 /// Received packet numbers: `largest` and a bitmap of the 127 before it.
 #[derive(Debug, Default, Clone)]
 struct PnWindow {
@@ -684,7 +688,6 @@ impl RecvState {
     /// Stores a fragment of the Delivery message at `key`. `Ok(Some)`: the
     /// message is complete (its entry removed, its bytes returned and no
     /// longer charged but for the entry); `Ok(None)`: stored.
-    #[allow(clippy::type_complexity)]
     fn on_fragment(
         &mut self,
         key: u64,
@@ -693,7 +696,7 @@ impl RecvState {
         c: &ChunkRepr<'_>,
         inbox: &Inbox,
         stats: &mut ConnectionStats,
-    ) -> Result<Option<(Vec<u8>, Option<SetInfo>)>, ChunkOutcome> {
+    ) -> Result<Option<Completed>, ChunkOutcome> {
         let frag_size = self.limits.frag_size;
         let dup = |stats: &mut ConnectionStats| {
             stats.duplicate_chunks += 1;
@@ -840,7 +843,6 @@ impl RecvState {
 
     /// Stores a fragment of the message at `key`, which is being
     /// reassembled: in place (the in-order path of large messages).
-    #[allow(clippy::type_complexity)]
     fn on_partial(
         &mut self,
         key: u64,
@@ -849,7 +851,7 @@ impl RecvState {
         c: &ChunkRepr<'_>,
         inbox: &Inbox,
         stats: &mut ConnectionStats,
-    ) -> Result<Option<(Vec<u8>, Option<SetInfo>)>, ChunkOutcome> {
+    ) -> Result<Option<Completed>, ChunkOutcome> {
         let frag_size = self.limits.frag_size;
         let mut tries = 0;
         // No room at first: most fragments need none (the prefix has
