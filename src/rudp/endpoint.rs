@@ -615,7 +615,6 @@ impl Endpoint {
     }
 
     fn refile(&mut self, idx: u32, queue_transmit: bool) {
-        self.sync_send(idx);
         let Some(slot) = self.slots.get_mut(idx as usize) else {
             return;
         };
@@ -1013,6 +1012,7 @@ impl Endpoint {
             if let Some(starved) = self.sync(idx) {
                 self.reclaim(idx, starved, now);
             }
+            self.sync_send(idx);
             self.touched(idx);
             return r;
         }
@@ -1091,6 +1091,7 @@ impl Endpoint {
             }
             // A connection that timed out frees what it held.
             self.sync(idx);
+            self.sync_send(idx);
             self.touched(idx);
         }
     }
@@ -1167,45 +1168,110 @@ impl Endpoint {
     /// Runs a send of `lens` on `peer`'s connection, within the source's
     /// and the endpoint's send budgets. Queuing messages changes neither
     /// timers nor events, so only the transmit queue needs the connection.
-    fn with_conn_send(
+    #[inline]
+    fn with_conn_send<F: FnOnce(&mut Connection) -> Result<(), SendError>>(
         &mut self,
         peer: ConnectionHandle,
         lens: impl Iterator<Item = usize> + Clone,
-        f: impl FnOnce(&mut Connection) -> Result<(), SendError>,
+        f: F,
     ) -> Result<(), SendError> {
-        self.entry(peer).ok_or(SendError::UnknownPeer)?;
-        self.sync_send(peer.index);
         let bytes = lens.clone().fold(0usize, usize::saturating_add);
-        let (ep_max, src_max) = (
-            self.cfg.max_endpoint_send_bytes,
-            self.cfg.max_source_send_bytes,
-        );
-        let ep_held = self.send_held;
-        let sources = &self.sources;
-        let e = self
-            .slots
-            .get_mut(peer.index as usize)
-            .and_then(|s| s.entry.as_deref_mut())
-            .ok_or(SendError::UnknownPeer)?;
-        let src_held = sources.get(e.source as usize).map_or(0, |s| s.send_held);
-        if ep_held.saturating_add(bytes) > ep_max || src_held.saturating_add(bytes) > src_max {
-            // Checked by the connection first: a closed connection or a
-            // message too large says so rather than "wait".
-            e.conn.check_sendable(lens)?;
-            self.stats.send_budget_refusals += 1;
-            if !e.send_waiting {
-                e.send_waiting = true;
-                self.send_waiters.push((peer.index, peer.generation));
-            }
-            return Err(SendError::QueueFull);
+        let f = match self.try_send(peer, bytes, f) {
+            Ok(r) => return r,
+            Err(f) => f,
+        };
+        self.send_room(peer, bytes, lens)?;
+        self.try_send(peer, bytes, f)
+            .unwrap_or(Err(SendError::QueueFull))
+    }
+
+    /// Runs `f` if `bytes` more fit `peer`'s source's and the endpoint's
+    /// send budgets by the charges as last synced (which can only be too
+    /// high: acknowledged since); gives `f` back if not.
+    #[inline]
+    fn try_send<F: FnOnce(&mut Connection) -> Result<(), SendError>>(
+        &mut self,
+        peer: ConnectionHandle,
+        bytes: usize,
+        f: F,
+    ) -> Result<Result<(), SendError>, F> {
+        // One lookup for the connection and its source, borrowed apart.
+        let Some(e) = (match self.slots.get_mut(peer.index as usize) {
+            Some(s) if s.generation == peer.generation => s.entry.as_deref_mut(),
+            _ => None,
+        }) else {
+            return Ok(Err(SendError::UnknownPeer));
+        };
+        let Some(src) = self.sources.get_mut(e.source as usize) else {
+            return Ok(Err(SendError::UnknownPeer));
+        };
+        if self.send_held.saturating_add(bytes) > self.cfg.max_endpoint_send_bytes
+            || src.send_held.saturating_add(bytes) > self.cfg.max_source_send_bytes
+        {
+            return Err(f);
         }
-        f(&mut e.conn)?;
+        if let Err(err) = f(&mut e.conn) {
+            return Ok(Err(err));
+        }
+        // A send queues exactly its bytes.
+        e.send_charged += bytes;
+        debug_assert_eq!(e.send_charged, e.conn.send_queue_len().0);
+        src.send_held += bytes;
+        self.send_held += bytes;
+        if self.send_held as u64 > self.stats.send_bytes_held_peak {
+            self.stats.send_bytes_held_peak = self.send_held as u64;
+        }
         if !e.in_transmit_queue {
             e.in_transmit_queue = true;
             self.transmit_queue.push_back(peer.index);
         }
+        Ok(Ok(()))
+    }
+
+    /// Whether `bytes` more fit `peer`'s source's and the endpoint's send
+    /// budgets by the charges as they are.
+    fn send_fits(&self, peer: ConnectionHandle, bytes: usize) -> Result<bool, SendError> {
+        let src = self.entry(peer).ok_or(SendError::UnknownPeer)?.source;
+        let src_held = self.sources.get(src as usize).map_or(0, |s| s.send_held);
+        Ok(
+            self.send_held.saturating_add(bytes) <= self.cfg.max_endpoint_send_bytes
+                && src_held.saturating_add(bytes) <= self.cfg.max_source_send_bytes,
+        )
+    }
+
+    /// A send that does not fit by the last synced charges: syncs the
+    /// connection's and looks again.
+    #[cold]
+    fn send_room(
+        &mut self,
+        peer: ConnectionHandle,
+        bytes: usize,
+        lens: impl Iterator<Item = usize>,
+    ) -> Result<(), SendError> {
         self.sync_send(peer.index);
-        Ok(())
+        if self.send_fits(peer, bytes)? {
+            return Ok(());
+        }
+        self.refuse_send(peer, lens)
+    }
+
+    /// A send over a budget: the connection's own verdict if it has one
+    /// other than "wait" (closed, too large), else `QueueFull` and
+    /// `Writable` owed.
+    #[cold]
+    fn refuse_send(
+        &mut self,
+        peer: ConnectionHandle,
+        lens: impl Iterator<Item = usize>,
+    ) -> Result<(), SendError> {
+        let e = self.entry_mut(peer).ok_or(SendError::UnknownPeer)?;
+        e.conn.check_sendable(lens)?;
+        let first = !std::mem::replace(&mut e.send_waiting, true);
+        self.stats.send_budget_refusals += 1;
+        if first {
+            self.send_waiters.push((peer.index, peer.generation));
+        }
+        Err(SendError::QueueFull)
     }
 
     /// Queues a message for `peer`.
@@ -1288,6 +1354,8 @@ impl Endpoint {
                     e.in_transmit_queue = false;
                     self.turn = 0;
                     self.transmit_queue.pop_front();
+                    // Unreliable messages leave the queue once sent.
+                    self.sync_send(idx);
                     self.refile(idx, false);
                 }
             }
@@ -1297,18 +1365,26 @@ impl Endpoint {
 
     /// Index of the next connection with events, dropping drained ones (and
     /// freeing connections that are closed and drained).
+    #[inline]
     fn next_event_conn(&mut self) -> Option<u32> {
+        let idx = *self.event_queue.front()?;
+        // Fast path: the front connection still has events.
+        if self
+            .slots
+            .get(idx as usize)
+            .and_then(|s| s.entry.as_deref())
+            .is_some_and(|e| e.conn.has_pending_events())
+        {
+            return Some(idx);
+        }
+        self.next_event_conn_slow()
+    }
+
+    /// [`next_event_conn`](Self::next_event_conn) past a drained front.
+    #[cold]
+    fn next_event_conn_slow(&mut self) -> Option<u32> {
         loop {
             let idx = *self.event_queue.front()?;
-            // Fast path: the front connection still has events.
-            if self
-                .slots
-                .get(idx as usize)
-                .and_then(|s| s.entry.as_deref())
-                .is_some_and(|e| e.conn.has_pending_events())
-            {
-                return Some(idx);
-            }
             let state = self
                 .slots
                 .get_mut(idx as usize)

@@ -646,7 +646,9 @@ impl RecvState {
             }
             inbox.deliver_slice(Guarantee::Delivery, c.payload);
             self.advance();
-            self.release(inbox);
+            if !self.window.is_empty() {
+                self.release(inbox);
+            }
             return ChunkOutcome::Accepted;
         }
         let front = off == 0;
