@@ -590,7 +590,7 @@ impl RecvState {
     /// arena it costs the arena's growth; either way, the event queue's
     /// growth if it has no room for it and the window's messages it may
     /// release.
-    #[inline]
+    #[inline(always)]
     fn room_to_deliver(&mut self, inbox: &Inbox, data: &[u8], stats: &mut ConnectionStats) -> bool {
         let e = inbox.event_headroom(self.window.len() + 1);
         let (mem, total) = if inbox.is_in_place(data) {
