@@ -207,8 +207,23 @@ impl Prober {
     pub fn start(
         name: &str,
         every: Duration,
-        mut probe: impl FnMut() -> Result<(), String> + Send + 'static,
+        probe: impl FnMut() -> Result<(), String> + Send + 'static,
     ) -> Prober {
+        Prober::start_with(name, every, move || Ok(probe))
+    }
+
+    /// Like [`start`](Prober::start), with the probe built on the probe's
+    /// thread by `setup` (for a client that cannot move between threads,
+    /// such as a `Reactor`); `setup` is not timed. Its `Err` is a failed
+    /// probe, and probing stops.
+    pub fn start_with<P>(
+        name: &str,
+        every: Duration,
+        setup: impl FnOnce() -> Result<P, String> + Send + 'static,
+    ) -> Prober
+    where
+        P: FnMut() -> Result<(), String>,
+    {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
         let name = name.to_string();
@@ -221,7 +236,14 @@ impl Prober {
                     failures: Vec::new(),
                 };
                 let start = Instant::now();
-                let mut next = start;
+                let mut probe = match setup() {
+                    Ok(p) => p,
+                    Err(e) => {
+                        out.failures.push(format!("setting up the client: {e}"));
+                        return out;
+                    }
+                };
+                let mut next = Instant::now();
                 while !flag.load(Ordering::SeqCst) {
                     let t = Instant::now();
                     match probe() {
@@ -241,6 +263,9 @@ impl Prober {
                         std::thread::sleep((next - now).min(Duration::from_millis(10)));
                     }
                 }
+                // The probe (and the client it holds) goes before the
+                // figures are handed over.
+                drop(probe);
                 out
             })
             .expect("spawn the probe thread");
