@@ -4,9 +4,8 @@
 //! Every attack runs against the same server — a small echo handler (TCP
 //! frames echoed with `send_frame`, seqpacket messages echoed with their
 //! descriptors, reliable-UDP messages echoed with their guarantee), on a
-//! thread of its own, created inside that thread and
-//! stopped through a `Waker` and a flag — with default options unless the
-//! test is about one. The attacker connects from 127.0.0.1 (or other
+//! thread of its own, created inside that thread and stopped through a
+//! `Waker` and a flag — with default options unless the test is about one. The attacker connects from 127.0.0.1 (or other
 //! 127/8 addresses where it needs many sources); a legitimate client binds
 //! 127.0.0.2 (loopback takes any 127/8 source) and must be served within
 //! 1 s *throughout* the attack: it probes every 100 ms, and every round
@@ -33,9 +32,10 @@
 //!    - sparse fragments: 64 connections (of 128 tried) from one socket,
 //!      2,048 datagrams of 24 bytes on each, every one the last fragment
 //!      (1 byte) of a different 1 MiB message; memory growth (RSS,
-//!      `VmHWM`, `EndpointStats::recv_bytes_held_peak`) within 8 MiB + 8 ×
-//!      the bytes sent, the source's budget refusing the rest, and all of
-//!      it freed when the attacker closes;
+//!      `VmHWM`, the allocator's bytes in use, and the endpoint's own
+//!      accounting, `EndpointStats::recv_bytes_held_peak`) within 8 MiB +
+//!      8 × the bytes sent, the source's budget refusing the rest, and all
+//!      of it freed when the attacker closes;
 //!    - connection slots: one socket tries all `max_connections` (4,096)
 //!      and keeps what it gets alive: `max_connections_per_source` (64),
 //!      the rest counted in `refused_per_source`; a new legitimate
