@@ -2600,9 +2600,9 @@ const LEGIT_RUDP_MSG: usize = 16 << 10;
 /// different 1 MiB Delivery message, the connections kept alive with
 /// PINGs; a legitimate client on 127.0.0.2 echoes 16 KiB messages.
 ///
-/// Bound: the server's memory growth (sampled RSS, `VmHWM`, and the
-/// endpoint's own accounting, `recv_bytes_held_peak`) stays within 8 MiB +
-/// 8 × the bytes the attacker sent; the source's budget
+/// Bound: the server's memory growth (sampled RSS, `VmHWM`, the heap in
+/// use, and the endpoint's own accounting, `recv_bytes_held_peak`) stays
+/// within 8 MiB + 8 × the bytes the attacker sent; the source's budget
 /// (`max_source_recv_bytes`, 16 MiB) refuses the rest. Before the fix each
 /// such datagram made the receiver allocate a buffer sized by the
 /// fragment's index: +1 GiB for 28 KB sent.
