@@ -3,17 +3,18 @@
 //!
 //! Every attack runs against the same server — a small echo handler (TCP
 //! frames echoed with `send_frame`, seqpacket messages echoed with their
-//! descriptors), on a thread of its own, created inside that thread and
-//! stopped through a `Waker` and a flag — with default options unless the
-//! test is about one. The attacker connects from 127.0.0.1 (or other
+//! descriptors, reliable-UDP messages echoed with their guarantee), on a
+//! thread of its own, created inside that thread and stopped through a
+//! `Waker` and a flag — with default options unless the test is about one. The attacker connects from 127.0.0.1 (or other
 //! 127/8 addresses where it needs many sources); a legitimate client binds
 //! 127.0.0.2 (loopback takes any 127/8 source) and must be served within
 //! 1 s *throughout* the attack: it probes every 100 ms, and every round
 //! trip is printed. After each attack: no descriptor leaked (the process's
 //! fd count back to its baseline once the attacker's sockets are closed),
 //! no spin (CPU of the server thread and of the process over an idle
-//! second), and the counters (`SocketStats`, `ReactorStats`) show the
-//! attack. Every flood is bounded in count and time.
+//! second), and the counters (`SocketStats`, `ReactorStats`,
+//! `EndpointStats`) show the attack. Every flood is bounded in count and
+//! time.
 //!
 //! Sections:
 //! 1. the echo server under attack, and the clients' tools;
@@ -23,7 +24,26 @@
 //!    limit, the attacker in this process);
 //! 4. memory: stalled near-maximum frames and clients that never read
 //!    their echoes (attack 6);
-//! 5. reliable UDP (to come).
+//! 5. reliable UDP, the three attacks of issue 13 with default settings
+//!    (`RudpConfig::default()`), over real loopback UDP: the attacker is a
+//!    plain UDP socket that completes real handshakes and then sends
+//!    datagrams it builds with `msgloop::rudp::wire`; the legitimate
+//!    client is a reactor of its own bound to 127.0.0.2.
+//!    - sparse fragments: 64 connections (of 128 tried) from one socket,
+//!      2,048 datagrams of 24 bytes on each, every one the last fragment
+//!      (1 byte) of a different 1 MiB message; memory growth (RSS,
+//!      `VmHWM`, the allocator's bytes in use, and the endpoint's own
+//!      accounting, `EndpointStats::recv_bytes_held_peak`) within 8 MiB +
+//!      8 × the bytes sent, the source's budget refusing the rest, and all
+//!      of it freed when the attacker closes;
+//!    - connection slots: one socket tries all `max_connections` (4,096)
+//!      and keeps what it gets alive: `max_connections_per_source` (64),
+//!      the rest counted in `refused_per_source`; a new legitimate
+//!      connection every 100 ms;
+//!    - half-open slots: sockets holding real cookies send ECHOs
+//!      continuously and never confirm — one source gets its 16
+//!      (`max_half_open_per_source`), then 32 sources keep the table
+//!      (256) full and eviction lets every legitimate handshake in.
 //!
 //! Run with `--nocapture` to see the figures.
 #![cfg(target_os = "linux")]
@@ -33,7 +53,7 @@ mod util;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{self, BufRead, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -42,13 +62,21 @@ use std::sync::{mpsc, Arc};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use msgloop::rudp::wire::{
+    AckRepr, ChunkRepr, Chunks, CloseCode, FragInfo, PacketRepr, Params, MAX_CHUNK_HEADER,
+    MAX_DATA_OVERHEAD,
+};
+use msgloop::rudp::{EndpointStats, Guarantee, RudpCloseReason, RudpConfig};
 use msgloop::socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use msgloop::{
-    AncillaryBuf, CloseReason, Config, Ctx, Error, Handler, MsgBuf, PeerAddr, Reactor,
+    AncillaryBuf, CloseReason, Config, Ctx, Error, Handler, MsgBuf, PeerAddr, PeerId, Reactor,
     ReactorStats, SeqpacketMessage, SeqpacketOptions, SocketId, SocketStats, TcpOptions,
     UnixSeqpacket, Waker,
 };
-use util::measure::{idle_cpu, ms, peak_rss, reset_peak_rss, vm_rss, IdleCpu, Prober, RssSampler};
+use util::measure::{
+    heap_in_use, idle_cpu, ms, peak_rss, reset_peak_rss, trim_heap, vm_rss, IdleCpu, Prober,
+    RssSampler,
+};
 
 const MIB: usize = 1 << 20;
 /// Where the attacker connects from.
@@ -99,13 +127,25 @@ struct Counts {
     first_errors: Vec<String>,
     /// Connections closed, by source ("unix" for seqpacket) and reason.
     closed: BTreeMap<(String, &'static str), u64>,
+    /// Reliable-UDP peers reported to `on_rudp_connected` (half-open ones
+    /// included: a server peer is reported when its ECHO is accepted), by
+    /// source.
+    rudp_connected: BTreeMap<IpAddr, u64>,
+    rudp_echoed: u64,
+    rudp_echoes_failed: u64,
+    /// Reliable-UDP peers closed, by source and reason.
+    rudp_closed: BTreeMap<(IpAddr, &'static str), u64>,
 }
 
 /// The echo handler.
 struct Echo {
     tcp: Option<SocketId>,
     seq: Option<SocketId>,
+    /// The reliable-UDP socket.
+    rudp: Option<SocketId>,
     open: HashMap<SocketId, Origin>,
+    /// Live reliable-UDP peers and their addresses.
+    rudp_open: HashMap<PeerId, SocketAddr>,
     counts: Counts,
     cmds: mpsc::Receiver<Cmd>,
 }
@@ -120,6 +160,18 @@ fn reason_name(r: &CloseReason) -> &'static str {
         CloseReason::IdleTimeout => "IdleTimeout",
         CloseReason::Error(_) => "Error",
         CloseReason::HandlerPanicked => "HandlerPanicked",
+        _ => "other",
+    }
+}
+
+fn rudp_reason_name(r: &RudpCloseReason) -> &'static str {
+    match r {
+        RudpCloseReason::Timeout => "Timeout",
+        RudpCloseReason::ClosedByPeer => "ClosedByPeer",
+        RudpCloseReason::ProtocolViolation(_) => "ProtocolViolation",
+        RudpCloseReason::Local => "Local",
+        RudpCloseReason::Evicted => "Evicted",
+        RudpCloseReason::OverBudget => "OverBudget",
         _ => "other",
     }
 }
@@ -154,6 +206,31 @@ impl Handler for Echo {
             }
             Err(_) => self.counts.seq_echoes_failed += 1,
         }
+    }
+
+    fn on_rudp_connected(&mut self, cx: &mut Ctx, peer: PeerId) {
+        let addr = cx.rudp_peer_addr(peer).expect("a new peer's address");
+        self.rudp_open.insert(peer, addr);
+        *self.counts.rudp_connected.entry(addr.ip()).or_default() += 1;
+    }
+
+    fn on_rudp(&mut self, cx: &mut Ctx, peer: PeerId, msg: &[u8], guarantee: Guarantee) {
+        match cx.send_rudp(peer, msg, guarantee) {
+            Ok(()) => self.counts.rudp_echoed += 1,
+            Err(_) => self.counts.rudp_echoes_failed += 1,
+        }
+    }
+
+    fn on_rudp_closed(&mut self, _cx: &mut Ctx, peer: PeerId, reason: RudpCloseReason) {
+        let addr = self
+            .rudp_open
+            .remove(&peer)
+            .unwrap_or_else(|| panic!("{peer} closed ({reason:?}) but was never connected"));
+        *self
+            .counts
+            .rudp_closed
+            .entry((addr.ip(), rudp_reason_name(&reason)))
+            .or_default() += 1;
     }
 
     fn on_close(&mut self, _cx: &mut Ctx, sock: SocketId, reason: CloseReason) {
@@ -192,11 +269,16 @@ struct Snapshot {
     tcp: SocketStats,
     /// The seqpacket listener's counters.
     seq: SocketStats,
+    /// The reliable-UDP socket's counters, and its endpoint's.
+    rudp_sock: SocketStats,
+    rudp: EndpointStats,
     reactor: ReactorStats,
     counts: Counts,
     /// Open TCP connections, by source.
     tcp_open: BTreeMap<IpAddr, usize>,
     seq_open: usize,
+    /// Live reliable-UDP peers (half-open ones included), by source.
+    rudp_open: BTreeMap<IpAddr, usize>,
 }
 
 impl Echo {
@@ -211,13 +293,23 @@ impl Echo {
             }
             debug_assert!(Some(o.listener) == self.tcp || Some(o.listener) == self.seq);
         }
+        let mut rudp_open = BTreeMap::new();
+        for a in self.rudp_open.values() {
+            *rudp_open.entry(a.ip()).or_default() += 1;
+        }
         Snapshot {
             tcp: stats(self.tcp),
             seq: stats(self.seq),
+            rudp_sock: stats(self.rudp),
+            rudp: self
+                .rudp
+                .map(|id| cx.rudp_endpoint_stats(id).unwrap())
+                .unwrap_or_default(),
             reactor: cx.reactor_stats(),
             counts: self.counts.clone(),
             tcp_open,
             seq_open,
+            rudp_open,
         }
     }
 }
@@ -250,6 +342,27 @@ impl Snapshot {
             .unwrap_or(0)
     }
 
+    fn rudp_open_from(&self, ip: Ipv4Addr) -> usize {
+        self.rudp_open.get(&IpAddr::V4(ip)).copied().unwrap_or(0)
+    }
+
+    fn rudp_connected_from(&self, ip: Ipv4Addr) -> u64 {
+        self.counts
+            .rudp_connected
+            .get(&IpAddr::V4(ip))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Reliable-UDP peers from `ip` closed for `reason`.
+    fn rudp_closed(&self, ip: Ipv4Addr, reason: &str) -> u64 {
+        self.counts
+            .rudp_closed
+            .get(&(IpAddr::V4(ip), reason))
+            .copied()
+            .unwrap_or(0)
+    }
+
     fn closed(&self, source: &str, reason: &str) -> u64 {
         self.counts
             .closed
@@ -262,8 +375,14 @@ impl Snapshot {
     fn print(&self, label: &str) {
         let r = &self.reactor;
         println!("--- server, {label} ---");
-        println!("  TCP listener:       {}", self.tcp);
-        println!("  seqpacket listener: {}", self.seq);
+        // (A reliable-UDP server has no listeners.)
+        let rudp_only = self.rudp != EndpointStats::default()
+            && self.tcp == SocketStats::default()
+            && self.seq == SocketStats::default();
+        if !rudp_only {
+            println!("  TCP listener:       {}", self.tcp);
+            println!("  seqpacket listener: {}", self.seq);
+        }
         println!(
             "  reactor: {} sockets open, {} closed; buffered_bytes={} buffered_peak={} ({:.2} MiB)",
             r.open_sockets,
@@ -273,40 +392,97 @@ impl Snapshot {
             r.buffered_peak as f64 / MIB as f64
         );
         println!("  totals: {}", r.totals);
-        println!(
-            "  limits (totals): refused_per_source={} refused_fd_reserve={} reads_paused={} \
-             sends_refused_budget={} fds_cut={}",
-            r.totals.refused_per_source,
-            r.totals.refused_fd_reserve,
-            r.totals.reads_paused,
-            r.totals.sends_refused_budget,
-            r.totals.fds_cut
-        );
         let c = &self.counts;
-        println!(
-            "  handler: TCP accepted {:?}, open {:?}; seqpacket accepted {}, open {}; \
-             frames echoed {} (failed {}); seqpacket echoed {} (failed {}), fds echoed {}, \
-             messages with fds cut {}; errors {} {:?}",
-            c.tcp_accepted,
-            self.tcp_open,
-            c.seq_accepted,
-            self.seq_open,
-            c.frames_echoed,
-            c.frame_echoes_failed,
-            c.seq_echoed,
-            c.seq_echoes_failed,
-            c.fds_echoed,
-            c.seq_fds_truncated,
-            c.errors,
-            c.first_errors
-        );
-        println!("  closed connections (source, reason): {:?}", c.closed);
+        if !rudp_only {
+            println!(
+                "  limits (totals): refused_per_source={} refused_fd_reserve={} reads_paused={} \
+                 sends_refused_budget={} fds_cut={}",
+                r.totals.refused_per_source,
+                r.totals.refused_fd_reserve,
+                r.totals.reads_paused,
+                r.totals.sends_refused_budget,
+                r.totals.fds_cut
+            );
+            println!(
+                "  handler: TCP accepted {:?}, open {:?}; seqpacket accepted {}, open {}; \
+                 frames echoed {} (failed {}); seqpacket echoed {} (failed {}), fds echoed {}, \
+                 messages with fds cut {}; errors {} {:?}",
+                c.tcp_accepted,
+                self.tcp_open,
+                c.seq_accepted,
+                self.seq_open,
+                c.frames_echoed,
+                c.frame_echoes_failed,
+                c.seq_echoed,
+                c.seq_echoes_failed,
+                c.fds_echoed,
+                c.seq_fds_truncated,
+                c.errors,
+                c.first_errors
+            );
+            println!("  closed connections (source, reason): {:?}", c.closed);
+        }
+        if self.rudp != EndpointStats::default() {
+            if !rudp_only {
+                println!("  reliable-UDP socket: {}", self.rudp_sock);
+            }
+            println!("  reliable-UDP endpoint: {}", endpoint_line(&self.rudp));
+            println!(
+                "  handler: rudp peers connected {:?}, open {:?}; echoed {} (failed {}); \
+                 closed (source, reason): {:?}; errors {} {:?}",
+                c.rudp_connected,
+                self.rudp_open,
+                c.rudp_echoed,
+                c.rudp_echoes_failed,
+                c.rudp_closed,
+                c.errors,
+                c.first_errors
+            );
+        }
     }
+}
+
+/// An endpoint's counters on one line.
+fn endpoint_line(e: &EndpointStats) -> String {
+    format!(
+        "datagrams={} malformed={} unknown_connection={} challenges={} stateless_dropped={} \
+         invalid_cookies={} | accepted={} connections={} half_open={} sources={} closed={} | \
+         refused={} (per_source={} half_open_per_source={} connections={} half_open={}) \
+         half_open_evicted={} | recv: held={} peak={} ({:.2} MiB) refusals={} drops={} \
+         closed_over_budget={} | send: held={} refusals={} | protocol_violations={}",
+        e.datagrams_received,
+        e.malformed,
+        e.unknown_connection,
+        e.challenges_sent,
+        e.stateless_dropped,
+        e.invalid_cookies,
+        e.accepted,
+        e.connections,
+        e.half_open,
+        e.sources,
+        e.closed,
+        e.refused,
+        e.refused_per_source,
+        e.refused_half_open_per_source,
+        e.refused_connections,
+        e.refused_half_open,
+        e.half_open_evicted,
+        e.recv_bytes_held,
+        e.recv_bytes_held_peak,
+        e.recv_bytes_held_peak as f64 / MIB as f64,
+        e.recv_budget_refusals,
+        e.recv_budget_drops,
+        e.closed_over_budget,
+        e.send_bytes_held,
+        e.send_budget_refusals,
+        e.protocol_violations
+    )
 }
 
 /// The echo server, running on a thread of its own.
 struct Server {
     tcp_addr: Option<SocketAddr>,
+    rudp_addr: Option<SocketAddr>,
     seq_path: Option<PathBuf>,
     /// The server thread's id, for its CPU time.
     tid: u32,
@@ -320,6 +496,20 @@ impl Server {
     /// Starts a server with a TCP listener on 127.0.0.1 and/or a seqpacket
     /// listener on a fresh path.
     fn start(config: Config, tcp: Option<TcpOptions>, seq: Option<SeqpacketOptions>) -> Server {
+        Server::start_with(config, tcp, seq, None)
+    }
+
+    /// Starts a server with only a reliable-UDP socket on 127.0.0.1.
+    fn start_rudp(config: RudpConfig) -> Server {
+        Server::start_with(Config::default(), None, None, Some(config))
+    }
+
+    fn start_with(
+        config: Config,
+        tcp: Option<TcpOptions>,
+        seq: Option<SeqpacketOptions>,
+        rudp: Option<RudpConfig>,
+    ) -> Server {
         let (ready_tx, ready_rx) = mpsc::channel();
         let (cmds, cmd_rx) = mpsc::channel::<Cmd>();
         let stop = Arc::new(AtomicBool::new(false));
@@ -341,14 +531,19 @@ impl Server {
                         .listen_seqpacket_with(path.as_deref().unwrap(), &o)
                         .expect("listen_seqpacket")
                 });
+                let rudp_id = rudp.map(|c| reactor.bind_rudp("127.0.0.1:0", c).expect("bind_rudp"));
+                let rudp_addr =
+                    rudp_id.map(|id| reactor.local_addr(id).unwrap().as_inet().unwrap());
                 let waker = reactor.waker().expect("waker");
                 ready_tx
-                    .send((tcp_addr, waker, util::measure::thread_id()))
+                    .send((tcp_addr, rudp_addr, waker, util::measure::thread_id()))
                     .unwrap();
                 let mut echo = Echo {
                     tcp: tcp_id,
                     seq: seq_id,
+                    rudp: rudp_id,
                     open: HashMap::new(),
+                    rudp_open: HashMap::new(),
                     counts: Counts::default(),
                     cmds: cmd_rx,
                 };
@@ -359,11 +554,12 @@ impl Server {
                 }
             })
             .expect("spawn the server thread");
-        let (tcp_addr, waker, tid) = ready_rx
+        let (tcp_addr, rudp_addr, waker, tid) = ready_rx
             .recv_timeout(Duration::from_secs(10))
             .expect("the server did not start");
         Server {
             tcp_addr,
+            rudp_addr,
             seq_path,
             tid,
             waker,
@@ -375,6 +571,10 @@ impl Server {
 
     fn tcp_addr(&self) -> SocketAddr {
         self.tcp_addr.expect("no TCP listener")
+    }
+
+    fn rudp_addr(&self) -> SocketAddr {
+        self.rudp_addr.expect("no reliable-UDP socket")
     }
 
     fn seq_path(&self) -> &Path {
@@ -1758,10 +1958,1069 @@ fn a_paused_connection_whose_peer_left_is_closed() {
 }
 
 // ============================================================================
-// 5. Reliable UDP (to come)
+// 5. Reliable UDP: sparse fragments, connection slots, half-open slots
 // ============================================================================
 //
-// Attacks on reliable-UDP endpoints go here, on the same pattern: the echo
-// server above (add `on_rudp` to `Echo`), the attacker from 127.0.0.1, the
-// legitimate client bound to 127.0.0.2 probing every `PROBE_EVERY` through
-// a `Prober`, then `assert_served`, `assert_no_spin` and the fd baseline.
+// The three reliable-UDP attacks of issue 13, against the echo server's
+// reliable-UDP socket (`RudpConfig::default()`) over real loopback UDP.
+// The attacker is a plain UDP socket (`RawRudp`, the port of `Raw` in
+// src/rudp/tests/hostile.rs to the public wire codec): it completes real
+// handshakes (INITIAL, CHALLENGE, ECHO, ACCEPT, and the PING that
+// confirms), then sends datagrams it builds itself; it acknowledges the
+// server's packets in its PINGs, so what it keeps alive stays alive. The
+// legitimate client is a `Reactor` of its own on the probe's thread, its
+// socket bound to 127.0.0.2 (`RudpClient`). Floods of small datagrams are
+// paced on the server socket's receive queue: the attacks are on what the
+// endpoint holds, not on the kernel's buffers (a volumetric flood drops
+// everybody's datagrams alike, whatever the library does).
+
+/// The first Delivery sequence number the attacker announces in its ECHOs.
+/// It never sends that message, so nothing it sends is ever delivered:
+/// all of it waits in the server's buffers.
+const RAW_SEQ0: u32 = 1_000;
+/// The attacker's first packet number on each connection.
+const RAW_PN0: u32 = 70_000;
+
+/// The fragment payload `F` at the default MTU: M − 45 (docs/rudp.md §3).
+fn frag_payload() -> usize {
+    RudpConfig::default().mtu - MAX_DATA_OVERHEAD - MAX_CHUNK_HEADER
+}
+
+/// The attacker's transport parameters (its ECHO).
+fn raw_params() -> Params {
+    let cfg = RudpConfig::default();
+    Params {
+        initial_seq: RAW_SEQ0,
+        recv_window: 1024,
+        max_datagram: cfg.mtu as u16,
+        max_ack_delay_ms: 10,
+        max_message_len: cfg.max_message_len as u32,
+    }
+}
+
+/// A UDP socket's line of `/proc/net/udp`: bytes queued for reading, and
+/// datagrams the kernel dropped (receive buffer full).
+#[derive(Debug, Clone, Copy)]
+struct UdpQueue {
+    rx_queue: usize,
+    drops: u64,
+}
+
+/// The `/proc/net/udp` figures of the socket bound to `addr` (IPv4);
+/// `None` where they cannot be read.
+fn udp_queue(addr: SocketAddr) -> Option<UdpQueue> {
+    let SocketAddr::V4(a) = addr else {
+        return None;
+    };
+    let table = std::fs::read_to_string("/proc/net/udp").ok()?;
+    for line in table.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (ip, port) = f.get(1)?.split_once(':')?;
+        // The address as the kernel holds it (network order), printed as a
+        // native integer.
+        let ip = Ipv4Addr::from(u32::from_str_radix(ip, 16).ok()?.to_ne_bytes());
+        if ip != *a.ip() || u16::from_str_radix(port, 16).ok()? != a.port() {
+            continue;
+        }
+        let (_, rx) = f.get(4)?.split_once(':')?;
+        return Some(UdpQueue {
+            rx_queue: usize::from_str_radix(rx, 16).ok()?,
+            drops: f.last()?.parse().ok()?,
+        });
+    }
+    None
+}
+
+/// The kernel's drops at `addr`, for printing.
+fn udp_drops(addr: SocketAddr) -> String {
+    udp_queue(addr).map_or_else(|| "n/a".to_string(), |q| q.drops.to_string())
+}
+
+/// Waits (at most 1 s) while the socket at `server` has more than 256 KiB
+/// queued for reading.
+fn pace(server: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while udp_queue(server).is_some_and(|q| q.rx_queue > 256 << 10) && Instant::now() < deadline {
+        thread::sleep(Duration::from_micros(200));
+    }
+}
+
+/// One connection the server accepted from a [`RawRudp`].
+#[derive(Debug, Clone, Copy)]
+struct RawConn {
+    id: u32,
+    /// The next packet number.
+    pn: u32,
+    /// The server's first Delivery sequence number (its ACCEPT's): the
+    /// cumulative ack, as the server sends no Delivery message.
+    server_seq: u32,
+    /// The largest packet number received from the server, and which of
+    /// the 64 before it were (docs/rudp.md §4), once any came.
+    ack: Option<(u32, u64)>,
+    /// Closed: the server sent a CLOSE, or we did.
+    closed: bool,
+}
+
+impl RawConn {
+    fn new(id: u32, server_seq: u32) -> RawConn {
+        RawConn {
+            id,
+            pn: RAW_PN0,
+            server_seq,
+            ack: None,
+            closed: false,
+        }
+    }
+
+    /// Packet `pn` came from the server.
+    fn received(&mut self, pn: u32) {
+        self.ack = Some(match self.ack {
+            None => (pn, 0),
+            Some((largest, bitmap)) => {
+                let d = pn.wrapping_sub(largest) as i32;
+                if d > 0 {
+                    // The old largest is `d` below the new one.
+                    let bit = if d <= 64 { 1u64 << (d - 1) } else { 0 };
+                    (pn, bitmap.checked_shl(d as u32).unwrap_or(0) | bit)
+                } else if (-64..0).contains(&d) {
+                    (largest, bitmap | 1u64 << (-d - 1))
+                } else {
+                    (largest, bitmap)
+                }
+            }
+        });
+    }
+}
+
+/// What one datagram from the server was.
+enum Got {
+    Challenge(u32, u64),
+    Accept(u32, u32),
+    Numbered(u32, u32),
+    Close(u32, u8),
+    Ack,
+    Malformed,
+}
+
+/// A reliable-UDP peer played by the test over a plain UDP socket: it
+/// handshakes for real, then sends whatever the test builds. Counts every
+/// byte it sends.
+struct RawRudp {
+    sock: UdpSocket,
+    /// Cookies from the server's CHALLENGEs, by connection id.
+    cookies: HashMap<u32, u64>,
+    /// Connections the server accepted (an ACCEPT came), in order.
+    conns: Vec<RawConn>,
+    by_id: HashMap<u32, usize>,
+    /// Bytes and datagrams sent.
+    sent: usize,
+    datagrams: u64,
+    /// Datagrams received, by type.
+    received: BTreeMap<&'static str, u64>,
+    /// CLOSEs received, by reason code (2: resource limit).
+    closes: BTreeMap<u8, u64>,
+    buf: Vec<u8>,
+}
+
+impl RawRudp {
+    fn new(from: Ipv4Addr, server: SocketAddr) -> RawRudp {
+        let sock = UdpSocket::bind((from, 0)).expect("the attacker's socket");
+        sock.connect(server).expect("connect the attacker's socket");
+        sock.set_nonblocking(true).unwrap();
+        util::force_rcvbuf(&sock, 4 * MIB);
+        RawRudp {
+            sock,
+            cookies: HashMap::new(),
+            conns: Vec::new(),
+            by_id: HashMap::new(),
+            sent: 0,
+            datagrams: 0,
+            received: BTreeMap::new(),
+            closes: BTreeMap::new(),
+            buf: vec![0u8; 65_536],
+        }
+    }
+
+    fn send_packet(&mut self, p: &PacketRepr<'_>) {
+        let mut b = [0u8; 2048];
+        let n = p.emit(&mut b).expect("emit");
+        loop {
+            match self.sock.send(&b[..n]) {
+                Ok(_) => break,
+                Err(e)
+                    if e.kind() == io::ErrorKind::WouldBlock
+                        || e.raw_os_error() == Some(libc::ENOBUFS) =>
+                {
+                    util::poll_fd(
+                        self.sock.as_raw_fd(),
+                        libc::POLLOUT,
+                        Duration::from_millis(10),
+                    );
+                }
+                Err(e) => panic!("attacker send: {e}"),
+            }
+        }
+        self.sent += n;
+        self.datagrams += 1;
+    }
+
+    /// Handles every datagram the server sent so far.
+    fn drain(&mut self) {
+        loop {
+            let len = match self.sock.recv(&mut self.buf) {
+                Ok(len) => len,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => panic!("attacker recv: {e}"),
+            };
+            let got = match PacketRepr::parse(&self.buf[..len]) {
+                Ok(PacketRepr::Challenge {
+                    conn_id, cookie, ..
+                }) => Got::Challenge(conn_id, cookie),
+                Ok(PacketRepr::Accept { conn_id, params }) => {
+                    Got::Accept(conn_id, params.initial_seq)
+                }
+                Ok(PacketRepr::Data { conn_id, pn, .. } | PacketRepr::Ping { conn_id, pn, .. }) => {
+                    Got::Numbered(conn_id, pn)
+                }
+                Ok(PacketRepr::Close { conn_id, reason }) => Got::Close(conn_id, reason.to_u8()),
+                Ok(_) => Got::Ack,
+                Err(_) => Got::Malformed,
+            };
+            let kind = match got {
+                Got::Challenge(id, cookie) => {
+                    self.cookies.insert(id, cookie);
+                    "CHALLENGE"
+                }
+                Got::Accept(id, seq) => {
+                    match self.by_id.get(&id) {
+                        // A repeated ECHO: the same connection. After a
+                        // close, a new one.
+                        Some(&k) if self.conns[k].closed => self.conns[k] = RawConn::new(id, seq),
+                        Some(_) => {}
+                        None => {
+                            self.by_id.insert(id, self.conns.len());
+                            self.conns.push(RawConn::new(id, seq));
+                        }
+                    }
+                    "ACCEPT"
+                }
+                Got::Numbered(id, pn) => {
+                    if let Some(&k) = self.by_id.get(&id) {
+                        self.conns[k].received(pn);
+                    }
+                    "DATA/PING"
+                }
+                Got::Close(id, reason) => {
+                    if let Some(&k) = self.by_id.get(&id) {
+                        self.conns[k].closed = true;
+                    }
+                    *self.closes.entry(reason).or_default() += 1;
+                    "CLOSE"
+                }
+                Got::Ack => "ACK",
+                Got::Malformed => "malformed",
+            };
+            *self.received.entry(kind).or_default() += 1;
+        }
+    }
+
+    /// Reads until `cond` holds; `false` if it did not within `within`.
+    fn wait_for(&mut self, within: Duration, cond: impl Fn(&RawRudp) -> bool) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            self.drain();
+            if cond(self) {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            util::poll_fd(self.sock.as_raw_fd(), libc::POLLIN, left);
+        }
+    }
+
+    /// INITIALs for `ids`, 256 at a time, until each has its cookie.
+    fn fetch_cookies(&mut self, ids: &[u32]) {
+        for chunk in ids.chunks(256) {
+            for &id in chunk {
+                self.send_packet(&PacketRepr::Initial {
+                    conn_id: id,
+                    nonce: u64::from(id) << 16 | 0xbeef,
+                });
+            }
+            let ok = self.wait_for(Duration::from_secs(2), |r| {
+                chunk.iter().all(|id| r.cookies.contains_key(id))
+            });
+            assert!(ok, "INITIALs unanswered within 2 s");
+        }
+    }
+
+    /// An ECHO with the cookie of `id` (fetched before).
+    fn echo(&mut self, id: u32) {
+        let cookie = self.cookies[&id];
+        self.send_packet(&PacketRepr::Echo {
+            conn_id: id,
+            cookie,
+            params: raw_params(),
+        });
+    }
+
+    /// Tries to open a connection for each of `ids`, as a client that
+    /// knows the limits would: ECHOs 16 at a time (the default
+    /// `max_half_open_per_source`), each batch confirmed with a PING once
+    /// its ACCEPTs came; once a batch gets none, the rest of the ECHOs go
+    /// out at once (paced on the server's receive queue). Every id is
+    /// ECHOed exactly once.
+    fn open(&mut self, ids: &[u32], server: SocketAddr) {
+        self.fetch_cookies(ids);
+        let batch = RudpConfig::default().max_half_open_per_source;
+        let mut chunks = ids.chunks(batch);
+        for chunk in chunks.by_ref() {
+            let known = self.conns.len();
+            for &id in chunk {
+                self.echo(id);
+            }
+            self.wait_for(Duration::from_millis(300), |r| {
+                chunk.iter().all(|id| r.by_id.contains_key(id))
+            });
+            for k in known..self.conns.len() {
+                self.ping(k);
+            }
+            if self.conns.len() == known {
+                break;
+            }
+        }
+        for (i, &id) in chunks.flatten().enumerate() {
+            self.echo(id);
+            if i % 256 == 255 {
+                self.drain();
+                pace(server);
+            }
+        }
+    }
+
+    /// A PING on connection `k`, acknowledging what the server sent.
+    fn ping(&mut self, k: usize) {
+        let c = &mut self.conns[k];
+        if c.closed {
+            return;
+        }
+        let ack = c.ack.map(|(largest, bitmap)| AckRepr {
+            largest,
+            bitmap,
+            delay: 0,
+            cum_seq: c.server_seq,
+        });
+        let p = PacketRepr::Ping {
+            conn_id: c.id,
+            pn: c.pn,
+            ack,
+        };
+        c.pn = c.pn.wrapping_add(1);
+        self.send_packet(&p);
+    }
+
+    /// Reads what came, then a PING on every live connection.
+    fn keep_alive(&mut self) {
+        self.drain();
+        for k in 0..self.conns.len() {
+            self.ping(k);
+        }
+    }
+
+    /// Keeps the connections alive for `d` (a PING each every 250 ms).
+    fn hold(&mut self, d: Duration) {
+        let end = Instant::now() + d;
+        while Instant::now() < end {
+            self.keep_alive();
+            thread::sleep(
+                Duration::from_millis(250).min(end.saturating_duration_since(Instant::now())),
+            );
+        }
+    }
+
+    /// One DATA datagram on connection `k` carrying `chunks`.
+    fn data(&mut self, k: usize, chunks: &[ChunkRepr<'_>]) {
+        let mut body = [0u8; 1500];
+        let mut n = 0;
+        for c in chunks {
+            n += c.emit(&mut body[n..]).expect("the chunks fit a datagram");
+        }
+        let c = &mut self.conns[k];
+        let p = PacketRepr::Data {
+            conn_id: c.id,
+            pn: c.pn,
+            ack: None,
+            chunks: Chunks::new_checked(&body[..n]).expect("valid chunks"),
+        };
+        c.pn = c.pn.wrapping_add(1);
+        self.send_packet(&p);
+    }
+
+    /// A CLOSE for each of `ids` (live, or not: the server ignores a CLOSE
+    /// for a connection it does not have).
+    fn close(&mut self, ids: impl IntoIterator<Item = u32>) {
+        for id in ids {
+            self.send_packet(&PacketRepr::Close {
+                conn_id: id,
+                reason: CloseCode::Normal,
+            });
+            if let Some(&k) = self.by_id.get(&id) {
+                self.conns[k].closed = true;
+            }
+        }
+    }
+
+    /// A CLOSE on every live connection.
+    fn close_all(&mut self) {
+        self.drain();
+        let live: Vec<u32> = self
+            .conns
+            .iter()
+            .filter(|c| !c.closed)
+            .map(|c| c.id)
+            .collect();
+        self.close(live);
+    }
+
+    fn live(&self) -> usize {
+        self.conns.iter().filter(|c| !c.closed).count()
+    }
+}
+
+/// The legitimate reliable-UDP client's handler: records everything.
+#[derive(Default)]
+struct RudpApp {
+    connected: Vec<PeerId>,
+    closed: Vec<(PeerId, RudpCloseReason)>,
+    got: Vec<(PeerId, Vec<u8>)>,
+}
+
+impl Handler for RudpApp {
+    fn on_rudp_connected(&mut self, _cx: &mut Ctx, peer: PeerId) {
+        self.connected.push(peer);
+    }
+
+    fn on_rudp(&mut self, _cx: &mut Ctx, peer: PeerId, msg: &[u8], _g: Guarantee) {
+        self.got.push((peer, msg.to_vec()));
+    }
+
+    fn on_rudp_closed(&mut self, _cx: &mut Ctx, peer: PeerId, reason: RudpCloseReason) {
+        self.closed.push((peer, reason));
+    }
+}
+
+/// The legitimate reliable-UDP client: a `Reactor` of its own (built on
+/// the probe's thread: a reactor stays on its thread) with one socket
+/// bound to 127.0.0.2, echoing Delivery messages of `len` bytes through
+/// the server. Its peers are closed gracefully when it is dropped.
+struct RudpClient {
+    reactor: Reactor,
+    app: RudpApp,
+    sock: SocketId,
+    server: SocketAddr,
+    len: usize,
+    /// Messages sent (each one's first 8 bytes).
+    n: u64,
+    /// Peers not yet closed.
+    live: Vec<PeerId>,
+}
+
+impl RudpClient {
+    fn new(server: SocketAddr, len: usize) -> Result<RudpClient, String> {
+        assert!(len >= 8);
+        let mut reactor = Reactor::new().map_err(|e| format!("Reactor::new: {e}"))?;
+        let sock = reactor
+            .bind_rudp((LEGIT, 0), RudpConfig::default())
+            .map_err(|e| format!("bind_rudp {LEGIT}: {e}"))?;
+        Ok(RudpClient {
+            reactor,
+            app: RudpApp::default(),
+            sock,
+            server,
+            len,
+            n: 0,
+            live: Vec::new(),
+        })
+    }
+
+    /// Runs the reactor until `done` holds; fails after [`IO_TIMEOUT`], or
+    /// when `peer` closes first.
+    fn run_until(
+        &mut self,
+        what: &str,
+        peer: PeerId,
+        done: impl Fn(&RudpApp) -> bool,
+    ) -> Result<(), String> {
+        let deadline = Instant::now() + IO_TIMEOUT;
+        loop {
+            if done(&self.app) {
+                return Ok(());
+            }
+            if let Some((_, r)) = self.app.closed.iter().find(|(p, _)| *p == peer) {
+                return Err(format!("{what}: the connection closed ({r:?})"));
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("{what}: not done within {IO_TIMEOUT:?}"));
+            }
+            self.reactor
+                .run_once(&mut self.app, Some(Duration::from_millis(50)))
+                .map_err(|e| format!("run_once: {e}"))?;
+        }
+    }
+
+    /// A new connection to the server, its handshake done.
+    fn connect(&mut self) -> Result<PeerId, String> {
+        let peer = self
+            .reactor
+            .connect_rudp_from(self.sock, self.server)
+            .map_err(|e| format!("connect_rudp_from: {e}"))?;
+        self.live.push(peer);
+        self.run_until("handshake", peer, |a| a.connected.contains(&peer))?;
+        Ok(peer)
+    }
+
+    /// One message to the server and its echo back, checked.
+    fn echo(&mut self, peer: PeerId) -> Result<(), String> {
+        self.n += 1;
+        let mut msg = util::pattern(self.len, self.n as u8);
+        msg[..8].copy_from_slice(&self.n.to_be_bytes());
+        self.reactor
+            .send_rudp(peer, &msg, Guarantee::Delivery)
+            .map_err(|e| format!("send_rudp: {e}"))?;
+        self.run_until("echo", peer, |a| a.got.iter().any(|(p, _)| *p == peer))?;
+        let at = self.app.got.iter().position(|(p, _)| *p == peer).unwrap();
+        let (_, back) = self.app.got.remove(at);
+        if back != msg {
+            return Err(format!(
+                "the echo differs from the message ({} B back for {} B)",
+                back.len(),
+                msg.len()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Closes `peer` gracefully and waits for it to be closed.
+    fn close(&mut self, peer: PeerId) -> Result<(), String> {
+        self.reactor
+            .close_rudp(peer)
+            .map_err(|e| format!("close_rudp: {e}"))?;
+        self.live.retain(|&p| p != peer);
+        let closed = |a: &RudpApp| a.closed.iter().any(|(p, _)| *p == peer);
+        let deadline = Instant::now() + IO_TIMEOUT;
+        while !closed(&self.app) {
+            if Instant::now() >= deadline {
+                return Err(format!("close: not done within {IO_TIMEOUT:?}"));
+            }
+            self.reactor
+                .run_once(&mut self.app, Some(Duration::from_millis(50)))
+                .map_err(|e| format!("run_once: {e}"))?;
+        }
+        match self.app.closed.iter().find(|(p, _)| *p == peer) {
+            Some((_, RudpCloseReason::Local)) => Ok(()),
+            other => Err(format!("close: {other:?}")),
+        }
+    }
+}
+
+impl Drop for RudpClient {
+    fn drop(&mut self) {
+        for peer in std::mem::take(&mut self.live) {
+            let _ = self.close(peer);
+        }
+    }
+}
+
+/// The legitimate client as one connection, made and warmed up first:
+/// echo a Delivery message of `len` bytes each time.
+fn established_rudp_probe(server: SocketAddr, len: usize) -> Prober {
+    Prober::start_with(
+        &format!("established reliable-UDP connection from {LEGIT}, {len} B Delivery message"),
+        PROBE_EVERY,
+        move || {
+            let mut c = RudpClient::new(server, len)?;
+            let peer = c.connect()?;
+            c.echo(peer)?;
+            Ok(move || c.echo(peer))
+        },
+    )
+}
+
+/// The legitimate client as a new connection each time: handshake, echo
+/// 64 B, close.
+fn fresh_rudp_probe(server: SocketAddr) -> Prober {
+    Prober::start_with(
+        &format!(
+            "a new reliable-UDP connection from {LEGIT} each time: handshake, 64 B echo, close"
+        ),
+        PROBE_EVERY,
+        move || {
+            let mut c = RudpClient::new(server, 64)?;
+            Ok(move || -> Result<(), String> {
+                let peer = c.connect()?;
+                c.echo(peer)?;
+                c.close(peer)
+            })
+        },
+    )
+}
+
+/// After an attack: every connection closed on the server (the attacker's
+/// CLOSEs, the legitimate client's graceful closes) and nothing held.
+fn wait_rudp_empty(server: &Server) -> Duration {
+    let t = Instant::now();
+    server.wait_until(
+        "every reliable-UDP connection closed and its buffers freed",
+        Duration::from_secs(3),
+        |s| {
+            s.rudp_open.is_empty()
+                && s.rudp.connections == 0
+                && s.rudp.half_open == 0
+                && s.rudp.recv_bytes_held == 0
+        },
+    );
+    t.elapsed()
+}
+
+// ---- attack 1: sparse fragments --------------------------------------------
+
+/// Connections the attacker tries (from one socket), and sparse fragments
+/// it sends on each one accepted.
+const SPARSE_CONNS: u32 = 128;
+const SPARSE_PER_CONN: u32 = 2048;
+/// The legitimate client's message: fragmented (16 KiB), so its echo needs
+/// room in the endpoint's receive budget for a reassembly.
+const LEGIT_RUDP_MSG: usize = 16 << 10;
+
+/// Attack 1: after real handshakes (128 tried from one UDP socket, 64 —
+/// `max_connections_per_source` — accepted), 2,048 DATA datagrams of 24
+/// bytes on each, every one carrying only the last fragment (1 byte) of a
+/// different 1 MiB Delivery message, the connections kept alive with
+/// PINGs; a legitimate client on 127.0.0.2 echoes 16 KiB messages.
+///
+/// Bound: the server's memory growth (sampled RSS, `VmHWM`, the heap in
+/// use, and the endpoint's own accounting, `recv_bytes_held_peak`) stays
+/// within 8 MiB + 8 × the bytes the attacker sent; the source's budget
+/// (`max_source_recv_bytes`, 16 MiB) refuses the rest. Before the fix each
+/// such datagram made the receiver allocate a buffer sized by the
+/// fragment's index: +1 GiB for 28 KB sent.
+#[test]
+fn rudp_sparse_fragments_cost_what_was_sent() {
+    let _t = util::guard();
+    let cfg = RudpConfig::default();
+    let server = Server::start_rudp(cfg.clone());
+    let to = server.rudp_addr();
+    let base_fds = util::open_fds();
+    let probe = established_rudp_probe(to, LEGIT_RUDP_MSG);
+    let mut raw = RawRudp::new(ATTACKER, to);
+    let ids: Vec<u32> = (1..=SPARSE_CONNS).collect();
+    raw.open(&ids, to);
+    let hs = server.wait_until(
+        "the attacker's ECHOs accepted or refused",
+        Duration::from_secs(5),
+        |s| s.rudp_connected_from(ATTACKER) + s.rudp.refused_per_source >= u64::from(SPARSE_CONNS),
+    );
+    let n = raw.conns.len();
+    // (The legitimate client is connected and warmed up by now.)
+    thread::sleep(Duration::from_millis(200));
+    // What earlier tests freed would otherwise absorb some of the growth
+    // of `VmRSS` (glibc keeps the top of a thread's arena, which the
+    // server thread may reuse: `heap_in_use` is immune to that).
+    trim_heap();
+    let rss0 = vm_rss();
+    let heap0 = heap_in_use();
+    let hwm_reset = reset_peak_rss();
+    let sampler = RssSampler::start(Duration::from_millis(5));
+
+    let f = frag_payload();
+    let count = cfg.max_message_len.div_ceil(f) as u16;
+    let claimed = (usize::from(count) - 1) * f + 1;
+    let tail = [0xA5u8];
+    let t = Instant::now();
+    let mut pinged = Instant::now();
+    for round in 0..SPARSE_PER_CONN {
+        for k in 0..n {
+            let chunk = ChunkRepr {
+                guarantee: Guarantee::Delivery,
+                seq: RAW_SEQ0 + 1 + round,
+                frag: Some(FragInfo {
+                    index: count - 1,
+                    count,
+                }),
+                set: None,
+                payload: &tail,
+            };
+            let before = raw.sent;
+            raw.data(k, &[chunk]);
+            if round == 0 && k == 0 {
+                assert_eq!(raw.sent - before, 24, "the datagram of the report");
+            }
+        }
+        if round % 4 == 3 {
+            raw.drain();
+            pace(to);
+        }
+        if pinged.elapsed() >= Duration::from_millis(250) {
+            raw.keep_alive();
+            pinged = Instant::now();
+        }
+    }
+    let flood_time = t.elapsed();
+    let after_flood = server.snapshot();
+    // Held: the attacker keeps its connections alive while the legitimate
+    // client goes on for a second.
+    raw.hold(Duration::from_secs(1));
+    let rtts = probe.finish();
+    let (rss_max, heap_max) = sampler.finish_all();
+    let hwm = peak_rss();
+    let s = server.snapshot();
+    let cpu = idle_cpu(server.tid, Duration::from_secs(1));
+
+    let sent = raw.sent;
+    let heap_growth = heap_max.zip(heap0).map(|(m, h)| m.saturating_sub(h));
+    let bound = 8 * MIB + 8 * sent;
+    let rss_growth = rss_max.saturating_sub(rss0);
+    let hwm_growth = hwm.saturating_sub(rss0);
+    let e = &s.rudp;
+    let mib = |b: usize| b as f64 / MIB as f64;
+    println!(
+        "rudp attack 1: {SPARSE_CONNS} connections tried from one socket, {n} accepted; \
+         {SPARSE_PER_CONN} x {n} DATA datagrams of 24 B (the last fragment, 1 B, of a message \
+         claiming {claimed} B in {count} fragments) in {:.0} ms; the attacker sent {sent} B \
+         ({:.2} MiB) in {} datagrams in all, received {:?}; kernel drops at the server: {}",
+        ms(flood_time),
+        mib(sent),
+        raw.datagrams,
+        raw.received,
+        udp_drops(to)
+    );
+    hs.print("after the handshakes");
+    after_flood.print("at the flood's end");
+    s.print("after the hold");
+    println!(
+        "memory: bound 8 MiB + 8 x {sent} B = {:.2} MiB; endpoint holds {:.2} MiB, peak {:.2} MiB \
+         ({:.2} B held per B sent; the source's budget {:.0} MiB); RSS {:.1} MiB before, growth \
+         {:.1} MiB sampled, {}; heap in use: growth {}",
+        mib(bound),
+        mib(e.recv_bytes_held as usize),
+        mib(e.recv_bytes_held_peak as usize),
+        e.recv_bytes_held as f64 / sent as f64,
+        mib(cfg.max_source_recv_bytes),
+        mib(rss0),
+        mib(rss_growth),
+        if hwm_reset {
+            format!("{:.1} MiB by VmHWM", mib(hwm_growth))
+        } else {
+            "VmHWM not resettable".to_string()
+        },
+        heap_growth.map_or_else(
+            || "n/a (not glibc)".to_string(),
+            |g| format!("{:.1} MiB sampled (mallinfo2)", mib(g))
+        )
+    );
+    rtts.assert_served(SERVED_WITHIN, 10);
+    assert_no_spin(&cpu);
+    assert_eq!(
+        n, cfg.max_connections_per_source,
+        "accepted from one source"
+    );
+    assert_eq!(
+        hs.rudp.refused_per_source,
+        u64::from(SPARSE_CONNS) - n as u64
+    );
+    assert!(rss_growth <= bound, "RSS growth {rss_growth} B > {bound} B");
+    if hwm_reset {
+        assert!(
+            hwm_growth <= bound,
+            "VmHWM growth {hwm_growth} B > {bound} B"
+        );
+    }
+    if let Some(g) = heap_growth {
+        assert!(g <= bound, "heap growth {g} B > {bound} B");
+    }
+    assert!(
+        e.recv_bytes_held_peak as usize <= bound,
+        "recv_bytes_held_peak {} B > {bound} B",
+        e.recv_bytes_held_peak
+    );
+    // One source: within its budget, plus what the legitimate client's
+    // reassemblies (another source) hold.
+    assert!(
+        e.recv_bytes_held_peak as usize <= cfg.max_source_recv_bytes + 4 * LEGIT_RUDP_MSG,
+        "recv_bytes_held_peak {} B",
+        e.recv_bytes_held_peak
+    );
+    // The attack landed: it took most of its source's budget, and the
+    // rest was refused (left unacknowledged).
+    assert!(
+        e.recv_bytes_held as usize >= cfg.max_source_recv_bytes / 2,
+        "the attacker made the server hold only {} B",
+        e.recv_bytes_held
+    );
+    assert!(e.recv_budget_refusals > 0, "recv_budget_refusals");
+    assert_eq!(e.closed_over_budget, 0, "nobody closed for the budget");
+    assert_eq!(e.protocol_violations, 0, "the attacker's packets are valid");
+    assert_eq!(s.rudp_open_from(ATTACKER), n, "all kept alive");
+    assert_eq!(s.counts.rudp_echoes_failed, 0);
+    assert_eq!(s.counts.errors, 0, "errors: {:?}", s.counts.first_errors);
+
+    // The attacker leaves: everything it made the server hold is freed.
+    raw.close_all();
+    let took = wait_rudp_empty(&server);
+    println!(
+        "the attacker closed its connections: all closed and freed in {:.0} ms",
+        ms(took)
+    );
+    drop(raw);
+    assert_eq!(util::open_fds(), base_fds, "descriptors after the attack");
+    server.stop().print("at the end");
+}
+
+// ---- attack 2: connection slots ---------------------------------------------
+
+/// Attack 2: one UDP socket tries to open every connection the endpoint
+/// has room for (`max_connections`, 4,096) — a real handshake each, and
+/// the accepted ones kept alive with PINGs that acknowledge the server's —
+/// while a legitimate client on 127.0.0.2 opens a new connection every
+/// 100 ms (handshake, echo, close). Only `max_connections_per_source` (64)
+/// are accepted; the rest are refused and counted.
+#[test]
+fn rudp_connection_flood_from_one_socket_takes_only_its_share() {
+    let _t = util::guard();
+    let cfg = RudpConfig::default();
+    let (max, per_source) = (cfg.max_connections, cfg.max_connections_per_source);
+    let server = Server::start_rudp(cfg);
+    let to = server.rudp_addr();
+    let base_fds = util::open_fds();
+    let probe = fresh_rudp_probe(to);
+    thread::sleep(Duration::from_millis(200));
+
+    let t = Instant::now();
+    let mut raw = RawRudp::new(ATTACKER, to);
+    let ids: Vec<u32> = (1..=max as u32).collect();
+    raw.open(&ids, to);
+    server.wait_until(
+        "every ECHO accepted or refused",
+        Duration::from_secs(5),
+        |s| s.rudp_connected_from(ATTACKER) + s.rudp.refused_per_source >= max as u64,
+    );
+    let flood_time = t.elapsed();
+    // Held: the attacker keeps what it got while the legitimate client
+    // goes on.
+    raw.hold(Duration::from_secs(1));
+    let s = server.snapshot();
+    let rtts = probe.finish();
+    let cpu = idle_cpu(server.tid, Duration::from_secs(1));
+
+    println!(
+        "rudp attack 2: {max} connections tried from one socket (INITIAL, ECHO, PING each) in \
+         {:.0} ms: {} accepted (attacker's view), {} B in {} datagrams sent, received {:?}; \
+         kernel drops at the server: {}",
+        ms(flood_time),
+        raw.conns.len(),
+        raw.sent,
+        raw.datagrams,
+        raw.received,
+        udp_drops(to)
+    );
+    s.print("after the connection flood");
+    rtts.assert_served(SERVED_WITHIN, 10);
+    assert_no_spin(&cpu);
+    let e = &s.rudp;
+    assert_eq!(raw.conns.len(), per_source, "accepted (attacker's view)");
+    assert_eq!(s.rudp_connected_from(ATTACKER), per_source as u64);
+    assert_eq!(s.rudp_open_from(ATTACKER), per_source, "kept alive");
+    assert_eq!(e.refused_per_source, (max - per_source) as u64);
+    assert_eq!(e.refused_connections, 0);
+    assert_eq!(e.half_open_evicted, 0);
+    assert_eq!(e.protocol_violations, 0, "the attacker's packets are valid");
+    assert_eq!(raw.live(), per_source, "none closed by the server");
+    assert_eq!(s.counts.errors, 0, "errors: {:?}", s.counts.first_errors);
+    // Every probe was a new connection, and each one closed cleanly.
+    assert_eq!(
+        s.rudp_connected_from(LEGIT),
+        s.rudp_closed(LEGIT, "ClosedByPeer") + s.rudp_open_from(LEGIT) as u64
+    );
+
+    raw.close_all();
+    let took = wait_rudp_empty(&server);
+    println!(
+        "the attacker closed its connections: all closed in {:.0} ms",
+        ms(took)
+    );
+    drop(raw);
+    assert_eq!(util::open_fds(), base_fds, "descriptors after the attack");
+    server.stop();
+}
+
+// ---- attack 3: half-open slots ----------------------------------------------
+
+/// Connection ids (and cookies) each half-open flooder cycles through.
+const HALF_OPEN_IDS: u32 = 64;
+
+/// One source of the half-open flood: a socket holding real cookies that
+/// sends ECHOs and never the packet that would confirm a connection.
+struct EchoFlood {
+    raw: RawRudp,
+    ids: Vec<u32>,
+    next: usize,
+}
+
+impl EchoFlood {
+    fn new(from: Ipv4Addr, to: SocketAddr) -> EchoFlood {
+        let mut raw = RawRudp::new(from, to);
+        let ids: Vec<u32> = (1..=HALF_OPEN_IDS).collect();
+        raw.fetch_cookies(&ids);
+        EchoFlood { raw, ids, next: 0 }
+    }
+
+    /// `n` more ECHOs (a refused one is tried again later: its cookie
+    /// stays valid), and what came back read.
+    fn tick(&mut self, n: usize) {
+        for _ in 0..n {
+            let id = self.ids[self.next % self.ids.len()];
+            self.next += 1;
+            self.raw.echo(id);
+        }
+        self.raw.drain();
+    }
+}
+
+/// Runs `floods` for `d`: every millisecond each sends `per_tick` ECHOs;
+/// the server's half-open count is sampled every 50 ms. Returns the most
+/// seen.
+fn run_echo_floods(server: &Server, floods: &mut [EchoFlood], per_tick: usize, d: Duration) -> u64 {
+    let start = Instant::now();
+    let mut sample = start;
+    let mut most = 0;
+    while start.elapsed() < d {
+        for f in floods.iter_mut() {
+            f.tick(per_tick);
+        }
+        if Instant::now() >= sample {
+            most = most.max(server.snapshot().rudp.half_open);
+            sample += Duration::from_millis(50);
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+    most
+}
+
+/// Attack 3: sockets holding real cookies send ECHOs continuously, never
+/// the first numbered packet that would confirm a connection, while a
+/// legitimate client on 127.0.0.2 makes a new connection every 100 ms
+/// (its handshake must complete within 1 s throughout).
+///
+/// First one socket (127.0.0.1), 8 ECHOs a millisecond for 1.5 s: it gets
+/// `max_half_open_per_source` (16) slots and no more. Then 31 more sources
+/// (127.0.0.10 …) join, one ECHO a millisecond each for 2 s: 32 × 16 is
+/// twice the half-open table (`max_half_open`, 256), which stays full:
+/// the sources evict each other down to their shares (8 each), then their
+/// ECHOs are refused (`refused_half_open`); the legitimate client's ECHO
+/// evicts the oldest half-open connection of the source holding the most,
+/// so it still gets in at once.
+#[test]
+fn rudp_half_open_flood_leaves_room_for_handshakes() {
+    let _t = util::guard();
+    let cfg = RudpConfig::default();
+    let (table, per_source) = (cfg.max_half_open, cfg.max_half_open_per_source);
+    let server = Server::start_rudp(cfg);
+    let to = server.rudp_addr();
+    let base_fds = util::open_fds();
+    let probe = fresh_rudp_probe(to);
+    thread::sleep(Duration::from_millis(200));
+
+    // One source.
+    let mut floods = vec![EchoFlood::new(ATTACKER, to)];
+    let most_one = run_echo_floods(&server, &mut floods, 8, Duration::from_millis(1500));
+    let one = server.snapshot();
+    // Many sources.
+    let t = Instant::now();
+    floods.extend((10..=40).map(|d| EchoFlood::new(Ipv4Addr::new(127, 0, 0, d), to)));
+    let cookies_time = t.elapsed();
+    let most_many = run_echo_floods(&server, &mut floods, 1, Duration::from_secs(2));
+    let s = server.snapshot();
+    let rtts = probe.finish();
+    let cpu = idle_cpu(server.tid, Duration::from_secs(1));
+
+    let echoes: usize = floods.iter().map(|f| f.next).sum();
+    let mut received = BTreeMap::new();
+    let mut closes = BTreeMap::new();
+    for f in &floods {
+        for (k, v) in &f.raw.received {
+            *received.entry(*k).or_insert(0) += v;
+        }
+        for (k, v) in &f.raw.closes {
+            *closes.entry(*k).or_insert(0) += v;
+        }
+    }
+    let attackers: Vec<Ipv4Addr> = floods
+        .iter()
+        .map(|f| match f.raw.sock.local_addr().unwrap().ip() {
+            IpAddr::V4(ip) => ip,
+            IpAddr::V6(_) => unreachable!(),
+        })
+        .collect();
+    let evicted: u64 = attackers
+        .iter()
+        .map(|&ip| s.rudp_closed(ip, "Evicted"))
+        .sum();
+    println!(
+        "rudp attack 3: {echoes} ECHOs with real cookies from {} sources ({} from {ATTACKER} \
+         alone, 8/ms for 1.5 s, then 1/ms from each source for 2 s; the other sources' cookies \
+         took {:.0} ms); the attackers received {received:?}, CLOSEs by reason {closes:?}; \
+         half-open at most {most_one} with one source, {most_many} with {} (table {table}); \
+         kernel drops at the server: {}",
+        floods.len(),
+        floods[0].next,
+        ms(cookies_time),
+        floods.len(),
+        udp_drops(to)
+    );
+    one.print("one source");
+    s.print("many sources");
+    rtts.assert_served(SERVED_WITHIN, 10);
+    assert_no_spin(&cpu);
+    // One source: its share of the table, no more, and nobody evicted.
+    assert_eq!(
+        one.rudp_open_from(ATTACKER),
+        per_source,
+        "held by one source"
+    );
+    assert!(most_one <= per_source as u64 + 1, "{most_one} half-open");
+    assert!(one.rudp.refused_half_open_per_source > 0);
+    assert_eq!(one.rudp.half_open_evicted, 0);
+    // Many: the table was full, and eviction made room.
+    assert_eq!(most_many, table as u64, "the half-open table was full");
+    assert!(s.rudp.half_open_evicted > 0, "half_open_evicted");
+    // What eviction could not make room for was refused: the table was
+    // full and no source held more than its share (the attackers, down to
+    // 8 each, are below their per-source limit by then).
+    assert!(s.rudp.refused_half_open > 0, "refused_half_open");
+    assert_eq!(evicted, s.rudp.half_open_evicted, "only attackers evicted");
+    assert_eq!(s.rudp_closed(LEGIT, "Evicted"), 0);
+    assert!(
+        attackers
+            .iter()
+            .all(|&ip| s.rudp_open_from(ip) <= per_source),
+        "a source above its half-open limit: {:?}",
+        s.rudp_open
+    );
+    assert_eq!(s.rudp.protocol_violations, 0);
+    assert_eq!(s.counts.errors, 0, "errors: {:?}", s.counts.first_errors);
+
+    for f in &mut floods {
+        let ids = f.ids.clone();
+        f.raw.close(ids);
+    }
+    let took = wait_rudp_empty(&server);
+    println!(
+        "the attackers closed their half-open connections: all closed in {:.0} ms",
+        ms(took)
+    );
+    drop(floods);
+    assert_eq!(util::open_fds(), base_fds, "descriptors after the attack");
+    server.stop();
+}

@@ -104,10 +104,42 @@ pub fn reset_peak_rss() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
-/// Samples `VmRSS` every `every` on a thread of its own until stopped.
+/// Gives the heap's free memory back to the system (glibc's `malloc_trim`,
+/// every arena), so that a baseline taken after it does not include memory
+/// earlier tests freed — which later allocations would reuse without
+/// growing `VmRSS`. A no-op on other C libraries.
+pub fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory of the allocator's
+    // arenas; it takes no pointer.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Bytes the allocator has handed out and not had back (glibc's
+/// `mallinfo2`: in use in every arena, and chunks of their own mapping):
+/// memory growth that memory kept by the allocator for reuse — which
+/// `VmRSS` does not see grow again — cannot hide. `None` on other C
+/// libraries.
+pub fn heap_in_use() -> Option<usize> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallinfo2 takes no argument and returns a plain struct.
+        let m = unsafe { libc::mallinfo2() };
+        Some(m.uordblks + m.hblkhd)
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        None
+    }
+}
+
+/// Samples `VmRSS` (and [`heap_in_use`]) every `every` on a thread of its
+/// own until stopped.
 pub struct RssSampler {
     stop: Arc<AtomicBool>,
-    thread: JoinHandle<usize>,
+    thread: JoinHandle<(usize, Option<usize>)>,
 }
 
 impl RssSampler {
@@ -115,18 +147,27 @@ impl RssSampler {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
         let thread = std::thread::spawn(move || {
-            let mut max = vm_rss();
-            while !flag.load(Ordering::SeqCst) {
-                max = max.max(vm_rss());
+            let mut rss = vm_rss();
+            let mut heap = heap_in_use();
+            loop {
+                rss = rss.max(vm_rss());
+                heap = heap.max(heap_in_use());
+                if flag.load(Ordering::SeqCst) {
+                    return (rss, heap);
+                }
                 std::thread::sleep(every);
             }
-            max.max(vm_rss())
         });
         RssSampler { stop, thread }
     }
 
     /// The largest `VmRSS` sampled.
     pub fn finish(self) -> usize {
+        self.finish_all().0
+    }
+
+    /// The largest `VmRSS` and [`heap_in_use`] sampled.
+    pub fn finish_all(self) -> (usize, Option<usize>) {
         self.stop.store(true, Ordering::SeqCst);
         self.thread.join().expect("RSS sampler panicked")
     }
@@ -207,8 +248,23 @@ impl Prober {
     pub fn start(
         name: &str,
         every: Duration,
-        mut probe: impl FnMut() -> Result<(), String> + Send + 'static,
+        probe: impl FnMut() -> Result<(), String> + Send + 'static,
     ) -> Prober {
+        Prober::start_with(name, every, move || Ok(probe))
+    }
+
+    /// Like [`start`](Prober::start), with the probe built on the probe's
+    /// thread by `setup` (for a client that cannot move between threads,
+    /// such as a `Reactor`); `setup` is not timed. Its `Err` is a failed
+    /// probe, and probing stops.
+    pub fn start_with<P>(
+        name: &str,
+        every: Duration,
+        setup: impl FnOnce() -> Result<P, String> + Send + 'static,
+    ) -> Prober
+    where
+        P: FnMut() -> Result<(), String>,
+    {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
         let name = name.to_string();
@@ -221,7 +277,14 @@ impl Prober {
                     failures: Vec::new(),
                 };
                 let start = Instant::now();
-                let mut next = start;
+                let mut probe = match setup() {
+                    Ok(p) => p,
+                    Err(e) => {
+                        out.failures.push(format!("setting up the client: {e}"));
+                        return out;
+                    }
+                };
+                let mut next = Instant::now();
                 while !flag.load(Ordering::SeqCst) {
                     let t = Instant::now();
                     match probe() {
@@ -241,6 +304,9 @@ impl Prober {
                         std::thread::sleep((next - now).min(Duration::from_millis(10)));
                     }
                 }
+                // The probe (and the client it holds) goes before the
+                // figures are handed over.
+                drop(probe);
                 out
             })
             .expect("spawn the probe thread");
