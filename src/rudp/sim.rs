@@ -261,6 +261,12 @@ impl Sim {
     /// the next datagram arrival or deadline. Returns false when there is
     /// nothing left to do at all.
     pub(crate) fn step(&mut self) -> bool {
+        self.step_until(None)
+    }
+
+    /// [`step`](Self::step), but an idle step moves the clock no further
+    /// than `cap`.
+    fn step_until(&mut self, cap: Option<Instant>) -> bool {
         self.steps += 1;
         let now = self.now;
         let mut progressed = false;
@@ -312,6 +318,7 @@ impl Sim {
             (None, None) => false,
             (a, b) => {
                 let t = a.into_iter().chain(b).min().unwrap_or(now);
+                let t = cap.map_or(t, |c| t.min(c));
                 self.now = self.now.max(t);
                 true
             }
@@ -356,7 +363,7 @@ impl Sim {
             if self.steps >= limit {
                 return Err(SimError::StepLimit(max_steps));
             }
-            if !self.step() {
+            if !self.step_until(Some(end)) {
                 self.now = end;
                 break;
             }

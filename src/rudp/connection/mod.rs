@@ -240,6 +240,9 @@ impl Connection {
         c.ping_pending = false;
         c.timers
             .set(Timer::Idle, later(now, c.cfg.handshake_timeout));
+        // No heartbeats before the client confirms: its PINGs would be
+        // ignored (§3), and a half-open flood would make us send them.
+        c.timers.stop(Timer::Heartbeat);
         c
     }
 
@@ -591,10 +594,13 @@ impl Connection {
                     PacketType::Data | PacketType::Ping | PacketType::Ack
                 );
                 if numbered && !self.confirmed {
-                    // The handshake deadline gives way to the idle timeout.
+                    // The handshake deadline gives way to the idle timeout,
+                    // and heartbeats begin.
                     self.confirmed = true;
                     self.timers
                         .set(Timer::Idle, later(now, self.cfg.idle_timeout));
+                    self.timers
+                        .set(Timer::Heartbeat, later(now, self.cfg.heartbeat_interval));
                 }
                 if self.confirmed {
                     // The idle timer is re-armed lazily: when it fires,
@@ -1021,7 +1027,10 @@ impl Connection {
                 }
             }
         }
-        if self.timers.take_expired(Timer::Heartbeat, now) && self.state == State::Established {
+        if self.timers.take_expired(Timer::Heartbeat, now)
+            && self.state == State::Established
+            && self.confirmed
+        {
             let deadline = later(self.last_eliciting_sent, self.cfg.heartbeat_interval);
             if deadline > now {
                 // Armed lazily (see `on_packet_sent`).
@@ -1245,7 +1254,7 @@ impl Connection {
         self.ping_pending = false;
         // Heartbeat and RTO only move later here: both are re-armed lazily
         // when they fire (see `handle_timeout`).
-        if !self.timers.is_set(Timer::Heartbeat) {
+        if self.confirmed && !self.timers.is_set(Timer::Heartbeat) {
             self.timers
                 .set(Timer::Heartbeat, later(now, self.cfg.heartbeat_interval));
         }

@@ -504,6 +504,18 @@ impl HalfOpenFlood {
         }
         self.raw.take(sim);
     }
+
+    /// Floods a millisecond at a time (half-open connections arm no timer
+    /// but the handshake deadline, so idle steps would jump to it) until
+    /// `done`, within `limit` of virtual time.
+    fn run(&mut self, sim: &mut Sim, limit: Duration, mut done: impl FnMut(&Sim) -> bool) {
+        let deadline = sim.now + limit;
+        while !done(sim) {
+            assert!(sim.now < deadline, "not done within {limit:?}");
+            self.tick(sim);
+            sim.run_for(Duration::from_millis(1), STEPS).expect("runs");
+        }
+    }
 }
 
 /// One source holding real cookies keeps every half-open slot filled
@@ -520,11 +532,9 @@ fn half_open_flood_from_one_source_is_evicted_for_others() {
     sim.captured = Some(Vec::new());
     let mut flood = HalfOpenFlood::new(&mut sim, 4000, 50);
     // Fill the table.
-    sim.run_until(STEPS, Duration::from_secs(5), |s| {
-        flood.tick(s);
+    flood.run(&mut sim, Duration::from_secs(5), |s| {
         s.nodes[1].ep.half_open() == cfg.max_half_open
-    })
-    .expect("filled");
+    });
     sim.run_for(Duration::from_millis(100), STEPS)
         .expect("runs");
     let t = time_to_connect(&mut sim, |s| flood.tick(s));
@@ -538,11 +548,7 @@ fn half_open_flood_from_one_source_is_evicted_for_others() {
     assert!(st.refused_half_open > 0);
     // The flood kept trying all along, and never took the slot back.
     let end = sim.now + Duration::from_millis(200);
-    sim.run_until(STEPS, Duration::from_secs(1), |s| {
-        flood.tick(s);
-        s.now >= end
-    })
-    .expect("runs");
+    flood.run(&mut sim, Duration::from_secs(1), |s| s.now >= end);
     let st2 = sim.nodes[1].ep.stats();
     assert_eq!(st2.half_open_evicted, 1);
     assert!(st2.refused > st.refused);
@@ -561,10 +567,8 @@ fn half_open_flood_from_one_source_is_capped_per_source() {
     let mut sim = Sim::new(2, cfg.clone(), link(), 12);
     sim.captured = Some(Vec::new());
     let mut flood = HalfOpenFlood::new(&mut sim, 1000, 50);
-    for _ in 0..50 {
-        flood.tick(&mut sim);
-        sim.step();
-    }
+    let end = sim.now + Duration::from_millis(50);
+    flood.run(&mut sim, Duration::from_secs(1), |s| s.now >= end);
     assert_eq!(sim.nodes[1].ep.half_open(), cfg.max_half_open_per_source);
     let t = time_to_connect(&mut sim, |s| flood.tick(s));
     let st = sim.nodes[1].ep.stats();
@@ -1157,4 +1161,30 @@ fn one_source_shares_its_send_budget() {
     sim.drop_filter = Some(Box::new(|from, _, _| from != 0));
     assert_eq!(fill_send(&mut sim, a).0, 10);
     assert_eq!(fill_send(&mut sim, b).0, 0, "10.0.0.0/24 is one source");
+}
+
+#[test]
+fn half_open_connections_send_nothing_but_their_accept() {
+    let mut sim = Sim::new(2, RudpConfig::default(), link(), 5);
+    sim.captured = Some(Vec::new());
+    let mut raw = Raw::new(attacker(9), 1);
+    let cookies = raw.cookies(&mut sim, &[1, 2, 3, 4]);
+    assert_eq!(cookies.len(), 4);
+    for &(id, cookie) in &cookies {
+        raw.echo(&mut sim, id, cookie);
+    }
+    // Never confirmed: until the handshake deadline (10 s) they are
+    // half-open, and then they go.
+    sim.run_for(Duration::from_secs(12), STEPS).expect("runs");
+    let mut kinds = std::collections::BTreeMap::new();
+    for d in raw.take(&mut sim) {
+        let kind = PacketRepr::parse(&d).map(|p| p.packet_type());
+        *kinds.entry(format!("{kind:?}")).or_insert(0) += 1;
+    }
+    assert_eq!(
+        kinds.into_iter().collect::<Vec<_>>(),
+        vec![(format!("{:?}", Ok::<_, ()>(PacketType::Accept)), 4)],
+        "only one ACCEPT per ECHO"
+    );
+    assert_eq!(sim.nodes[1].ep.len(), 0, "timed out");
 }
