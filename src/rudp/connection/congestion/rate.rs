@@ -1,0 +1,249 @@
+//! Delivery-rate estimation, as in draft-cheng-iccrg-delivery-rate-estimation
+//! and Linux's `tcp_rate.c`.
+//!
+//! Every packet sent remembers how much had been delivered (acknowledged)
+//! when it left, and when; its ack then tells how much was delivered while
+//! it was in flight and over what interval. The interval is the longer of
+//! the send interval (from the packet that opened the window of the sample
+//! to this one) and the ack interval, so that neither a burst of sends nor
+//! a burst of acks inflates the rate. Samples taken while the sender had
+//! nothing to send (*application-limited*) say only that the path carries
+//! at least that much; the controller treats them so.
+
+use std::time::{Duration, Instant};
+
+/// What a packet remembers of the connection's delivery state when sent.
+#[derive(Debug, Clone, Copy)]
+pub(in crate::rudp::connection) struct RateMark {
+    /// Bytes delivered when it was sent.
+    delivered: u64,
+    /// When the last of those was delivered (or the flight started).
+    delivered_time: Instant,
+    /// When the first packet of its sample window was sent.
+    first_sent: Instant,
+    /// Bytes declared lost when it was sent.
+    lost: u64,
+    /// Bytes in flight just after it was sent (itself included).
+    tx_in_flight: u64,
+    /// Sent while the application had nothing more to send.
+    app_limited: bool,
+}
+
+/// One delivery-rate sample, from an ack.
+#[derive(Debug, Clone, Copy)]
+pub(in crate::rudp::connection) struct Sample {
+    /// Bytes delivered over the sample's interval (the longer of its send
+    /// and ack intervals; at least 1 µs).
+    pub(in crate::rudp::connection) delivered: u64,
+    /// `delivered / interval`, bytes per second; `None` when the interval
+    /// is shorter than the minimum RTT (acks compressed: not a valid sample).
+    pub(in crate::rudp::connection) rate: Option<u64>,
+    /// The newest packet acked was sent application-limited.
+    pub(in crate::rudp::connection) app_limited: bool,
+    /// Bytes in flight when the newest packet acked was sent.
+    pub(in crate::rudp::connection) tx_in_flight: u64,
+    /// Bytes declared lost since the newest packet acked was sent.
+    pub(in crate::rudp::connection) lost: u64,
+    /// Connection's delivered bytes when the newest packet acked was sent.
+    pub(in crate::rudp::connection) prior_delivered: u64,
+    /// Connection's delivered bytes now.
+    pub(in crate::rudp::connection) delivered_total: u64,
+}
+
+/// The connection's delivery state, and the sample being built from the
+/// packets one ack acknowledges.
+#[derive(Debug)]
+pub(in crate::rudp::connection) struct RateSampler {
+    delivered: u64,
+    delivered_time: Instant,
+    first_sent: Instant,
+    lost: u64,
+    /// While non-zero: samples are application-limited until this much is
+    /// delivered (the bubble left by having nothing to send is acked).
+    app_limited_until: u64,
+    /// The newest packet acknowledged since the last sample, if any.
+    newest: Option<Newest>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Newest {
+    mark: RateMark,
+    /// When it was sent.
+    sent: Instant,
+}
+
+impl RateSampler {
+    pub(in crate::rudp::connection) fn new(now: Instant) -> Self {
+        RateSampler {
+            delivered: 0,
+            delivered_time: now,
+            first_sent: now,
+            lost: 0,
+            app_limited_until: 0,
+            newest: None,
+        }
+    }
+
+    /// A packet of `size` bytes is sent with `in_flight` bytes in flight
+    /// before it: what it must remember.
+    #[inline]
+    pub(in crate::rudp::connection) fn on_sent(
+        &mut self,
+        now: Instant,
+        in_flight: u64,
+        size: u64,
+    ) -> RateMark {
+        if in_flight == 0 {
+            // A new flight: its samples start now, not at the last ack
+            // before the idle period.
+            self.first_sent = now;
+            self.delivered_time = now;
+        }
+        RateMark {
+            delivered: self.delivered,
+            delivered_time: self.delivered_time,
+            first_sent: self.first_sent,
+            lost: self.lost,
+            tx_in_flight: in_flight + size,
+            app_limited: self.app_limited_until != 0,
+        }
+    }
+
+    /// A packet of `size` bytes sent at `sent`, carrying `mark`, was
+    /// acknowledged at `now`.
+    #[inline]
+    pub(in crate::rudp::connection) fn on_acked(
+        &mut self,
+        now: Instant,
+        sent: Instant,
+        size: u64,
+        mark: &RateMark,
+    ) {
+        self.delivered += size;
+        self.delivered_time = now;
+        if self
+            .newest
+            .is_none_or(|n| mark.delivered >= n.mark.delivered)
+        {
+            self.newest = Some(Newest { mark: *mark, sent });
+            self.first_sent = sent;
+        }
+    }
+
+    /// `size` bytes were declared lost.
+    #[inline]
+    pub(in crate::rudp::connection) fn on_lost(&mut self, size: u64) {
+        self.lost += size;
+    }
+
+    /// The sender had a chance to send and nothing to send (and room in its
+    /// window): samples are application-limited until what is in flight
+    /// now has been delivered.
+    #[inline]
+    pub(in crate::rudp::connection) fn on_app_limited(&mut self, in_flight: u64) {
+        self.app_limited_until = (self.delivered + in_flight).max(1);
+    }
+
+    /// The sample of the packets acknowledged since the last call, if any;
+    /// `min_rtt` rejects intervals shorter than a round trip.
+    pub(in crate::rudp::connection) fn take(&mut self, min_rtt: Duration) -> Option<Sample> {
+        let n = self.newest.take()?;
+        if self.app_limited_until != 0 && self.delivered > self.app_limited_until {
+            self.app_limited_until = 0;
+        }
+        let delivered = self.delivered - n.mark.delivered;
+        let send_elapsed = n.sent.saturating_duration_since(n.mark.first_sent);
+        let ack_elapsed = self
+            .delivered_time
+            .saturating_duration_since(n.mark.delivered_time);
+        let interval = send_elapsed.max(ack_elapsed);
+        // A zero interval (everything within one instant: the simulator's
+        // zero-latency links) counts as 1 µs, the clock's resolution.
+        let interval = interval.max(Duration::from_micros(1));
+        let rate = (interval >= min_rtt).then(|| {
+            let r = u128::from(delivered) * 1_000_000_000 / interval.as_nanos().max(1);
+            r.min(u128::from(u64::MAX)) as u64
+        });
+        Some(Sample {
+            delivered,
+            rate,
+            app_limited: n.mark.app_limited,
+            tx_in_flight: n.mark.tx_in_flight,
+            lost: self.lost - n.mark.lost,
+            prior_delivered: n.mark.delivered,
+            delivered_total: self.delivered,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ten packets sent 1 ms apart, each acked 50 ms after it was sent: the
+    /// rate is one packet per millisecond, whatever the RTT.
+    #[test]
+    fn paced_flight_measures_the_send_rate() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut r = RateSampler::new(t0);
+        let mut marks = Vec::new();
+        for i in 0..10u64 {
+            marks.push((ms(i), r.on_sent(ms(i), i * 1000, 1000)));
+        }
+        let mut last = None;
+        for (i, (sent, m)) in marks.iter().enumerate() {
+            r.on_acked(ms(50 + i as u64), *sent, 1000, m);
+            last = r.take(Duration::from_millis(50));
+        }
+        let s = last.unwrap();
+        // The last sample spans the acks of packets 0..=9 after the first:
+        // 10 packets over max(9 ms send, 59 ms ack) since the flight start.
+        assert_eq!(s.delivered, 10_000);
+        assert_eq!(s.rate, Some(10_000 * 1000 / 59));
+        assert!(!s.app_limited);
+        assert_eq!(s.tx_in_flight, 10_000);
+    }
+
+    /// A sample spans the longer of its send and ack intervals, measured
+    /// from the packet acked last before its flight began.
+    #[test]
+    fn a_sample_spans_the_longer_of_send_and_ack_intervals() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut r = RateSampler::new(t0);
+        let a = r.on_sent(ms(0), 0, 1000);
+        r.on_acked(ms(10), ms(0), 1000, &a);
+        r.take(Duration::from_millis(10)).unwrap();
+        let b = r.on_sent(ms(10), 0, 1000);
+        let c = r.on_sent(ms(30), 1000, 1000);
+        // Both acked at once 10 ms after the second was sent.
+        r.on_acked(ms(40), ms(10), 1000, &b);
+        r.on_acked(ms(40), ms(30), 1000, &c);
+        let s = r.take(Duration::from_millis(10)).unwrap();
+        assert_eq!(s.delivered, 2000);
+        assert_eq!(s.rate, Some(2000 * 1000 / 30));
+    }
+
+    #[test]
+    fn app_limited_marks_until_the_bubble_is_delivered() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut r = RateSampler::new(t0);
+        let a = r.on_sent(ms(0), 0, 1000);
+        r.on_app_limited(1000);
+        let b = r.on_sent(ms(1), 1000, 1000);
+        r.on_acked(ms(10), ms(0), 1000, &a);
+        assert!(!r.take(Duration::ZERO).unwrap().app_limited);
+        r.on_acked(ms(11), ms(1), 1000, &b);
+        assert!(r.take(Duration::ZERO).unwrap().app_limited);
+        let c = r.on_sent(ms(12), 0, 1000);
+        r.on_acked(ms(22), ms(12), 1000, &c);
+        assert!(!r.take(Duration::ZERO).unwrap().app_limited);
+        // An interval shorter than the minimum RTT is not a rate.
+        let d = r.on_sent(ms(30), 0, 1000);
+        r.on_acked(ms(31), ms(30), 1000, &d);
+        assert_eq!(r.take(Duration::from_millis(5)).unwrap().rate, None);
+        assert!(r.take(Duration::ZERO).is_none(), "one sample per ack");
+    }
+}
