@@ -50,7 +50,7 @@ mod stats;
 
 use congestion::rate::RateSampler;
 pub use congestion::CongestionControl;
-use congestion::{AckedPacket, Controller, LossEpochs, RateSample};
+use congestion::{AckedPacket, Cc, LossEpochs, RateSample};
 use events::Inbox;
 pub(crate) use events::{InPlace, MsgRef, RawEvent};
 use loss::{LostPacket, Reordering};
@@ -135,7 +135,7 @@ pub struct Connection {
     rx: RecvState,
     rtt: RttEstimator,
     /// The congestion controller.
-    cc: Box<dyn Controller>,
+    cc: Cc,
     /// Loss epochs: when the controller responds, and undoes.
     epochs: LossEpochs,
     /// Delivery-rate samples for the controller.
@@ -203,9 +203,10 @@ impl Connection {
             tx: SendState::new(initial),
             rx: RecvState::new(0, RecvLimits::new(&cfg, RudpConfig::frag_payload(cfg.mtu))),
             rtt: RttEstimator::new(cfg.initial_rtt),
-            cc: cfg
-                .congestion
-                .build(&cfg, cfg.mtu, now, seed ^ 0xbb_c0_c0_a5_5e_ed_00_01),
+            cc: Cc::new(
+                cfg.congestion
+                    .build(&cfg, cfg.mtu, now, seed ^ 0xbb_c0_c0_a5_5e_ed_00_01),
+            ),
             epochs: LossEpochs::default(),
             rate: RateSampler::new(now),
             pacer: Pacer::new(
@@ -345,8 +346,8 @@ impl Connection {
         s.cwnd = (window / (self.mtu as u64).max(1)).min(u64::from(u32::MAX)) as u32;
         s.cwnd_bytes = window;
         s.pacing_rate = self.cc.pacing_rate();
-        s.bandwidth = self.cc.bandwidth();
-        s.congestion_state = self.cc.state();
+        s.bandwidth = self.cc.controller().bandwidth();
+        s.congestion_state = self.cc.controller().state();
         s.in_flight = self.tx.in_flight();
         s.bytes_in_flight = self.tx.bytes_in_flight();
         s.reorder_threshold = self.reorder.threshold();

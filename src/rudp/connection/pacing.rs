@@ -65,6 +65,14 @@ impl Pacer {
     /// half a burst will have refilled.
     #[inline]
     pub(super) fn check(&mut self, now: Instant, rate: u64, mtu: u64) -> Result<(), Instant> {
+        if now == self.last && self.tokens >= mtu as f64 {
+            // Many packets go out at one instant (a batch).
+            return Ok(());
+        }
+        self.check_slow(now, rate, mtu)
+    }
+
+    fn check_slow(&mut self, now: Instant, rate: u64, mtu: u64) -> Result<(), Instant> {
         self.refill(now, rate, mtu);
         if self.tokens >= mtu as f64 {
             return Ok(());

@@ -752,6 +752,10 @@ impl Bbr {
 }
 
 impl Controller for Bbr {
+    fn wants_packet_acks(&self) -> bool {
+        false
+    }
+
     fn on_sent(&mut self, _now: Instant, _bytes: u64, in_flight: u64) {
         self.in_flight = in_flight;
         if in_flight + self.mtu > self.cwnd {

@@ -110,8 +110,15 @@ pub(super) struct RateSample {
 /// Windows are in bytes, rates in bytes per second.
 pub(super) trait Controller: fmt::Debug + Send {
     /// A numbered packet of `bytes` was sent; `in_flight` bytes are in
-    /// flight now, it included.
+    /// flight now, it included. Changes neither the window nor the pacing
+    /// rate (they are read once per packet and cached between events).
     fn on_sent(&mut self, now: Instant, bytes: u64, in_flight: u64);
+
+    /// Whether [`on_packet_acked`](Self::on_packet_acked) is of use (it is
+    /// skipped otherwise: it runs for every packet).
+    fn wants_packet_acks(&self) -> bool {
+        true
+    }
 
     /// One packet was newly acknowledged (before the ack's [`on_ack`](Self::on_ack)).
     fn on_packet_acked(&mut self, _p: &AckedPacket) {}
@@ -145,6 +152,98 @@ pub(super) trait Controller: fmt::Debug + Send {
 
     /// What it is doing, in a word (statistics, logs).
     fn state(&self) -> &'static str;
+}
+
+/// A connection's controller, with the outputs it reads for every packet
+/// (window, pacing rate) cached and refreshed after each event that may
+/// change them.
+#[derive(Debug)]
+pub(super) struct Cc {
+    ctl: Box<dyn Controller>,
+    window: u64,
+    pacing_rate: u64,
+    per_packet_acks: bool,
+}
+
+impl Cc {
+    pub(super) fn new(ctl: Box<dyn Controller>) -> Self {
+        let per_packet_acks = ctl.wants_packet_acks();
+        let mut cc = Cc {
+            ctl,
+            window: 0,
+            pacing_rate: 0,
+            per_packet_acks,
+        };
+        cc.refresh();
+        cc
+    }
+
+    fn refresh(&mut self) {
+        self.window = self.ctl.window();
+        self.pacing_rate = self.ctl.pacing_rate();
+    }
+
+    /// See [`Controller::window`].
+    #[inline]
+    pub(super) fn window(&self) -> u64 {
+        self.window
+    }
+
+    /// See [`Controller::pacing_rate`].
+    #[inline]
+    pub(super) fn pacing_rate(&self) -> u64 {
+        self.pacing_rate
+    }
+
+    /// The controller itself (statistics).
+    pub(super) fn controller(&self) -> &dyn Controller {
+        &*self.ctl
+    }
+
+    /// See [`Controller::on_sent`].
+    #[inline]
+    pub(super) fn on_sent(&mut self, now: Instant, bytes: u64, in_flight: u64) {
+        self.ctl.on_sent(now, bytes, in_flight);
+    }
+
+    /// See [`Controller::on_packet_acked`].
+    #[inline]
+    pub(super) fn on_packet_acked(&mut self, p: &AckedPacket) {
+        if self.per_packet_acks {
+            self.ctl.on_packet_acked(p);
+            self.refresh();
+        }
+    }
+
+    /// See [`Controller::on_ack`].
+    pub(super) fn on_ack(&mut self, now: Instant, rs: &RateSample) {
+        self.ctl.on_ack(now, rs);
+        self.refresh();
+    }
+
+    /// See [`Controller::on_packet_lost`].
+    pub(super) fn on_packet_lost(&mut self, now: Instant, bytes: u64, in_flight: u64) {
+        self.ctl.on_packet_lost(now, bytes, in_flight);
+        self.refresh();
+    }
+
+    /// See [`Controller::on_congestion_event`].
+    pub(super) fn on_congestion_event(&mut self, now: Instant, persistent: bool) {
+        self.ctl.on_congestion_event(now, persistent);
+        self.refresh();
+    }
+
+    /// See [`Controller::on_spurious_congestion`].
+    pub(super) fn on_spurious_congestion(&mut self) {
+        self.ctl.on_spurious_congestion();
+        self.refresh();
+    }
+
+    /// See [`Controller::set_mtu`].
+    pub(super) fn set_mtu(&mut self, mtu: u64) {
+        self.ctl.set_mtu(mtu);
+        self.refresh();
+    }
 }
 
 /// Loss epochs: one congestion response per round trip, and the undo of a
