@@ -44,11 +44,14 @@ pub struct RudpConfig {
     /// Default 8 MiB; at least `2 * max_message_len`. Data past it is dropped
     /// unacknowledged (the peer retransmits later).
     pub max_recv_buffer_bytes: usize,
-    /// Congestion window at the start, in packets. Default 10.
+    /// Congestion window at the start, in packets (both controllers; the
+    /// pacer lets it go at once). Default 10.
     pub initial_cwnd: u32,
-    /// Smallest congestion window, in packets. Default 2.
+    /// Smallest congestion window, in packets. Default 2 (`Aimd`; BBR's
+    /// window is at least 4 packets, or this if larger).
     pub min_cwnd: u32,
-    /// Largest congestion window: packets in flight. Default 1,024.
+    /// Most ack-eliciting packets in flight, whatever the congestion
+    /// window. Default 1,024.
     pub max_in_flight: u32,
     /// The congestion controller, a sender's local choice (nothing changes
     /// on the wire). Default [`CongestionControl::Bbr`]; `Aimd` is the

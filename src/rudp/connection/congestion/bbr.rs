@@ -91,7 +91,7 @@ const PROBE_RTT_INTERVAL: Duration = Duration::from_secs(5);
 const PROBE_RTT_DURATION: Duration = Duration::from_millis(200);
 /// ProbeRTT's window, as a fraction of the BDP (BBRv2/v3).
 const PROBE_RTT_CWND_GAIN: f64 = 0.5;
-/// Smallest window, in packets.
+/// Smallest window, in packets (or `RudpConfig::min_cwnd` if larger).
 const MIN_PIPE_PACKETS: u64 = 4;
 /// ProbeBW waits this long (plus up to 1 s at random) between probes…
 const PROBE_WAIT_BASE: Duration = Duration::from_secs(2);
@@ -148,6 +148,8 @@ struct Bounds {
 #[derive(Debug)]
 pub(crate) struct Bbr {
     mtu: u64,
+    /// Smallest window, packets.
+    min_pipe_packets: u64,
     initial_cwnd: u64,
     initial_rtt: Duration,
     mode: Mode,
@@ -232,6 +234,7 @@ impl Bbr {
         let initial_cwnd = u64::from(cfg.initial_cwnd) * mtu;
         let mut b = Bbr {
             mtu,
+            min_pipe_packets: MIN_PIPE_PACKETS.max(u64::from(cfg.min_cwnd)),
             initial_cwnd,
             initial_rtt: cfg.initial_rtt,
             mode: Mode::Startup,
@@ -294,7 +297,7 @@ impl Bbr {
     }
 
     fn min_pipe(&self) -> u64 {
-        MIN_PIPE_PACKETS * self.mtu
+        self.min_pipe_packets * self.mtu
     }
 
     /// The bandwidth the model uses: the max filter, bounded by `bw_lo`.
