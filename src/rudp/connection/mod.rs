@@ -107,6 +107,11 @@ enum State {
 ///    [`poll_event`](Self::poll_event) (or [`poll_event_ref`](Self::poll_event_ref))
 ///    until `None`, then re-read [`poll_timeout`](Self::poll_timeout).
 ///
+/// `poll_transmit` may return `None` with data queued and the congestion
+/// window open: the pacer holds data packets to the pacing rate, and
+/// `poll_timeout` then includes the moment it lets the next train go
+/// (`docs/rudp.md` §5).
+///
 /// Time is always passed in; the connection never reads a clock. Most
 /// programs use an [`Endpoint`](super::Endpoint), which owns the
 /// connections and routes datagrams; `Connection` is public for embedding and
@@ -723,12 +728,13 @@ impl Connection {
     /// learn of it.
     #[inline]
     fn on_packet_acked(&mut self, now: Instant, pn: u32, p: &send::SentPacket) {
-        let bytes = u64::from(p.size);
-        self.rate.on_acked(now, p.time, bytes, &p.rate);
-        self.cc.on_packet_acked(&AckedPacket {
-            in_recovery: self.epochs.in_recovery(pn),
-            cwnd_limited: p.cwnd_limited,
-        });
+        self.rate.on_acked(now, p.time, u64::from(p.size), &p.rate);
+        if self.cc.wants_packet_acks() {
+            self.cc.on_packet_acked(&AckedPacket {
+                in_recovery: self.epochs.in_recovery(pn),
+                cwnd_limited: p.cwnd_limited,
+            });
+        }
     }
 
     /// The end of an ack's processing: its delivery-rate sample goes to the

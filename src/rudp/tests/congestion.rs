@@ -272,7 +272,9 @@ fn bbr_keeps_its_rate_under_random_loss() {
 }
 
 /// Two BBR flows on one bottleneck, the second a second later: within 20%
-/// of each other over the last 20 s, the link still full.
+/// of each other over the last 40 s, the link still full. (They share it
+/// through the AIMD of their bounds, on Reno's time scale: over 12 seeds
+/// the worst ratio of this window was 0.86.)
 #[test]
 fn two_bbr_flows_converge() {
     let bbr = |start| Flow {
@@ -282,8 +284,8 @@ fn two_bbr_flows_converge() {
     let o = run(&Run {
         link: LinkConfig::bottleneck(RATE, ONE_WAY, 0.0),
         flows: vec![bbr(0), bbr(1)],
-        secs: 40,
-        measure_from: 20,
+        secs: 80,
+        measure_from: 40,
         seed: 4,
         stamp_every: None,
     });

@@ -223,7 +223,6 @@ pub(crate) struct Bbr {
     cwnd_gain: f64,
     cwnd: u64,
     pacing_rate: u64,
-    in_flight: u64,
     /// The connection's minimum RTT (the standing-queue test's base).
     base_rtt: Duration,
     undo: Option<Bounds>,
@@ -283,7 +282,6 @@ impl Bbr {
             cwnd_gain: CWND_GAIN,
             cwnd: initial_cwnd,
             pacing_rate: 0,
-            in_flight: 0,
             base_rtt: Duration::ZERO,
             undo: None,
         };
@@ -760,14 +758,12 @@ impl Controller for Bbr {
     }
 
     fn on_sent(&mut self, _now: Instant, _bytes: u64, in_flight: u64) {
-        self.in_flight = in_flight;
         if in_flight + self.mtu > self.cwnd {
             self.cwnd_limited_round = true;
         }
     }
 
     fn on_ack(&mut self, now: Instant, rs: &RateSample) {
-        self.in_flight = rs.in_flight;
         self.base_rtt = rs.min_rtt;
         self.update_round(rs);
         self.update_bw(rs);
@@ -786,9 +782,8 @@ impl Controller for Bbr {
         }
     }
 
-    fn on_packet_lost(&mut self, _now: Instant, bytes: u64, in_flight: u64) {
+    fn on_packet_lost(&mut self, _now: Instant, bytes: u64, _in_flight: u64) {
         self.round_lost += bytes;
-        self.in_flight = in_flight;
     }
 
     fn on_congestion_event(&mut self, _now: Instant, persistent: bool) {

@@ -206,6 +206,12 @@ impl Cc {
         self.ctl.on_sent(now, bytes, in_flight);
     }
 
+    /// Whether [`on_packet_acked`](Self::on_packet_acked) is wanted.
+    #[inline]
+    pub(super) fn wants_packet_acks(&self) -> bool {
+        self.per_packet_acks
+    }
+
     /// See [`Controller::on_packet_acked`].
     #[inline]
     pub(super) fn on_packet_acked(&mut self, p: &AckedPacket) {

@@ -121,10 +121,12 @@ impl RateSampler {
     ) {
         self.delivered += size;
         self.delivered_time = now;
-        if self
-            .newest
-            .is_none_or(|n| mark.delivered >= n.mark.delivered)
-        {
+        // The sample is that of the packet sent last among those acked
+        // (the most delivered when it left; of equals, the latest sent).
+        if self.newest.is_none_or(|n| {
+            mark.delivered > n.mark.delivered
+                || (mark.delivered == n.mark.delivered && sent > n.sent)
+        }) {
             self.newest = Some(Newest { mark: *mark, sent });
             self.first_sent = sent;
         }
