@@ -698,15 +698,22 @@ impl Connection {
                 }
                 continue;
             };
+            let (sent, size, cwnd_limited, chunks) = (p.time, p.size, p.cwnd_limited, p.chunks());
+            if !newly_acked {
+                // Acks are walked newest first: the first packet newly
+                // acked is the one the delivery-rate sample may be taken
+                // from.
+                self.rate.offer(sent, &p.rate);
+            }
             newly_acked = true;
             if i == 0 {
-                let sample = now.saturating_duration_since(p.time);
+                let sample = now.saturating_duration_since(sent);
                 self.rtt
                     .update(sample, ack.delay(), self.peer_max_ack_delay);
                 rtt_sample = Some(sample);
             }
-            self.on_packet_acked(now, pn, &p);
-            self.tx.ack_chunks(&p);
+            self.on_packet_acked(now, pn, size, cwnd_limited);
+            self.tx.ack_chunks(chunks);
         }
         self.tx.on_largest_acked(ack.largest);
         if newly_acked {
@@ -724,15 +731,15 @@ impl Connection {
         self.check_close_flush();
     }
 
-    /// A packet was newly acknowledged: the rate sample and the controller
-    /// learn of it.
+    /// Packet `pn`, of `size` bytes, was newly acknowledged: the rate
+    /// sample and the controller learn of it.
     #[inline]
-    fn on_packet_acked(&mut self, now: Instant, pn: u32, p: &send::SentPacket) {
-        self.rate.on_acked(now, p.time, u64::from(p.size), &p.rate);
+    fn on_packet_acked(&mut self, now: Instant, pn: u32, size: u32, cwnd_limited: bool) {
+        self.rate.on_acked(now, u64::from(size));
         if self.cc.wants_packet_acks() {
             self.cc.on_packet_acked(&AckedPacket {
                 in_recovery: self.epochs.in_recovery(pn),
-                cwnd_limited: p.cwnd_limited,
+                cwnd_limited,
             });
         }
     }
@@ -744,17 +751,19 @@ impl Connection {
         let Some(rate) = self.rate.take(min_rtt) else {
             return;
         };
-        let rs = RateSample {
+        let mut rs = RateSample {
             acked: rate.delivered_total - self.acked_before,
             rate,
             rtt,
             min_rtt,
             srtt: self.rtt.srtt,
             in_flight: self.tx.bytes_in_flight(),
+            window_full: false,
         };
         self.acked_before = rate.delivered_total;
-        self.cc.on_ack(now, &rs);
+        self.cc.on_ack(now, &mut rs);
     }
+
     /// Declares the packet at `idx` of the send state lost (if in flight),
     /// with a congestion response of its own or (`congestion` false:
     /// persistent RTO) within the current one.
@@ -849,7 +858,8 @@ impl Connection {
             let beyond = dist > 64;
             if beyond && !p.unreliable && self.tx.content_acked(p) {
                 if let Some(p) = self.tx.ack_packet(pn) {
-                    self.on_packet_acked(now, pn, &p);
+                    let (size, cwnd_limited) = (p.size, p.cwnd_limited);
+                    self.on_packet_acked(now, pn, size, cwnd_limited);
                 }
                 continue;
             }
@@ -1174,6 +1184,8 @@ impl Connection {
                 // of what is in flight say little about the path.
                 self.rate.on_app_limited(self.tx.bytes_in_flight());
             }
+        } else if buf.len() >= self.mtu && self.tx.has_sendable(self.peer_window) {
+            self.cc.on_window_full();
         }
         if self.ping_pending {
             let ack = self.rx.ack_repr(now);

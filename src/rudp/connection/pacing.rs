@@ -25,39 +25,47 @@ pub(super) const MIN_BURST_PACKETS: u64 = 2;
 /// A token bucket in bytes.
 #[derive(Debug)]
 pub(super) struct Pacer {
-    /// Bytes that may be sent now (fractions kept).
-    tokens: f64,
-    /// When `tokens` was last brought up to date.
+    /// Bytes that may be sent now (negative: owed, after a probe went
+    /// out with too few).
+    tokens: i64,
+    /// The bucket's size at the last refill.
+    cap: i64,
+    /// Tokens have been earned up to here. Refills are lazy: a partly
+    /// full bucket is brought up to date only when it runs short, which
+    /// is exact as long as `last` moves whenever a packet leaves a full
+    /// bucket (the time it sat full earned nothing).
     last: Instant,
 }
 
 impl Pacer {
     /// A pacer that lets `initial` bytes go at once (the initial window).
     pub(super) fn new(now: Instant, initial: u64) -> Self {
+        let tokens = i64::try_from(initial).unwrap_or(i64::MAX);
         Pacer {
-            tokens: initial as f64,
+            tokens,
+            cap: tokens,
             last: now,
         }
     }
 
-    fn capacity(rate: u64, mtu: u64) -> f64 {
-        let burst = rate as f64 * BURST_INTERVAL.as_secs_f64();
-        burst.max((MIN_BURST_PACKETS * mtu) as f64)
+    fn capacity(rate: u64, mtu: u64) -> i64 {
+        let burst = (rate as f64 * BURST_INTERVAL.as_secs_f64()) as i64;
+        burst.max((MIN_BURST_PACKETS * mtu) as i64)
     }
 
     fn refill(&mut self, now: Instant, rate: u64, mtu: u64) {
-        if now == self.last {
-            // Many packets go out at one instant (a batch): nothing to add.
+        let Some(dt) = now.checked_duration_since(self.last) else {
             return;
-        }
+        };
         let cap = Self::capacity(rate, mtu);
-        if let Some(dt) = now.checked_duration_since(self.last) {
-            if self.tokens < cap {
-                // (An initial allowance above the capacity stays until spent.)
-                self.tokens = (self.tokens + rate as f64 * dt.as_secs_f64()).min(cap);
-            }
-            self.last = now;
+        self.cap = cap;
+        if self.tokens < cap {
+            // (An initial allowance above the capacity stays until spent.)
+            // Rounded: a wait computed for `n` bytes earns `n`.
+            let add = (rate as f64 * dt.as_secs_f64()).round() as i64;
+            self.tokens = self.tokens.saturating_add(add).min(cap);
         }
+        self.last = now;
     }
 
     /// Whether a data packet of up to `mtu` bytes may be sent at `now`
@@ -65,23 +73,28 @@ impl Pacer {
     /// half a burst will have refilled.
     #[inline]
     pub(super) fn check(&mut self, now: Instant, rate: u64, mtu: u64) -> Result<(), Instant> {
-        if now == self.last && self.tokens >= mtu as f64 {
-            // Many packets go out at one instant (a batch).
+        if self.tokens >= mtu as i64 {
+            if self.tokens >= self.cap {
+                // Full: the time it sat full earned nothing.
+                self.last = now;
+            }
             return Ok(());
         }
         self.check_slow(now, rate, mtu)
     }
 
+    #[cold]
+    #[inline(never)]
     fn check_slow(&mut self, now: Instant, rate: u64, mtu: u64) -> Result<(), Instant> {
         self.refill(now, rate, mtu);
-        if self.tokens >= mtu as f64 {
+        if self.tokens >= mtu as i64 {
             return Ok(());
         }
         let cap = Self::capacity(rate, mtu);
-        let want = (cap / 2.0).max(mtu as f64).min(cap);
-        let need = (want - self.tokens).max(1.0);
-        let secs = need / (rate.max(1) as f64);
-        let wait = Duration::try_from_secs_f64(secs)
+        let want = (cap / 2).max(mtu as i64).min(cap);
+        let need = want.saturating_sub(self.tokens).max(1);
+        let nanos = (need as f64 * 1e9 / rate.max(1) as f64).ceil();
+        let wait = Duration::try_from_secs_f64(nanos / 1e9)
             .unwrap_or(Duration::from_secs(1))
             .max(Duration::from_nanos(1));
         Err(now.checked_add(wait).unwrap_or(now))
@@ -90,7 +103,8 @@ impl Pacer {
     /// `bytes` were sent (paced or not).
     #[inline]
     pub(super) fn on_sent(&mut self, bytes: u64) {
-        self.tokens = (self.tokens - bytes as f64).max(0.0);
+        // (Never near the range: at most a window owed.)
+        self.tokens -= bytes as i64;
     }
 }
 
@@ -157,6 +171,32 @@ mod tests {
         // datagram leave.
         assert!(sent >= 24_900_000, "sent {sent}");
         assert!(sent <= 25_100_000, "sent {sent}");
+    }
+
+    /// Waking at the deadline always lets a datagram go (no wake-up that
+    /// finds a byte short, whatever the rounding).
+    #[test]
+    fn the_deadline_is_never_a_byte_short() {
+        let t0 = Instant::now();
+        for rate in [
+            1_000u64,
+            332_400,
+            1_234_567,
+            6_250_000,
+            25_000_000,
+            999_999_937,
+        ] {
+            let mut p = Pacer::new(t0, 0);
+            let mut now = t0;
+            for _ in 0..200 {
+                let at = p.check(now, rate, 1200).expect_err("empty");
+                now = at;
+                assert!(p.check(now, rate, 1200).is_ok(), "rate {rate}");
+                while p.check(now, rate, 1200).is_ok() {
+                    p.on_sent(1200);
+                }
+            }
+        }
     }
 
     #[test]

@@ -250,6 +250,26 @@ pub(super) struct SentPacket {
     pub(super) rate: RateMark,
 }
 
+impl SentPacket {
+    /// The reliable chunks it carried, for [`SendState::ack_chunks`].
+    #[inline]
+    pub(super) fn chunks(&self) -> ChunkSpan {
+        ChunkSpan {
+            log_start: self.log_start,
+            log_end: self.log_end,
+            top_seq: self.top_seq,
+        }
+    }
+}
+
+/// The reliable chunks of a packet: a span of the chunk log.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ChunkSpan {
+    log_start: u64,
+    log_end: u64,
+    top_seq: Option<u32>,
+}
+
 /// What the connection tells [`SendState::on_packet_sent`] of a packet.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct SentInfo {
@@ -751,24 +771,26 @@ impl SendState {
         self.advance_una(self.peer_cum);
     }
 
-    /// Marks packet `pn` acknowledged if it is in flight, and returns it.
-    /// Its chunks are acknowledged by [`ack_chunks`](Self::ack_chunks).
+    /// Marks packet `pn` acknowledged if it is in flight, and returns it
+    /// (borrowed: the record is large, and mostly not needed). Its chunks
+    /// are acknowledged by [`ack_chunks`](Self::ack_chunks).
     #[inline]
-    pub(super) fn ack_packet(&mut self, pn: u32) -> Option<SentPacket> {
+    pub(super) fn ack_packet(&mut self, pn: u32) -> Option<&SentPacket> {
         let idx = seq_dist(self.sent_base, pn) as usize;
         let p = self
             .sent
             .get_mut(idx)
             .filter(|p| p.state == PktState::InFlight)?;
         p.state = PktState::Acked;
-        self.in_flight = self.in_flight.saturating_sub(1);
-        self.bytes_in_flight = self.bytes_in_flight.saturating_sub(u64::from(p.size));
-        Some(*p)
+        // (Both count exactly the packets in flight, this one included.)
+        self.in_flight -= 1;
+        self.bytes_in_flight -= u64::from(p.size);
+        Some(p)
     }
 
     /// Acknowledges the reliable chunks of an acknowledged packet.
     #[inline]
-    pub(super) fn ack_chunks(&mut self, p: &SentPacket) {
+    pub(super) fn ack_chunks(&mut self, p: ChunkSpan) {
         // When even the packet's largest sequence number is below `una`,
         // every chunk in it is released already.
         if p.top_seq.is_some_and(|t| seq_ge(t, self.una)) {

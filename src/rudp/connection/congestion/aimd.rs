@@ -47,8 +47,6 @@ impl Aimd {
 }
 
 impl Controller for Aimd {
-    fn on_sent(&mut self, _now: Instant, _bytes: u64, _in_flight: u64) {}
-
     #[inline]
     fn on_packet_acked(&mut self, p: &AckedPacket) {
         if p.in_recovery || !p.cwnd_limited {

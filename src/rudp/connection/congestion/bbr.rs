@@ -753,17 +753,12 @@ impl Bbr {
 }
 
 impl Controller for Bbr {
-    fn wants_packet_acks(&self) -> bool {
+    fn wants_packet_calls(&self) -> bool {
         false
     }
 
-    fn on_sent(&mut self, _now: Instant, _bytes: u64, in_flight: u64) {
-        if in_flight + self.mtu > self.cwnd {
-            self.cwnd_limited_round = true;
-        }
-    }
-
     fn on_ack(&mut self, now: Instant, rs: &RateSample) {
+        self.cwnd_limited_round |= rs.window_full;
         self.base_rtt = rs.min_rtt;
         self.update_round(rs);
         self.update_bw(rs);

@@ -104,21 +104,26 @@ pub(super) struct RateSample {
     pub(super) srtt: Duration,
     /// Bytes in flight after this ack (and the losses it revealed).
     pub(super) in_flight: u64,
+    /// Since the previous sample, data was waiting while the window was
+    /// full: the flow is limited by its window.
+    pub(super) window_full: bool,
 }
 
 /// A congestion controller (see the module docs for who calls what, when).
 /// Windows are in bytes, rates in bytes per second.
 pub(super) trait Controller: fmt::Debug + Send {
+    /// Whether [`on_sent`](Self::on_sent) and
+    /// [`on_packet_acked`](Self::on_packet_acked) are of use: they run for
+    /// every packet, and are skipped for a controller that says no (what
+    /// it needs of them comes with each [`RateSample`]).
+    fn wants_packet_calls(&self) -> bool {
+        true
+    }
+
     /// A numbered packet of `bytes` was sent; `in_flight` bytes are in
     /// flight now, it included. Changes neither the window nor the pacing
     /// rate (they are read once per packet and cached between events).
-    fn on_sent(&mut self, now: Instant, bytes: u64, in_flight: u64);
-
-    /// Whether [`on_packet_acked`](Self::on_packet_acked) is of use (it is
-    /// skipped otherwise: it runs for every packet).
-    fn wants_packet_acks(&self) -> bool {
-        true
-    }
+    fn on_sent(&mut self, _now: Instant, _bytes: u64, _in_flight: u64) {}
 
     /// One packet was newly acknowledged (before the ack's [`on_ack`](Self::on_ack)).
     fn on_packet_acked(&mut self, _p: &AckedPacket) {}
@@ -162,17 +167,20 @@ pub(super) struct Cc {
     ctl: Box<dyn Controller>,
     window: u64,
     pacing_rate: u64,
-    per_packet_acks: bool,
+    per_packet: bool,
+    /// Data waited on a full window since the last sample.
+    window_full: bool,
 }
 
 impl Cc {
     pub(super) fn new(ctl: Box<dyn Controller>) -> Self {
-        let per_packet_acks = ctl.wants_packet_acks();
+        let per_packet = ctl.wants_packet_calls();
         let mut cc = Cc {
             ctl,
             window: 0,
             pacing_rate: 0,
-            per_packet_acks,
+            per_packet,
+            window_full: false,
         };
         cc.refresh();
         cc
@@ -203,26 +211,36 @@ impl Cc {
     /// See [`Controller::on_sent`].
     #[inline]
     pub(super) fn on_sent(&mut self, now: Instant, bytes: u64, in_flight: u64) {
-        self.ctl.on_sent(now, bytes, in_flight);
+        if self.per_packet {
+            self.ctl.on_sent(now, bytes, in_flight);
+        }
+    }
+
+    /// Data is waiting and the window is full.
+    #[inline]
+    pub(super) fn on_window_full(&mut self) {
+        self.window_full = true;
     }
 
     /// Whether [`on_packet_acked`](Self::on_packet_acked) is wanted.
     #[inline]
     pub(super) fn wants_packet_acks(&self) -> bool {
-        self.per_packet_acks
+        self.per_packet
     }
 
     /// See [`Controller::on_packet_acked`].
     #[inline]
     pub(super) fn on_packet_acked(&mut self, p: &AckedPacket) {
-        if self.per_packet_acks {
+        if self.per_packet {
             self.ctl.on_packet_acked(p);
             self.refresh();
         }
     }
 
-    /// See [`Controller::on_ack`].
-    pub(super) fn on_ack(&mut self, now: Instant, rs: &RateSample) {
+    /// See [`Controller::on_ack`]; fills in
+    /// [`RateSample::window_full`].
+    pub(super) fn on_ack(&mut self, now: Instant, rs: &mut RateSample) {
+        rs.window_full = core::mem::take(&mut self.window_full);
         self.ctl.on_ack(now, rs);
         self.refresh();
     }
@@ -343,15 +361,20 @@ impl LossEpochs {
 }
 
 /// Bytes per second of `bytes` per `d` (saturating; `d` zero: `u64::MAX`).
+/// In floating point: this runs for every ack, and a 128-bit division is
+/// a slow library call.
+#[inline]
 pub(super) fn rate_of(bytes: u64, d: Duration) -> u64 {
-    let ns = d.as_nanos();
-    if ns == 0 {
+    let secs = d.as_secs_f64();
+    if secs <= 0.0 {
         return u64::MAX;
     }
-    (u128::from(bytes) * 1_000_000_000 / ns).min(u128::from(u64::MAX)) as u64
+    // `as` saturates (and maps NaN to 0).
+    (bytes as f64 / secs) as u64
 }
 
 /// Bytes sent in `d` at `rate` bytes per second (saturating).
+#[inline]
 pub(super) fn bytes_in(rate: u64, d: Duration) -> u64 {
-    (u128::from(rate) * d.as_nanos() / 1_000_000_000).min(u128::from(u64::MAX)) as u64
+    (rate as f64 * d.as_secs_f64()) as u64
 }

@@ -61,15 +61,9 @@ pub(in crate::rudp::connection) struct RateSampler {
     /// While non-zero: samples are application-limited until this much is
     /// delivered (the bubble left by having nothing to send is acked).
     app_limited_until: u64,
-    /// The newest packet acknowledged since the last sample, if any.
-    newest: Option<Newest>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Newest {
-    mark: RateMark,
-    /// When it was sent.
-    sent: Instant,
+    /// The newest packet acknowledged since the last sample, if any: its
+    /// mark and when it was sent.
+    newest: Option<(RateMark, Instant)>,
 }
 
 impl RateSampler {
@@ -84,8 +78,8 @@ impl RateSampler {
         }
     }
 
-    /// A packet of `size` bytes is sent with `in_flight` bytes in flight
-    /// before it: what it must remember.
+    /// A packet of `size` bytes is sent at `now` with `in_flight` bytes in
+    /// flight before it: what it must remember.
     #[inline]
     pub(in crate::rudp::connection) fn on_sent(
         &mut self,
@@ -109,25 +103,24 @@ impl RateSampler {
         }
     }
 
-    /// A packet of `size` bytes sent at `sent`, carrying `mark`, was
-    /// acknowledged at `now`.
+    /// A packet of `size` bytes was acknowledged at `now`.
     #[inline]
-    pub(in crate::rudp::connection) fn on_acked(
-        &mut self,
-        now: Instant,
-        sent: Instant,
-        size: u64,
-        mark: &RateMark,
-    ) {
+    pub(in crate::rudp::connection) fn on_acked(&mut self, now: Instant, size: u64) {
         self.delivered += size;
         self.delivered_time = now;
-        // The sample is that of the packet sent last among those acked
-        // (the most delivered when it left; of equals, the latest sent).
-        if self.newest.is_none_or(|n| {
-            mark.delivered > n.mark.delivered
-                || (mark.delivered == n.mark.delivered && sent > n.sent)
+    }
+
+    /// An acknowledged packet, sent at `sent` carrying `m`, that may be
+    /// the newest acknowledged since the last sample: the sample is taken
+    /// from the packet sent last (the most delivered when it left; of
+    /// equals, the latest sent). The connection offers the first packet of
+    /// each ack (acks are walked newest first).
+    #[inline]
+    pub(in crate::rudp::connection) fn offer(&mut self, sent: Instant, m: &RateMark) {
+        if self.newest.is_none_or(|(n, t)| {
+            m.delivered > n.delivered || (m.delivered == n.delivered && sent > t)
         }) {
-            self.newest = Some(Newest { mark: *mark, sent });
+            self.newest = Some((*m, sent));
             self.first_sent = sent;
         }
     }
@@ -149,30 +142,27 @@ impl RateSampler {
     /// The sample of the packets acknowledged since the last call, if any;
     /// `min_rtt` rejects intervals shorter than a round trip.
     pub(in crate::rudp::connection) fn take(&mut self, min_rtt: Duration) -> Option<Sample> {
-        let n = self.newest.take()?;
+        let (m, sent) = self.newest.take()?;
         if self.app_limited_until != 0 && self.delivered > self.app_limited_until {
             self.app_limited_until = 0;
         }
-        let delivered = self.delivered - n.mark.delivered;
-        let send_elapsed = n.sent.saturating_duration_since(n.mark.first_sent);
+        let delivered = self.delivered - m.delivered;
+        let send_elapsed = sent.saturating_duration_since(m.first_sent);
         let ack_elapsed = self
             .delivered_time
-            .saturating_duration_since(n.mark.delivered_time);
+            .saturating_duration_since(m.delivered_time);
         let interval = send_elapsed.max(ack_elapsed);
         // A zero interval (everything within one instant: the simulator's
         // zero-latency links) counts as 1 µs, the clock's resolution.
         let interval = interval.max(Duration::from_micros(1));
-        let rate = (interval >= min_rtt).then(|| {
-            let r = u128::from(delivered) * 1_000_000_000 / interval.as_nanos().max(1);
-            r.min(u128::from(u64::MAX)) as u64
-        });
+        let rate = (interval >= min_rtt).then(|| super::rate_of(delivered, interval));
         Some(Sample {
             delivered,
             rate,
-            app_limited: n.mark.app_limited,
-            tx_in_flight: n.mark.tx_in_flight,
-            lost: self.lost - n.mark.lost,
-            prior_delivered: n.mark.delivered,
+            app_limited: m.app_limited,
+            tx_in_flight: m.tx_in_flight,
+            lost: self.lost - m.lost,
+            prior_delivered: m.delivered,
             delivered_total: self.delivered,
         })
     }
@@ -181,6 +171,11 @@ impl RateSampler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ack(r: &mut RateSampler, now: Instant, sent: Instant, mark: &RateMark) {
+        r.on_acked(now, 1000);
+        r.offer(sent, mark);
+    }
 
     /// Ten packets sent 1 ms apart, each acked 50 ms after it was sent: the
     /// rate is one packet per millisecond, whatever the RTT.
@@ -195,7 +190,7 @@ mod tests {
         }
         let mut last = None;
         for (i, (sent, m)) in marks.iter().enumerate() {
-            r.on_acked(ms(50 + i as u64), *sent, 1000, m);
+            ack(&mut r, ms(50 + i as u64), *sent, m);
             last = r.take(Duration::from_millis(50));
         }
         let s = last.unwrap();
@@ -215,13 +210,13 @@ mod tests {
         let ms = |n: u64| t0 + Duration::from_millis(n);
         let mut r = RateSampler::new(t0);
         let a = r.on_sent(ms(0), 0, 1000);
-        r.on_acked(ms(10), ms(0), 1000, &a);
+        ack(&mut r, ms(10), ms(0), &a);
         r.take(Duration::from_millis(10)).unwrap();
         let b = r.on_sent(ms(10), 0, 1000);
         let c = r.on_sent(ms(30), 1000, 1000);
         // Both acked at once 10 ms after the second was sent.
-        r.on_acked(ms(40), ms(10), 1000, &b);
-        r.on_acked(ms(40), ms(30), 1000, &c);
+        ack(&mut r, ms(40), ms(10), &b);
+        ack(&mut r, ms(40), ms(30), &c);
         let s = r.take(Duration::from_millis(10)).unwrap();
         assert_eq!(s.delivered, 2000);
         assert_eq!(s.rate, Some(2000 * 1000 / 30));
@@ -235,16 +230,16 @@ mod tests {
         let a = r.on_sent(ms(0), 0, 1000);
         r.on_app_limited(1000);
         let b = r.on_sent(ms(1), 1000, 1000);
-        r.on_acked(ms(10), ms(0), 1000, &a);
+        ack(&mut r, ms(10), ms(0), &a);
         assert!(!r.take(Duration::ZERO).unwrap().app_limited);
-        r.on_acked(ms(11), ms(1), 1000, &b);
+        ack(&mut r, ms(11), ms(1), &b);
         assert!(r.take(Duration::ZERO).unwrap().app_limited);
         let c = r.on_sent(ms(12), 0, 1000);
-        r.on_acked(ms(22), ms(12), 1000, &c);
+        ack(&mut r, ms(22), ms(12), &c);
         assert!(!r.take(Duration::ZERO).unwrap().app_limited);
         // An interval shorter than the minimum RTT is not a rate.
         let d = r.on_sent(ms(30), 0, 1000);
-        r.on_acked(ms(31), ms(30), 1000, &d);
+        ack(&mut r, ms(31), ms(30), &d);
         assert_eq!(r.take(Duration::from_millis(5)).unwrap().rate, None);
         assert!(r.take(Duration::ZERO).is_none(), "one sample per ack");
     }
