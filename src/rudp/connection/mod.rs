@@ -459,6 +459,7 @@ impl Connection {
         self.timers.stop_all();
         self.close_packet = None;
         self.tx.clear();
+        self.rate.release(None);
         self.rx.clear();
         self.inbox.push_closed(reason);
     }
@@ -747,6 +748,8 @@ impl Connection {
     /// The end of an ack's processing: its delivery-rate sample goes to the
     /// controller.
     fn on_ack_sample(&mut self, now: Instant, rtt: Option<Duration>) {
+        // Snapshots older than every packet kept cannot be offered any more.
+        self.rate.release(self.tx.oldest().map(|(_, p)| &p.rate));
         let min_rtt = self.rtt.min_rtt.unwrap_or_default();
         let Some(rate) = self.rate.take(min_rtt) else {
             return;

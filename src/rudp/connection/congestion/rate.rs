@@ -9,23 +9,36 @@
 //! a burst of acks inflates the rate. Samples taken while the sender had
 //! nothing to send (*application-limited*) say only that the path carries
 //! at least that much; the controller treats them so.
+//!
+//! The state a packet leaves under changes only with acks, losses and idle
+//! periods, so the packets sent in between (a reactor pass, a pacer's
+//! train) share one snapshot of it: a packet stores the snapshot's number
+//! and its own bytes in flight, eight bytes.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 /// What a packet remembers of the connection's delivery state when sent.
 #[derive(Debug, Clone, Copy)]
 pub(in crate::rudp::connection) struct RateMark {
-    /// Bytes delivered when it was sent.
+    /// Number of the [`Snapshot`] it was sent under.
+    snapshot: u32,
+    /// Bytes in flight just after it was sent (itself included; saturating).
+    tx_in_flight: u32,
+}
+
+/// The delivery state packets were sent under.
+#[derive(Debug, Clone, Copy)]
+struct Snapshot {
+    /// Bytes delivered.
     delivered: u64,
     /// When the last of those was delivered (or the flight started).
     delivered_time: Instant,
-    /// When the first packet of its sample window was sent.
+    /// When the first packet of the sample window was sent.
     first_sent: Instant,
-    /// Bytes declared lost when it was sent.
+    /// Bytes declared lost.
     lost: u64,
-    /// Bytes in flight just after it was sent (itself included).
-    tx_in_flight: u64,
-    /// Sent while the application had nothing more to send.
+    /// The application had nothing more to send.
     app_limited: bool,
 }
 
@@ -50,8 +63,9 @@ pub(in crate::rudp::connection) struct Sample {
     pub(in crate::rudp::connection) delivered_total: u64,
 }
 
-/// The connection's delivery state, and the sample being built from the
-/// packets one ack acknowledges.
+/// The connection's delivery state, the snapshots the packets in flight
+/// were sent under, and the sample being built from the packets one ack
+/// acknowledges.
 #[derive(Debug)]
 pub(in crate::rudp::connection) struct RateSampler {
     delivered: u64,
@@ -61,9 +75,16 @@ pub(in crate::rudp::connection) struct RateSampler {
     /// While non-zero: samples are application-limited until this much is
     /// delivered (the bubble left by having nothing to send is acked).
     app_limited_until: u64,
+    /// Snapshots `base ..` (numbers wrap), oldest first.
+    snapshots: VecDeque<Snapshot>,
+    base: u32,
+    /// The state changed since the newest snapshot.
+    changed: bool,
+    /// Number of the newest snapshot.
+    current: u32,
     /// The newest packet acknowledged since the last sample, if any: its
-    /// mark and when it was sent.
-    newest: Option<(RateMark, Instant)>,
+    /// snapshot, bytes in flight, and when it was sent.
+    newest: Option<(Snapshot, u32, Instant)>,
 }
 
 impl RateSampler {
@@ -74,6 +95,10 @@ impl RateSampler {
             first_sent: now,
             lost: 0,
             app_limited_until: 0,
+            snapshots: VecDeque::new(),
+            base: 0,
+            changed: true,
+            current: 0,
             newest: None,
         }
     }
@@ -92,14 +117,25 @@ impl RateSampler {
             // before the idle period.
             self.first_sent = now;
             self.delivered_time = now;
+            self.changed = true;
+        }
+        if self.changed {
+            self.changed = false;
+            self.snapshots.push_back(Snapshot {
+                delivered: self.delivered,
+                delivered_time: self.delivered_time,
+                first_sent: self.first_sent,
+                lost: self.lost,
+                app_limited: self.app_limited_until != 0,
+            });
+            self.current = self
+                .base
+                .wrapping_add(self.snapshots.len() as u32)
+                .wrapping_sub(1);
         }
         RateMark {
-            delivered: self.delivered,
-            delivered_time: self.delivered_time,
-            first_sent: self.first_sent,
-            lost: self.lost,
-            tx_in_flight: in_flight + size,
-            app_limited: self.app_limited_until != 0,
+            snapshot: self.current,
+            tx_in_flight: (in_flight + size).min(u64::from(u32::MAX)) as u32,
         }
     }
 
@@ -108,6 +144,7 @@ impl RateSampler {
     pub(in crate::rudp::connection) fn on_acked(&mut self, now: Instant, size: u64) {
         self.delivered += size;
         self.delivered_time = now;
+        self.changed = true;
     }
 
     /// An acknowledged packet, sent at `sent` carrying `m`, that may be
@@ -117,18 +154,38 @@ impl RateSampler {
     /// each ack (acks are walked newest first).
     #[inline]
     pub(in crate::rudp::connection) fn offer(&mut self, sent: Instant, m: &RateMark) {
-        if self.newest.is_none_or(|(n, t)| {
-            m.delivered > n.delivered || (m.delivered == n.delivered && sent > t)
+        let i = m.snapshot.wrapping_sub(self.base) as usize;
+        let Some(&snap) = self.snapshots.get(i) else {
+            return;
+        };
+        if self.newest.is_none_or(|(n, _, t)| {
+            snap.delivered > n.delivered || (snap.delivered == n.delivered && sent > t)
         }) {
-            self.newest = Some((*m, sent));
+            self.newest = Some((snap, m.tx_in_flight, sent));
             self.first_sent = sent;
+            self.changed = true;
         }
+    }
+
+    /// Forgets the snapshots older than `oldest`'s, the mark of the oldest
+    /// packet kept (`None`: no packet is kept).
+    pub(in crate::rudp::connection) fn release(&mut self, oldest: Option<&RateMark>) {
+        let n = match oldest {
+            Some(m) => (m.snapshot.wrapping_sub(self.base) as usize).min(self.snapshots.len()),
+            None => {
+                self.changed = true;
+                self.snapshots.len()
+            }
+        };
+        self.snapshots.drain(..n);
+        self.base = self.base.wrapping_add(n as u32);
     }
 
     /// `size` bytes were declared lost.
     #[inline]
     pub(in crate::rudp::connection) fn on_lost(&mut self, size: u64) {
         self.lost += size;
+        self.changed = true;
     }
 
     /// The sender had a chance to send and nothing to send (and room in its
@@ -137,14 +194,16 @@ impl RateSampler {
     #[inline]
     pub(in crate::rudp::connection) fn on_app_limited(&mut self, in_flight: u64) {
         self.app_limited_until = (self.delivered + in_flight).max(1);
+        self.changed = true;
     }
 
     /// The sample of the packets acknowledged since the last call, if any;
     /// `min_rtt` rejects intervals shorter than a round trip.
     pub(in crate::rudp::connection) fn take(&mut self, min_rtt: Duration) -> Option<Sample> {
-        let (m, sent) = self.newest.take()?;
+        let (m, tx_in_flight, sent) = self.newest.take()?;
         if self.app_limited_until != 0 && self.delivered > self.app_limited_until {
             self.app_limited_until = 0;
+            self.changed = true;
         }
         let delivered = self.delivered - m.delivered;
         let send_elapsed = sent.saturating_duration_since(m.first_sent);
@@ -160,7 +219,7 @@ impl RateSampler {
             delivered,
             rate,
             app_limited: m.app_limited,
-            tx_in_flight: m.tx_in_flight,
+            tx_in_flight: u64::from(tx_in_flight),
             lost: self.lost - m.lost,
             prior_delivered: m.delivered,
             delivered_total: self.delivered,
@@ -220,6 +279,39 @@ mod tests {
         let s = r.take(Duration::from_millis(10)).unwrap();
         assert_eq!(s.delivered, 2000);
         assert_eq!(s.rate, Some(2000 * 1000 / 30));
+    }
+
+    /// Packets sent between two changes of the state share a snapshot;
+    /// released snapshots are forgotten.
+    #[test]
+    fn packets_sent_without_a_change_share_a_snapshot() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut r = RateSampler::new(t0);
+        let a = r.on_sent(ms(0), 0, 1000);
+        let b = r.on_sent(ms(1), 1000, 1000);
+        assert_eq!(a.snapshot, b.snapshot);
+        assert_eq!(b.tx_in_flight, 2000);
+        r.on_acked(ms(5), 1000);
+        let c = r.on_sent(ms(5), 1000, 1000);
+        assert_ne!(b.snapshot, c.snapshot);
+        r.on_lost(1000);
+        let d = r.on_sent(ms(5), 1000, 1000);
+        assert_ne!(c.snapshot, d.snapshot);
+        assert_eq!(r.snapshots.len(), 3);
+        r.release(Some(&c));
+        assert_eq!(r.snapshots.len(), 2);
+        // A released snapshot is no sample; a kept one is.
+        r.offer(ms(1), &b);
+        assert!(r.take(Duration::ZERO).is_none());
+        r.offer(ms(5), &d);
+        assert_eq!(r.take(Duration::ZERO).unwrap().tx_in_flight, 2000);
+        r.release(None);
+        assert!(r.snapshots.is_empty());
+        let e = r.on_sent(ms(9), 0, 1000);
+        r.on_acked(ms(10), 1000);
+        r.offer(ms(9), &e);
+        assert_eq!(r.take(Duration::ZERO).unwrap().delivered, 1000);
     }
 
     #[test]
