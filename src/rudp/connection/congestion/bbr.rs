@@ -688,7 +688,7 @@ impl Bbr {
         match self.probe_rtt_done {
             None => {
                 if rs.in_flight <= self.probe_rtt_cwnd() {
-                    self.probe_rtt_done = Some(now + PROBE_RTT_DURATION);
+                    self.probe_rtt_done = Some(now.checked_add(PROBE_RTT_DURATION).unwrap_or(now));
                     self.probe_rtt_round_done = false;
                     self.start_round();
                 }
