@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use super::wire::{MAX_ACK_DELAY_MS, MAX_MTU, MAX_RECV_WINDOW, MIN_MTU};
+use super::CongestionControl;
 
 /// Bytes of a DATA datagram that are not fragment payload in the worst case:
 /// header + packet number + ack block + largest chunk header.
@@ -47,12 +48,20 @@ pub struct RudpConfig {
     /// and the source-wide and endpoint-wide bounds,
     /// `max_source_recv_bytes` and `max_endpoint_recv_bytes`.
     pub max_recv_buffer_bytes: usize,
-    /// Congestion window at the start, in packets. Default 10.
+    /// Congestion window at the start, in packets (both controllers; the
+    /// pacer lets it go at once). Default 10.
     pub initial_cwnd: u32,
-    /// Smallest congestion window, in packets. Default 2.
+    /// Smallest congestion window, in packets. Default 2 (`Aimd`; BBR's
+    /// window is at least 4 packets, or this if larger).
     pub min_cwnd: u32,
-    /// Largest congestion window: packets in flight. Default 1,024.
+    /// Most ack-eliciting packets in flight, whatever the congestion
+    /// window. Default 1,024.
     pub max_in_flight: u32,
+    /// The congestion controller, a sender's local choice (nothing changes
+    /// on the wire). Default [`CongestionControl::Bbr`]; `Aimd` is the
+    /// loss-based window of earlier versions. Both are paced, see
+    /// `docs/rudp.md` §5.
+    pub congestion: CongestionControl,
     /// RTT assumed before the first sample. Default 100 ms.
     pub initial_rtt: Duration,
     /// Smallest retransmission timeout. Default 50 ms.
@@ -158,6 +167,7 @@ setters!(RudpConfig {
     initial_cwnd: u32,
     min_cwnd: u32,
     max_in_flight: u32,
+    congestion: CongestionControl,
     initial_rtt: Duration,
     min_rto: Duration,
     max_rto: Duration,
@@ -196,6 +206,7 @@ impl Default for RudpConfig {
             initial_cwnd: 10,
             min_cwnd: 2,
             max_in_flight: 1024,
+            congestion: CongestionControl::Bbr,
             initial_rtt: Duration::from_millis(100),
             min_rto: Duration::from_millis(50),
             max_rto: Duration::from_secs(2),

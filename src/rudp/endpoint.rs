@@ -1315,7 +1315,9 @@ impl Endpoint {
 
     /// Writes the next datagram into `buf` (at least `mtu` bytes) and says
     /// where to send it. Connections take turns, one datagram each (or up
-    /// to [`set_transmit_burst`](Self::set_transmit_burst)).
+    /// to [`set_transmit_burst`](Self::set_transmit_burst)); one that its
+    /// pacer holds back is skipped, and its pacing deadline is part of
+    /// [`poll_timeout`](Self::poll_timeout).
     #[must_use]
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
         if let Some(&(dest, ref bytes, len)) = self.stateless.front() {

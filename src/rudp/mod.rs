@@ -60,7 +60,7 @@ mod timer;
 pub mod wire;
 
 pub use config::RudpConfig;
-pub use connection::{Connection, ConnectionStats, PerGuarantee, Side};
+pub use connection::{CongestionControl, Connection, ConnectionStats, PerGuarantee, Side};
 pub(crate) use connection::{MsgRef, RawEvent};
 pub use endpoint::{ConnectionHandle, Endpoint, EndpointStats, Transmit};
 pub use error::{RudpError, SendError};

@@ -6,6 +6,16 @@
 //! `Pair::drive_bounded`): a protocol that livelocks (keeps doing work
 //! without time advancing) or never reaches the goal fails the test instead
 //! of hanging it.
+//!
+//! A link may have a *bottleneck*: a rate (`LinkConfig::rate_bps`) at which
+//! datagrams serialize, behind a drop-tail queue (`LinkConfig::queue_bytes`),
+//! then the propagation delay (`latency`). Directions can share one
+//! bottleneck ([`Sim::share_bottleneck`]), so several flows compete for it
+//! as they would for a router's queue. With [`Sim::timer_granularity`] the
+//! nodes behave like the reactor: a node only sends at the end of a *pass*
+//! (after it received datagrams or its timer fired), and it sleeps until its
+//! deadline rounded up to the granularity (the reactor waits in whole
+//! milliseconds).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -32,7 +42,17 @@ pub(crate) struct LinkConfig {
     /// Extra delay of a reordered datagram, uniform in `0..reorder_delay`
     /// (plus 1 ms, so it really arrives after later ones).
     pub(crate) reorder_delay: Duration,
+    /// Bottleneck rate, bits per second (each datagram counted with
+    /// [`WIRE_OVERHEAD`] bytes of IPv4 and UDP headers); 0: unlimited, no
+    /// queue.
+    pub(crate) rate_bps: u64,
+    /// Drop-tail queue of the bottleneck: a datagram that finds this many
+    /// bytes (or more) waiting to be serialized is dropped; 0: unlimited.
+    pub(crate) queue_bytes: usize,
 }
+
+/// Bytes of IPv4 and UDP headers a bottleneck serializes with every datagram.
+pub(crate) const WIRE_OVERHEAD: usize = 28;
 
 impl Default for LinkConfig {
     fn default() -> Self {
@@ -43,7 +63,96 @@ impl Default for LinkConfig {
             latency: Duration::ZERO,
             jitter: Duration::ZERO,
             reorder_delay: Duration::from_millis(10),
+            rate_bps: 0,
+            queue_bytes: 0,
         }
+    }
+}
+
+impl LinkConfig {
+    /// A bottleneck of `mbit_s` Mbit/s with one-way propagation delay
+    /// `one_way`, random loss `loss`, and a drop-tail queue of one
+    /// bandwidth-delay product (of the round trip `2 × one_way`), as a
+    /// link emulator is usually set up.
+    pub(crate) fn bottleneck(mbit_s: f64, one_way: Duration, loss: f64) -> Self {
+        let rate_bps = (mbit_s * 1e6) as u64;
+        let bdp = (rate_bps as f64 / 8.0 * (2 * one_way).as_secs_f64()) as usize;
+        LinkConfig {
+            loss,
+            latency: one_way,
+            rate_bps,
+            queue_bytes: bdp,
+            ..LinkConfig::default()
+        }
+    }
+}
+
+/// Counters and queueing delays of one bottleneck.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct BottleneckStats {
+    /// Datagrams serialized.
+    pub(crate) packets: u64,
+    /// Bytes serialized (headers of [`WIRE_OVERHEAD`] included).
+    pub(crate) bytes: u64,
+    /// Datagrams dropped because the queue was full.
+    pub(crate) dropped: u64,
+    /// Time each datagram waited in the queue before its serialization
+    /// started, microseconds, in order of arrival.
+    pub(crate) queue_delays_us: Vec<u32>,
+}
+
+impl BottleneckStats {
+    /// The `q`-quantile (0..=1) of the queueing delays of the datagrams
+    /// that arrived after the first `skip` (zero when none did).
+    pub(crate) fn queue_delay_quantile(&self, skip: usize, q: f64) -> Duration {
+        let mut v: Vec<u32> = self.queue_delays_us.iter().skip(skip).copied().collect();
+        if v.is_empty() {
+            return Duration::ZERO;
+        }
+        v.sort_unstable();
+        let i = ((v.len() - 1) as f64 * q.clamp(0.0, 1.0)).round() as usize;
+        Duration::from_micros(u64::from(v[i]))
+    }
+}
+
+/// A rate-limited link with a drop-tail queue, shared by one or more
+/// directions.
+#[derive(Debug, Clone)]
+pub(crate) struct Bottleneck {
+    rate_bps: u64,
+    queue_bytes: usize,
+    /// When the last datagram accepted finishes serializing.
+    busy_until: Instant,
+    /// What happened at this bottleneck.
+    pub(crate) stats: BottleneckStats,
+}
+
+impl Bottleneck {
+    fn serialization(&self, len: usize) -> Duration {
+        let bits = (len + WIRE_OVERHEAD) as u128 * 8;
+        Duration::from_nanos((bits * 1_000_000_000 / u128::from(self.rate_bps.max(1))) as u64)
+    }
+
+    /// Bytes waiting at `now` (including the rest of the one on the wire).
+    fn backlog(&self, now: Instant) -> usize {
+        let left = self.busy_until.saturating_duration_since(now);
+        (left.as_nanos() * u128::from(self.rate_bps) / 8_000_000_000) as usize
+    }
+
+    /// Queues a datagram of `len` bytes arriving at `now`: when it has
+    /// been serialized (it then propagates), or `None` if the queue is full.
+    fn enqueue(&mut self, now: Instant, len: usize) -> Option<Instant> {
+        if self.queue_bytes > 0 && self.backlog(now) + len > self.queue_bytes {
+            self.stats.dropped += 1;
+            return None;
+        }
+        let start = self.busy_until.max(now);
+        self.busy_until = start + self.serialization(len);
+        let waited = (start - now).as_micros().min(u128::from(u32::MAX)) as u32;
+        self.stats.queue_delays_us.push(waited);
+        self.stats.packets += 1;
+        self.stats.bytes += (len + WIRE_OVERHEAD) as u64;
+        Some(self.busy_until)
     }
 }
 
@@ -80,6 +189,11 @@ pub(crate) struct Node {
     /// Whether [`Sim::step`] polls this node's events into `events`
     /// (default); when false the test polls the endpoint itself.
     pub(crate) collect_events: bool,
+    /// With a timer granularity: the node had a pass in the last step (it
+    /// received datagrams or its timers fired), so it sends now.
+    active: bool,
+    /// With a timer granularity: when the node's last pass was.
+    last_pass: Instant,
 }
 
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -106,6 +220,16 @@ pub(crate) struct Sim {
     pub(crate) links: HashMap<(usize, usize), LinkConfig>,
     /// Drop datagrams for which this returns true (applied before loss).
     pub(crate) drop_filter: Option<DropFilter>,
+    /// Bottlenecks, by index (see [`Sim::bottleneck`]).
+    pub(crate) bottlenecks: Vec<Bottleneck>,
+    /// Which bottleneck a direction (from node, to node) goes through, once
+    /// it has a rate.
+    bottleneck_of: HashMap<(usize, usize), usize>,
+    /// Zero (default): a node handles its timers exactly at their deadline
+    /// and sends at every step. Otherwise the node behaves like the reactor:
+    /// it sends only at the end of a pass and sleeps until its deadline
+    /// rounded up to this granularity (or until a datagram arrives).
+    pub(crate) timer_granularity: Duration,
     /// Network counters.
     pub(crate) net: NetStats,
     /// When `Some`, datagrams to addresses with no node are kept here as
@@ -147,6 +271,7 @@ impl Sim {
     /// Node `i` listens on 10.0.0.(i+1):(4000+i) (virtual addresses).
     pub(crate) fn new(n: usize, cfg: RudpConfig, link: LinkConfig, seed: u64) -> Self {
         let mut rng = Rng::new(seed);
+        let now = Instant::now();
         let mut nodes = Vec::with_capacity(n);
         let mut by_addr = HashMap::new();
         for i in 0..n {
@@ -162,14 +287,19 @@ impl Sim {
                 sent: 0,
                 errors: 0,
                 collect_events: true,
+                active: true,
+                last_pass: now,
             });
         }
         Sim {
-            now: Instant::now(),
+            now,
             nodes,
             link,
             links: HashMap::new(),
             drop_filter: None,
+            bottlenecks: Vec::new(),
+            bottleneck_of: HashMap::new(),
+            timer_granularity: Duration::ZERO,
             net: NetStats::default(),
             captured: None,
             steps: 0,
@@ -192,6 +322,48 @@ impl Sim {
             .connect(now, server)
             .expect("a fresh endpoint has room");
         (sim, peer)
+    }
+
+    /// Makes the directions `dirs` (from node, to node) go through one
+    /// bottleneck, with the rate and queue of the first direction's link
+    /// (set the links first). Returns its index in [`Sim::bottlenecks`].
+    pub(crate) fn share_bottleneck(&mut self, dirs: &[(usize, usize)]) -> usize {
+        let link = dirs
+            .first()
+            .map_or(self.link, |d| *self.links.get(d).unwrap_or(&self.link));
+        let idx = self.new_bottleneck(&link);
+        for &d in dirs {
+            self.bottleneck_of.insert(d, idx);
+        }
+        idx
+    }
+
+    fn new_bottleneck(&mut self, link: &LinkConfig) -> usize {
+        self.bottlenecks.push(Bottleneck {
+            rate_bps: link.rate_bps,
+            queue_bytes: link.queue_bytes,
+            busy_until: self.now,
+            stats: BottleneckStats::default(),
+        });
+        self.bottlenecks.len() - 1
+    }
+
+    /// The bottleneck of direction `from` → `to` (created on first use,
+    /// `None` when its link has no rate).
+    pub(crate) fn bottleneck(&mut self, from: usize, to: usize) -> Option<&mut Bottleneck> {
+        let idx = match self.bottleneck_of.get(&(from, to)) {
+            Some(&i) => i,
+            None => {
+                let link = *self.links.get(&(from, to)).unwrap_or(&self.link);
+                if link.rate_bps == 0 {
+                    return None;
+                }
+                let i = self.new_bottleneck(&link);
+                self.bottleneck_of.insert((from, to), i);
+                i
+            }
+        };
+        self.bottlenecks.get_mut(idx)
     }
 
     /// Injects a datagram as if `from` had sent it to node `to`, arriving now.
@@ -237,6 +409,17 @@ impl Sim {
             1
         };
         for _ in 0..copies {
+            // Through the bottleneck's queue and serialization first.
+            let mut depart = self.now;
+            if let Some(b) = self.bottleneck(from, to) {
+                match b.enqueue(depart, len) {
+                    Some(t) => depart = t,
+                    None => {
+                        self.net.dropped += 1;
+                        continue;
+                    }
+                }
+            }
             let mut delay = link.latency;
             if !link.jitter.is_zero() {
                 delay += link.jitter.mul_f64(self.rng.next_f64());
@@ -247,7 +430,7 @@ impl Sim {
             }
             self.order += 1;
             self.queue.push(Reverse(InFlight {
-                at: self.now + delay,
+                at: depart + delay,
                 order: self.order,
                 from: from_addr,
                 to: to_addr,
@@ -260,6 +443,11 @@ impl Sim {
     /// collect events; when none of that did anything, advance the clock to
     /// the next datagram arrival or deadline. Returns false when there is
     /// nothing left to do at all.
+    ///
+    /// With a [`timer_granularity`](Self::timer_granularity), a node
+    /// transmits only in the step after one in which it received datagrams
+    /// or handled its timers (the end of its pass), and its timers fire
+    /// when a datagram wakes it or when its rounded-up sleep ends.
     pub(crate) fn step(&mut self) -> bool {
         self.step_until(None)
     }
@@ -269,8 +457,13 @@ impl Sim {
     fn step_until(&mut self, cap: Option<Instant>) -> bool {
         self.steps += 1;
         let now = self.now;
+        let exact = self.timer_granularity.is_zero();
         let mut progressed = false;
         for i in 0..self.nodes.len() {
+            if !exact && !self.nodes[i].active {
+                continue;
+            }
+            self.nodes[i].active = false;
             loop {
                 let mut buf = core::mem::take(&mut self.buf);
                 let t = self.nodes[i].ep.poll_transmit(now, &mut buf);
@@ -291,13 +484,22 @@ impl Sim {
                 if n.ep.handle_datagram(now, p.from, &p.data).is_err() {
                     n.errors += 1;
                 }
+                n.active = true;
                 progressed = true;
             }
         }
+        let granularity = self.timer_granularity;
         for n in &mut self.nodes {
-            if n.ep.poll_timeout().is_some_and(|t| t <= now) {
+            let due = n.ep.poll_timeout().is_some_and(|t| {
+                t <= now && (exact || n.active || wake_at(n.last_pass, t, granularity) <= now)
+            });
+            if due {
                 n.ep.handle_timeout(now);
+                n.active = true;
                 progressed = true;
+            }
+            if n.active {
+                n.last_pass = now;
             }
             while n.collect_events {
                 let Some(ev) = n.ep.poll_event() else { break };
@@ -312,7 +514,14 @@ impl Sim {
         let next_timer = self
             .nodes
             .iter_mut()
-            .filter_map(|n| n.ep.poll_timeout())
+            .filter_map(|n| {
+                let t = n.ep.poll_timeout()?;
+                Some(if exact {
+                    t
+                } else {
+                    wake_at(n.last_pass, t, granularity)
+                })
+            })
             .min();
         match (next_packet, next_timer) {
             (None, None) => false,
@@ -371,8 +580,28 @@ impl Sim {
         Ok(())
     }
 
+    /// Marks node `i` as having a pass now (with a timer granularity, it
+    /// sends at the next step): for a test that queues messages on a node
+    /// outside of its passes, as a timer callback of the application would.
+    pub(crate) fn wake(&mut self, i: usize) {
+        if let Some(n) = self.nodes.get_mut(i) {
+            n.active = true;
+        }
+    }
+
     /// Removes and returns node `i`'s collected events.
     pub(crate) fn take_events(&mut self, i: usize) -> Vec<(ConnectionHandle, Event)> {
         self.nodes[i].events.drain(..).collect()
     }
+}
+
+/// When a node whose last pass was at `last` wakes for a deadline `t`: its
+/// sleep is rounded up to a multiple of `granularity`, like the reactor's.
+fn wake_at(last: Instant, t: Instant, granularity: Duration) -> Instant {
+    let Some(wait) = t.checked_duration_since(last) else {
+        return last;
+    };
+    let g = granularity.as_nanos().max(1);
+    let rounded = wait.as_nanos().div_ceil(g) * g;
+    last + Duration::from_nanos(rounded.min(u128::from(u64::MAX)) as u64)
 }

@@ -20,13 +20,15 @@ pub(crate) enum Timer {
     Idle = 5,
     /// Tail-loss probe: send one probe packet before the RTO fires.
     Probe = 6,
+    /// The pacer lets the next data packet go.
+    Pace = 7,
 }
 
 /// Deadlines, one slot per [`Timer`], with the earliest cached (the owner
 /// asks for it after every datagram).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct TimerTable {
-    deadlines: [Option<Instant>; 7],
+    deadlines: [Option<Instant>; 8],
     /// The earliest of `deadlines`.
     earliest: Option<Instant>,
     /// `earliest` changed since the last [`take_changed`](Self::take_changed).
@@ -60,7 +62,7 @@ impl TimerTable {
     }
 
     pub(crate) fn stop_all(&mut self) {
-        self.deadlines = [None; 7];
+        self.deadlines = [None; 8];
         self.recompute();
     }
 

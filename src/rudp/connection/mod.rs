@@ -10,8 +10,13 @@
 //!   window (order and sets);
 //! - `reassembly`: fragmented messages put back together;
 //! - `events`: events waiting for the application, and where their bytes are;
-//! - `rtt`, `congestion`, `loss`: the RTT estimate, the congestion window,
-//!   and the reordering tolerance that spurious losses teach;
+//! - `rtt`, `loss`: the RTT estimate and the reordering tolerance that
+//!   spurious losses teach;
+//! - `congestion`: the congestion controller (BBR or AIMD, behind one
+//!   trait), the delivery-rate samples that feed it, and the loss epochs
+//!   (one response per round trip, undone when spurious);
+//! - `pacing`: the token bucket that spreads data packets at the
+//!   controller's pacing rate;
 //! - `stats`: the counters.
 //!
 //! The methods the connection calls per message or per packet across these
@@ -36,20 +41,24 @@ use super::{Event, EventRef, Guarantee, RudpCloseReason, RudpError, SendError};
 mod congestion;
 mod events;
 mod loss;
+mod pacing;
 mod reassembly;
 mod recv;
 mod rtt;
 mod send;
 mod stats;
 
-use congestion::Congestion;
+use congestion::rate::RateSampler;
+pub use congestion::CongestionControl;
+use congestion::{AckedPacket, Cc, LossEpochs, RateSample};
 use events::Inbox;
 pub(crate) use events::{InPlace, MsgRef, RawEvent};
 use loss::{LostPacket, Reordering};
+use pacing::Pacer;
 pub(crate) use recv::BudgetEvents;
 use recv::{ChunkOutcome, PnStatus, RecvLimits, RecvState};
 use rtt::{RttEstimator, GRANULARITY};
-use send::SendState;
+use send::{SendState, SentInfo};
 pub use stats::{ConnectionStats, PerGuarantee};
 
 /// Cap of the exponent in RTO backoff.
@@ -99,6 +108,11 @@ enum State {
 ///    [`poll_event`](Self::poll_event) (or [`poll_event_ref`](Self::poll_event_ref))
 ///    until `None`, then re-read [`poll_timeout`](Self::poll_timeout).
 ///
+/// `poll_transmit` may return `None` with data queued and the congestion
+/// window open: the pacer holds data packets to the pacing rate, and
+/// `poll_timeout` then includes the moment it lets the next train go
+/// (`docs/rudp.md` §5).
+///
 /// Time is always passed in; the connection never reads a clock. Most
 /// programs use an [`Endpoint`](super::Endpoint), which owns the
 /// connections and routes datagrams; `Connection` is public for embedding and
@@ -126,7 +140,15 @@ pub struct Connection {
     tx: SendState,
     rx: RecvState,
     rtt: RttEstimator,
-    cc: Congestion,
+    /// The congestion controller.
+    cc: Cc,
+    /// Loss epochs: when the controller responds, and undoes.
+    epochs: LossEpochs,
+    /// Delivery-rate samples for the controller.
+    rate: RateSampler,
+    pacer: Pacer,
+    /// Bytes delivered as of the last rate sample.
+    acked_before: u64,
     rto_backoff: u32,
     consecutive_rto: u32,
     /// Recent losses and the reordering tolerance they taught.
@@ -187,7 +209,17 @@ impl Connection {
             tx: SendState::new(initial),
             rx: RecvState::new(0, RecvLimits::new(&cfg, RudpConfig::frag_payload(cfg.mtu))),
             rtt: RttEstimator::new(cfg.initial_rtt),
-            cc: Congestion::new(&cfg),
+            cc: Cc::new(
+                cfg.congestion
+                    .build(&cfg, cfg.mtu, now, seed ^ 0xbb_c0_c0_a5_5e_ed_00_01),
+            ),
+            epochs: LossEpochs::default(),
+            rate: RateSampler::new(now),
+            pacer: Pacer::new(
+                now,
+                u64::from(cfg.initial_cwnd).saturating_mul(cfg.mtu as u64),
+            ),
+            acked_before: 0,
             rto_backoff: 0,
             consecutive_rto: 0,
             reorder: Reordering::new(cfg.packet_threshold),
@@ -255,6 +287,7 @@ impl Connection {
     fn establish(&mut self, now: Instant, peer: Params) {
         self.mtu = self.cfg.mtu.min(usize::from(peer.max_datagram));
         self.frag_size = RudpConfig::frag_payload(self.mtu);
+        self.cc.set_mtu(self.mtu as u64);
         self.peer_window = peer.recv_window;
         self.peer_max_message = peer.max_message_len as usize;
         self.peer_max_ack_delay = Duration::from_millis(u64::from(peer.max_ack_delay_ms));
@@ -318,8 +351,14 @@ impl Connection {
         s.rttvar = self.rtt.rttvar;
         s.min_rtt = self.rtt.min_rtt.unwrap_or_default();
         s.rto = self.current_rto();
-        s.cwnd = self.cc.cwnd();
+        let window = self.cc.window();
+        s.cwnd = (window / (self.mtu as u64).max(1)).min(u64::from(u32::MAX)) as u32;
+        s.cwnd_bytes = window;
+        s.pacing_rate = self.cc.pacing_rate();
+        s.bandwidth = self.cc.controller().bandwidth();
+        s.congestion_state = self.cc.controller().state();
         s.in_flight = self.tx.in_flight();
+        s.bytes_in_flight = self.tx.bytes_in_flight();
         s.reorder_threshold = self.reorder.threshold();
         s.reorder_window = self.reorder.window();
         s.messages_delivered = self.inbox.delivered();
@@ -487,6 +526,7 @@ impl Connection {
         self.timers.stop_all();
         self.close_packet = None;
         self.tx.clear();
+        self.rate.release(None);
         self.rx.clear();
         self.inbox.push_closed(reason);
     }
@@ -700,6 +740,7 @@ impl Connection {
             self.check_cumulative_spurious(now);
         }
         let mut newly_acked = false;
+        let mut rtt_sample = None;
         // Merge cursor into the loss history for the packet numbers of this
         // ack, visited in decreasing order.
         let mut lost_cursor = self.reorder.cursor();
@@ -728,14 +769,22 @@ impl Connection {
                 }
                 continue;
             };
+            let (sent, size, cwnd_limited, chunks) = (p.time, p.size, p.cwnd_limited, p.chunks());
+            if !newly_acked {
+                // Acks are walked newest first: the first packet newly
+                // acked is the one the delivery-rate sample may be taken
+                // from.
+                self.rate.offer(sent, &p.rate);
+            }
             newly_acked = true;
             if i == 0 {
-                let sample = now.saturating_duration_since(p.time);
+                let sample = now.saturating_duration_since(sent);
                 self.rtt
                     .update(sample, ack.delay(), self.peer_max_ack_delay);
+                rtt_sample = Some(sample);
             }
-            self.cc.on_ack(pn, p.cwnd_limited);
-            self.tx.ack_chunks(&p);
+            self.on_packet_acked(now, pn, size, cwnd_limited);
+            self.tx.ack_chunks(chunks);
         }
         self.tx.on_largest_acked(ack.largest);
         if newly_acked {
@@ -748,8 +797,44 @@ impl Connection {
         self.tx.release_acked();
         self.tx.pop_resolved();
         self.detect_lost(now);
+        self.on_ack_sample(now, rtt_sample);
         self.check_writable();
         self.check_close_flush();
+    }
+
+    /// Packet `pn`, of `size` bytes, was newly acknowledged: the rate
+    /// sample and the controller learn of it.
+    #[inline]
+    fn on_packet_acked(&mut self, now: Instant, pn: u32, size: u32, cwnd_limited: bool) {
+        self.rate.on_acked(now, u64::from(size));
+        if self.cc.wants_packet_acks() {
+            self.cc.on_packet_acked(&AckedPacket {
+                in_recovery: self.epochs.in_recovery(pn),
+                cwnd_limited,
+            });
+        }
+    }
+
+    /// The end of an ack's processing: its delivery-rate sample goes to the
+    /// controller.
+    fn on_ack_sample(&mut self, now: Instant, rtt: Option<Duration>) {
+        // Snapshots older than every packet kept cannot be offered any more.
+        self.rate.release(self.tx.oldest().map(|(_, p)| &p.rate));
+        let min_rtt = self.rtt.min_rtt.unwrap_or_default();
+        let Some(rate) = self.rate.take(min_rtt) else {
+            return;
+        };
+        let mut rs = RateSample {
+            acked: rate.delivered_total - self.acked_before,
+            rate,
+            rtt,
+            min_rtt,
+            srtt: self.rtt.srtt,
+            in_flight: self.tx.bytes_in_flight(),
+            window_full: false,
+        };
+        self.acked_before = rate.delivered_total;
+        self.cc.on_ack(now, &mut rs);
     }
 
     /// Declares the packet at `idx` of the send state lost (if in flight),
@@ -761,11 +846,17 @@ impl Connection {
         };
         self.stats.packets_lost += 1;
         trace!("rudp: {:08x} packet {pn} lost", self.conn_id);
+        let bytes = u64::from(p.size);
+        self.rate.on_lost(bytes);
+        self.cc
+            .on_packet_lost(now, bytes, self.tx.bytes_in_flight());
         if congestion {
-            self.cc.on_loss(pn, self.tx.next_pn());
-            self.reorder.on_congestion_loss(self.cc.clean_epochs());
+            if self.epochs.on_loss(pn, self.tx.next_pn()) {
+                self.cc.on_congestion_event(now, false);
+            }
+            self.reorder.on_congestion_loss(self.epochs.clean_epochs());
         } else {
-            self.cc.count_lost();
+            self.epochs.count_lost();
         }
         let una = self.tx.una();
         self.reorder.record(LostPacket {
@@ -773,7 +864,7 @@ impl Connection {
             sent: p.time,
             lost_at: now,
             top_seq: p.top_seq.filter(|&t| seq_ge(t, una)),
-            epoch: self.cc.epoch(),
+            epoch: self.epochs.epoch(),
         });
     }
 
@@ -799,12 +890,13 @@ impl Connection {
         let took = now.saturating_duration_since(lost.sent);
         let cap = self.current_rto().max(self.rtt.srtt * 2);
         self.reorder.widen(overtaken, took, cap);
-        if self.cc.on_spurious(lost.epoch) {
+        if self.epochs.on_spurious(lost.epoch) {
+            self.cc.on_spurious_congestion();
             self.stats.cwnd_undos += 1;
             debug!(
-                "rudp: {:08x} spurious loss: congestion window restored to {}",
+                "rudp: {:08x} spurious loss: congestion window restored to {} bytes",
                 self.conn_id,
-                self.cc.cwnd()
+                self.cc.window()
             );
         }
         trace!(
@@ -839,7 +931,8 @@ impl Connection {
             let beyond = dist > 64;
             if beyond && !p.unreliable && self.tx.content_acked(p) {
                 if let Some(p) = self.tx.ack_packet(pn) {
-                    self.cc.on_ack(pn, p.cwnd_limited);
+                    let (size, cwnd_limited) = (p.size, p.cwnd_limited);
+                    self.on_packet_acked(now, pn, size, cwnd_limited);
                 }
                 continue;
             }
@@ -888,7 +981,8 @@ impl Connection {
             return;
         }
         // Persistent: every packet in flight is lost, the window collapses.
-        self.cc.on_rto(self.tx.next_pn());
+        self.epochs.on_rto(self.tx.next_pn());
+        self.cc.on_congestion_event(now, true);
         for idx in 0..self.tx.unresolved() {
             self.mark_lost(now, idx, false);
         }
@@ -1002,6 +1096,9 @@ impl Connection {
         if self.timers.take_expired(Timer::Ack, now) {
             self.rx.on_ack_timer();
         }
+        // The pacer's deadline: nothing to do but let `poll_transmit` ask
+        // the pacer again.
+        let _ = self.timers.take_expired(Timer::Pace, now);
         if self.timers.take_expired(Timer::Loss, now) {
             self.detect_lost(now);
         }
@@ -1150,13 +1247,29 @@ impl Connection {
             }
             self.ping_pending = true;
         }
-        if buf.len() >= self.mtu
-            && self.tx.in_flight() < self.cc.cwnd()
-            && self.tx.has_sendable(self.peer_window)
-        {
-            if let Some(n) = self.build_data(now, buf) {
-                return Some(n);
+        if buf.len() >= self.mtu && self.window_open() {
+            if self.tx.has_sendable(self.peer_window) {
+                let mtu = self.mtu as u64;
+                match self.pacer.check(now, self.cc.pacing_rate(), mtu) {
+                    Ok(()) => {
+                        if let Some(n) = self.build_data(now, buf) {
+                            return Some(n);
+                        }
+                    }
+                    Err(at) => {
+                        if !self.timers.is_set(Timer::Pace) {
+                            self.stats.pacing_delays += 1;
+                        }
+                        self.timers.set(Timer::Pace, at);
+                    }
+                }
+            } else {
+                // Room in the window and nothing to send: the rate samples
+                // of what is in flight say little about the path.
+                self.rate.on_app_limited(self.tx.bytes_in_flight());
             }
+        } else if buf.len() >= self.mtu && self.tx.has_sendable(self.peer_window) {
+            self.cc.on_window_full();
         }
         if self.ping_pending {
             let ack = self.rx.ack_repr(now);
@@ -1172,7 +1285,7 @@ impl Connection {
             }
             self.stats.pings_sent += 1;
             let log_end = self.tx.chunk_log_end();
-            self.on_packet_sent(now, log_end, false, None);
+            self.on_packet_sent(now, log_end, n, false, None);
             return Some(n);
         }
         if self.rx.ack_due() {
@@ -1188,6 +1301,13 @@ impl Connection {
             return Some(n);
         }
         None
+    }
+
+    /// The congestion window (and the packet cap) leave room for a datagram.
+    #[inline]
+    fn window_open(&self) -> bool {
+        self.tx.in_flight() < self.cfg.max_in_flight
+            && self.tx.bytes_in_flight() + self.mtu as u64 <= self.cc.window()
     }
 
     /// A packet carrying the current ack was built: nothing is owed until
@@ -1230,7 +1350,8 @@ impl Connection {
         if ack.is_some() {
             self.on_ack_sent();
         }
-        self.on_packet_sent(now, log_start, filled.unreliable, filled.top_seq);
+        self.pacer.on_sent(end as u64);
+        self.on_packet_sent(now, log_start, end, filled.unreliable, filled.top_seq);
         self.check_writable();
         self.check_close_flush();
         Some(end)
@@ -1240,13 +1361,22 @@ impl Connection {
         &mut self,
         now: Instant,
         log_start: u64,
+        size: usize,
         unreliable: bool,
         top_seq: Option<u32>,
     ) {
-        let cwnd_limited = (self.tx.in_flight() + 1) * 2 >= self.cc.cwnd();
-        let pn = self
-            .tx
-            .on_packet_sent(now, log_start, cwnd_limited, unreliable, top_seq);
+        let size = size as u64;
+        let in_flight = self.tx.bytes_in_flight();
+        let cwnd_limited = (in_flight + size) * 2 >= self.cc.window();
+        let info = SentInfo {
+            cwnd_limited,
+            unreliable,
+            top_seq,
+            size: size as u32,
+            rate: self.rate.on_sent(now, in_flight, size),
+        };
+        let pn = self.tx.on_packet_sent(now, log_start, info);
+        self.cc.on_sent(now, size, in_flight + size);
         trace!("rudp: {:08x} sent packet {pn}", self.conn_id);
         self.stats.packets_sent += 1;
         self.stats.peak_in_flight = self.stats.peak_in_flight.max(self.tx.in_flight());

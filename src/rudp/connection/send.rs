@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
+use super::congestion::rate::RateMark;
 use super::stats::ConnectionStats;
 use crate::rudp::seq::{seq_dist, seq_ge, seq_gt, seq_lt};
 use crate::rudp::wire::{AckRepr, ChunkRepr, FragInfo, SetInfo};
@@ -243,6 +244,45 @@ pub(super) struct SentPacket {
     pub(super) unreliable: bool,
     /// Largest sequence number among its reliable chunks (None: none).
     pub(super) top_seq: Option<u32>,
+    /// Its size, bytes.
+    pub(super) size: u32,
+    /// The connection's delivery state when it was sent.
+    pub(super) rate: RateMark,
+}
+
+impl SentPacket {
+    /// The reliable chunks it carried, for [`SendState::ack_chunks`].
+    #[inline]
+    pub(super) fn chunks(&self) -> ChunkSpan {
+        ChunkSpan {
+            log_start: self.log_start,
+            log_end: self.log_end,
+            top_seq: self.top_seq,
+        }
+    }
+}
+
+/// The reliable chunks of a packet: a span of the chunk log.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ChunkSpan {
+    log_start: u64,
+    log_end: u64,
+    top_seq: Option<u32>,
+}
+
+/// What the connection tells [`SendState::on_packet_sent`] of a packet.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct SentInfo {
+    /// See [`SentPacket::cwnd_limited`].
+    pub(super) cwnd_limited: bool,
+    /// See [`SentPacket::unreliable`].
+    pub(super) unreliable: bool,
+    /// See [`SentPacket::top_seq`].
+    pub(super) top_seq: Option<u32>,
+    /// See [`SentPacket::size`].
+    pub(super) size: u32,
+    /// See [`SentPacket::rate`].
+    pub(super) rate: RateMark,
 }
 
 /// What [`SendState::fill`] put into a packet.
@@ -307,6 +347,8 @@ pub(super) struct SendState {
     largest_acked: Option<u32>,
     /// Packets of `sent` in flight.
     in_flight: u32,
+    /// Their bytes.
+    bytes_in_flight: u64,
 }
 
 impl SendState {
@@ -334,6 +376,7 @@ impl SendState {
             chunk_log_base: 0,
             largest_acked: None,
             in_flight: 0,
+            bytes_in_flight: 0,
         }
     }
 
@@ -348,6 +391,7 @@ impl SendState {
         self.sent = VecDeque::new();
         self.chunk_log = VecDeque::new();
         self.in_flight = 0;
+        self.bytes_in_flight = 0;
     }
 
     /// Queued bytes (reliable until acked, unreliable until sent).
@@ -368,6 +412,12 @@ impl SendState {
     /// Packets in flight.
     pub(super) fn in_flight(&self) -> u32 {
         self.in_flight
+    }
+
+    /// Bytes of the packets in flight.
+    #[inline]
+    pub(super) fn bytes_in_flight(&self) -> u64 {
+        self.bytes_in_flight
     }
 
     /// Number of the next packet to send.
@@ -661,26 +711,22 @@ impl SendState {
     /// Records a numbered packet just sent, whose reliable chunks were
     /// logged from `log_start` on; returns its packet number.
     #[inline]
-    pub(super) fn on_packet_sent(
-        &mut self,
-        now: Instant,
-        log_start: u64,
-        cwnd_limited: bool,
-        unreliable: bool,
-        top_seq: Option<u32>,
-    ) -> u32 {
+    pub(super) fn on_packet_sent(&mut self, now: Instant, log_start: u64, info: SentInfo) -> u32 {
         self.sent.push_back(SentPacket {
             time: now,
             log_start,
             log_end: self.chunk_log_end(),
             state: PktState::InFlight,
-            cwnd_limited,
-            unreliable,
-            top_seq,
+            cwnd_limited: info.cwnd_limited,
+            unreliable: info.unreliable,
+            top_seq: info.top_seq,
+            size: info.size,
+            rate: info.rate,
         });
         let pn = self.next_pn;
         self.next_pn = self.next_pn.wrapping_add(1);
         self.in_flight += 1;
+        self.bytes_in_flight += u64::from(info.size);
         pn
     }
 
@@ -725,23 +771,26 @@ impl SendState {
         self.advance_una(self.peer_cum);
     }
 
-    /// Marks packet `pn` acknowledged if it is in flight, and returns it.
-    /// Its chunks are acknowledged by [`ack_chunks`](Self::ack_chunks).
+    /// Marks packet `pn` acknowledged if it is in flight, and returns it
+    /// (borrowed: the record is large, and mostly not needed). Its chunks
+    /// are acknowledged by [`ack_chunks`](Self::ack_chunks).
     #[inline]
-    pub(super) fn ack_packet(&mut self, pn: u32) -> Option<SentPacket> {
+    pub(super) fn ack_packet(&mut self, pn: u32) -> Option<&SentPacket> {
         let idx = seq_dist(self.sent_base, pn) as usize;
         let p = self
             .sent
             .get_mut(idx)
             .filter(|p| p.state == PktState::InFlight)?;
         p.state = PktState::Acked;
-        self.in_flight = self.in_flight.saturating_sub(1);
-        Some(*p)
+        // (Both count exactly the packets in flight, this one included.)
+        self.in_flight -= 1;
+        self.bytes_in_flight -= u64::from(p.size);
+        Some(p)
     }
 
     /// Acknowledges the reliable chunks of an acknowledged packet.
     #[inline]
-    pub(super) fn ack_chunks(&mut self, p: &SentPacket) {
+    pub(super) fn ack_chunks(&mut self, p: ChunkSpan) {
         // When even the packet's largest sequence number is below `una`,
         // every chunk in it is released already.
         if p.top_seq.is_some_and(|t| seq_ge(t, self.una)) {
@@ -772,6 +821,7 @@ impl SendState {
         p.state = PktState::Lost;
         let p = *p;
         self.in_flight = self.in_flight.saturating_sub(1);
+        self.bytes_in_flight = self.bytes_in_flight.saturating_sub(u64::from(p.size));
         for li in p.log_start..p.log_end {
             if let Some((seq, frag)) = self.log_entry(li) {
                 if self.msg(seq).is_some_and(|m| !m.frag_acked(frag)) {

@@ -44,10 +44,27 @@ pub struct ConnectionStats {
     pub min_rtt: Duration,
     /// Current retransmission timeout (before backoff).
     pub rto: Duration,
-    /// Congestion window, packets.
+    /// Congestion window, packets (of the connection's datagram size).
     pub cwnd: u32,
+    /// Congestion window, bytes.
+    pub cwnd_bytes: u64,
+    /// Pacing rate, bytes per second.
+    pub pacing_rate: u64,
+    /// The congestion controller's estimate of the path's bandwidth, bytes
+    /// per second (BBR: the bottleneck bandwidth it paces at, bounds
+    /// applied; AIMD: window / smoothed RTT).
+    pub bandwidth: u64,
+    /// What the congestion controller is doing: `startup`, `drain`,
+    /// `probe_bw_down`, `probe_bw_cruise`, `probe_bw_refill`,
+    /// `probe_bw_up`, `probe_rtt` (BBR); `slow_start`,
+    /// `congestion_avoidance` (AIMD).
+    pub congestion_state: &'static str,
+    /// Times the pacer held data back (each arms the pacing timer once).
+    pub pacing_delays: u64,
     /// Ack-eliciting packets in flight.
     pub in_flight: u32,
+    /// Their bytes.
+    pub bytes_in_flight: u64,
     /// Most packets ever in flight at once.
     pub peak_in_flight: u32,
     /// Datagrams handed out by `poll_transmit` (all types).

@@ -1,13 +1,13 @@
 //! The loss × RTT matrix: loss {0,1,5,10,20,30}% × RTT {0,50,300} ms, with
 //! 1% duplication and 5% reordering on the lossy rows. Virtual time; run with
 //! `cargo test --release --lib rudp::tests::loss_matrix -- --nocapture` to
-//! see the table.
+//! see the table (`RUDP_CC=aimd` for the AIMD controller instead of BBR).
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::rudp::sim::{LinkConfig, Sim};
-use crate::rudp::{Event, Guarantee, RudpConfig, SendError};
+use crate::rudp::{CongestionControl, Event, Guarantee, RudpConfig, SendError};
 
 const STEPS: u64 = 5_000_000;
 
@@ -49,6 +49,7 @@ fn link(loss: f64, rtt_ms: u64) -> LinkConfig {
         latency: Duration::from_millis(rtt_ms / 2),
         jitter: Duration::ZERO,
         reorder_delay: Duration::from_millis(10 + rtt_ms / 4),
+        ..LinkConfig::default()
     }
 }
 
@@ -59,7 +60,12 @@ fn link(loss: f64, rtt_ms: u64) -> LinkConfig {
 /// does, rarely, within the 10 s handshake timeout: every attempt needs an
 /// ECHO and an ACCEPT through).
 fn run_cell(loss: f64, rtt_ms: u64, seed: u64) -> Option<Row> {
-    let (mut sim, peer) = Sim::pair(RudpConfig::default(), link(loss, rtt_ms), seed);
+    // `RUDP_CC=aimd` runs the matrix with the AIMD controller.
+    let mut cfg = RudpConfig::default();
+    if std::env::var("RUDP_CC").as_deref() == Ok("aimd") {
+        cfg.congestion = CongestionControl::Aimd;
+    }
+    let (mut sim, peer) = Sim::pair(cfg, link(loss, rtt_ms), seed);
     // Handshake first (both ends), so phase 1 measures the transfer only.
     let mut up = [false; 2];
     let hs = sim.run_until(STEPS, Duration::from_secs(60), |s| {

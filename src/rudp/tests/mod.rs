@@ -4,6 +4,7 @@
 //! because the simulator and `RudpConfig::initial_sequence` are test
 //! support, not API.
 
+mod congestion;
 mod endpoint;
 mod hostile;
 mod loss_matrix;
