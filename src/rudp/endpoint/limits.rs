@@ -93,10 +93,7 @@ impl Endpoint {
     /// many bytes it was starved of, if any (see `BudgetEvents::starved`).
     #[inline]
     pub(super) fn sync(&mut self, idx: u32) -> Option<usize> {
-        let e = self
-            .slots
-            .get_mut(idx as usize)
-            .and_then(|s| s.entry.as_deref_mut())?;
+        let e = self.entry_at(idx)?;
         let held = e.conn.recv_held();
         let ev = e.conn.take_budget_events();
         let (old, source) = (e.charged, e.source);
@@ -167,11 +164,7 @@ impl Endpoint {
     /// date.
     #[inline]
     pub(super) fn sync_send(&mut self, idx: u32) {
-        let Some(e) = self
-            .slots
-            .get_mut(idx as usize)
-            .and_then(|s| s.entry.as_deref_mut())
-        else {
+        let Some(e) = self.entry_at(idx) else {
             return;
         };
         let held = e.conn.send_queue_len().0;
@@ -273,11 +266,7 @@ impl Endpoint {
     /// Closes connection `idx` at once for `reason`, freeing what it
     /// received, and tells the peer with a CLOSE (resource limit).
     pub(super) fn end_connection(&mut self, idx: u32, reason: RudpCloseReason, _now: Instant) {
-        let Some(e) = self
-            .slots
-            .get_mut(idx as usize)
-            .and_then(|s| s.entry.as_deref_mut())
-        else {
+        let Some(e) = self.entry_at(idx) else {
             return;
         };
         if e.conn.is_closed() {
@@ -341,11 +330,7 @@ impl Endpoint {
         // Idle buffers, and who holds unreliable partials.
         let mut unrel = Vec::new();
         for i in 0..self.slots.len() as u32 {
-            let Some(e) = self
-                .slots
-                .get_mut(i as usize)
-                .and_then(|s| s.entry.as_deref_mut())
-            else {
+            let Some(e) = self.entry_at(i) else {
                 continue;
             };
             e.conn.release_idle();
@@ -360,11 +345,7 @@ impl Endpoint {
             if freed(self) >= short {
                 break;
             }
-            if let Some(e) = self
-                .slots
-                .get_mut(i as usize)
-                .and_then(|s| s.entry.as_deref_mut())
-            {
+            if let Some(e) = self.entry_at(i) {
                 e.conn.drop_unreliable_partials();
             }
             self.sync(i);

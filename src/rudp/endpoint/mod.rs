@@ -360,6 +360,14 @@ impl Endpoint {
         s.entry.as_deref_mut()
     }
 
+    /// The live connection in slot `idx`, if any.
+    #[inline]
+    fn entry_at(&mut self, idx: u32) -> Option<&mut Entry> {
+        self.slots
+            .get_mut(idx as usize)
+            .and_then(|s| s.entry.as_deref_mut())
+    }
+
     fn peer_id(&self, idx: u32) -> ConnectionHandle {
         ConnectionHandle {
             index: idx,
@@ -700,11 +708,7 @@ impl Endpoint {
             }
         }
         for idx in due {
-            if let Some(e) = self
-                .slots
-                .get_mut(idx as usize)
-                .and_then(|s| s.entry.as_deref_mut())
-            {
+            if let Some(e) = self.entry_at(idx) {
                 e.conn.handle_timeout(now);
                 e.scheduled = None;
             }
@@ -720,10 +724,7 @@ impl Endpoint {
     pub fn poll_timeout(&mut self) -> Option<Instant> {
         while let Some(&Reverse((t, idx, generation))) = self.heap.peek() {
             let actual = if self.heap_entry_valid(t, idx, generation) {
-                let e = self
-                    .slots
-                    .get_mut(idx as usize)
-                    .and_then(|s| s.entry.as_deref_mut());
+                let e = self.entry_at(idx);
                 match e {
                     Some(e) => {
                         let actual = e.conn.poll_timeout();
@@ -859,11 +860,7 @@ impl Endpoint {
             }
         }
         while let Some(&idx) = self.transmit_queue.front() {
-            let Some(e) = self
-                .slots
-                .get_mut(idx as usize)
-                .and_then(|s| s.entry.as_deref_mut())
-            else {
+            let Some(e) = self.entry_at(idx) else {
                 self.turn = 0;
                 self.transmit_queue.pop_front();
                 continue;
@@ -918,9 +915,7 @@ impl Endpoint {
         loop {
             let idx = *self.event_queue.front()?;
             let state = self
-                .slots
-                .get_mut(idx as usize)
-                .and_then(|s| s.entry.as_deref_mut())
+                .entry_at(idx)
                 .map(|e| (e.conn.has_pending_events(), e.conn.is_closed()));
             match state {
                 Some((true, _)) => return Some(idx),
@@ -928,11 +923,7 @@ impl Endpoint {
                     // Drained: what its events held is free.
                     self.sync(idx);
                     self.event_queue.pop_front();
-                    if let Some(e) = self
-                        .slots
-                        .get_mut(idx as usize)
-                        .and_then(|s| s.entry.as_deref_mut())
-                    {
+                    if let Some(e) = self.entry_at(idx) {
                         e.in_event_queue = false;
                     }
                     if closed {
@@ -955,10 +946,7 @@ impl Endpoint {
     pub fn poll_event(&mut self) -> Option<(ConnectionHandle, Event)> {
         let idx = self.next_event_conn()?;
         let peer = self.peer_id(idx);
-        let e = self
-            .slots
-            .get_mut(idx as usize)
-            .and_then(|s| s.entry.as_deref_mut())?;
+        let e = self.entry_at(idx)?;
         let ev = e.conn.poll_event()?;
         if e.conn.is_closed() && !e.conn.has_pending_events() {
             self.event_queue.pop_front();
@@ -1002,11 +990,7 @@ impl Endpoint {
             let Some(&idx) = self.event_queue.get(k) else {
                 break;
             };
-            if let Some(e) = self
-                .slots
-                .get_mut(idx as usize)
-                .and_then(|s| s.entry.as_deref_mut())
-            {
+            if let Some(e) = self.entry_at(idx) {
                 e.conn.materialize(buf);
             }
             self.sync(idx);
