@@ -694,6 +694,7 @@ impl Connection {
         }
         let mut rejected = false;
         if let Some(ch) = chunks {
+            self.rx.begin_packet();
             for c in ch.iter() {
                 trace!(
                     "rudp: {:08x} rx chunk {:?} seq {} frag {:?} len {}",

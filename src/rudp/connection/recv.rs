@@ -241,6 +241,12 @@ pub(super) struct RecvState {
     /// handled in place excepted): its share of the endpoint's and its
     /// source's receive budgets, set by the endpoint before each packet.
     allowance: usize,
+    /// Growth the in-order fast path may still take without the full
+    /// budget check: the room a full check found, less what fast-path
+    /// deliveries took since. Valid within one packet, and only while
+    /// nothing else changed what is held: zeroed when a packet begins and
+    /// by every other kind of chunk (see [`RecvState::begin_packet`]).
+    credit: usize,
     /// Budget events not yet taken by the endpoint.
     budget_events: BudgetEvents,
     order_latest: Option<u32>,
@@ -270,6 +276,7 @@ impl RecvState {
             held: 0,
             unrel_held: 0,
             allowance: usize::MAX,
+            credit: 0,
             budget_events: BudgetEvents::default(),
             order_latest: None,
             partials: VecDeque::new(),
@@ -302,6 +309,7 @@ impl RecvState {
     /// Sets the most bytes the connection may hold (see `allowance`).
     pub(super) fn set_allowance(&mut self, bytes: usize) {
         self.allowance = bytes;
+        self.credit = 0;
     }
 
     /// The budget events since the last call.
@@ -599,14 +607,32 @@ impl RecvState {
             let g = e + inbox.arena_growth(data.len());
             (g, g)
         };
-        // `fits` with nothing to keep (front, no other event pending).
-        let held = self.held + inbox.mem_held();
-        if held + inbox.in_place_bytes() + total <= self.limits.budget
-            && held.saturating_add(mem) <= self.allowance
-        {
+        // What the last full check left covers it: `total` is charged to
+        // both budgets (it is at least `mem`).
+        if total <= self.credit {
+            self.credit -= total;
             return true;
         }
+        // `fits` with nothing to keep (front, no other event pending).
+        let held = self.held + inbox.mem_held();
+        let all = held + inbox.in_place_bytes() + total;
+        if all <= self.limits.budget && held.saturating_add(mem) <= self.allowance {
+            // This delivery takes `total`; what is left of both budgets
+            // after it covers the next ones of this packet.
+            self.credit = (self.limits.budget - all)
+                .min(self.allowance.saturating_sub(held.saturating_add(total)));
+            return true;
+        }
+        self.credit = 0;
         self.make_room_slow(inbox, (true, 0), mem, total, stats)
+    }
+
+    /// Forgets the fast path's credit: a packet begins (the allowance is
+    /// new), or a chunk other than an in-order whole Delivery message may
+    /// change what is held.
+    #[inline]
+    pub(super) fn begin_packet(&mut self) {
+        self.credit = 0;
     }
 
     fn refuse(&mut self, stats: &mut ConnectionStats) -> ChunkOutcome {
@@ -647,10 +673,12 @@ impl RecvState {
             inbox.deliver_slice(Guarantee::Delivery, c.payload);
             self.advance();
             if !self.window.is_empty() {
+                self.credit = 0;
                 self.release(inbox);
             }
             return ChunkOutcome::Accepted;
         }
+        self.credit = 0;
         let front = off == 0;
         let (data, set) = match c.frag {
             None => {
@@ -1010,6 +1038,7 @@ impl RecvState {
             inbox.deliver_slice(g, c.payload);
             return;
         };
+        self.credit = 0;
         let mut p = match self
             .partials
             .iter()

@@ -93,13 +93,28 @@ impl Endpoint {
     /// many bytes it was starved of, if any (see `BudgetEvents::starved`).
     #[inline]
     pub(super) fn sync(&mut self, idx: u32) -> Option<usize> {
+        self.sync_both(idx, false)
+    }
+
+    /// [`sync`](Self::sync), and with `send` the send queue's charge too
+    /// ([`sync_send`](Self::sync_send)): one lookup for both after a
+    /// datagram or a timeout.
+    #[inline]
+    pub(super) fn sync_both(&mut self, idx: u32, send: bool) -> Option<usize> {
         let e = self.entry_at(idx)?;
         let held = e.conn.recv_held();
         let ev = e.conn.take_budget_events();
         let (old, source) = (e.charged, e.source);
         e.charged = held;
+        let sent = send.then(|| {
+            let q = e.conn.send_queue_len().0;
+            (std::mem::replace(&mut e.send_charged, q), q)
+        });
         if held != old {
             self.recharge(source, old, held);
+        }
+        if let Some((old, q)) = sent.filter(|&(old, q)| old != q) {
+            self.recharge_send(source, old, q);
         }
         let ev = ev?;
         self.stats.recv_budget_drops += ev.drops;

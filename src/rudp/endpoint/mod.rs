@@ -636,10 +636,9 @@ impl Endpoint {
             if let Err(RudpError::ProtocolViolation(_)) = r {
                 self.stats.protocol_violations += 1;
             }
-            if let Some(starved) = self.sync(idx) {
+            if let Some(starved) = self.sync_both(idx, true) {
                 self.reclaim(idx, starved, now);
             }
-            self.sync_send(idx);
             self.touched(idx);
             return r;
         }
@@ -713,8 +712,7 @@ impl Endpoint {
                 e.scheduled = None;
             }
             // A connection that timed out frees what it held.
-            self.sync(idx);
-            self.sync_send(idx);
+            self.sync_both(idx, true);
             self.touched(idx);
         }
     }
