@@ -1929,6 +1929,19 @@ fn a_paused_connection_whose_peer_left_is_closed() {
         s.reactor.totals.reads_paused >= 2
     });
     s.print("both paused");
+    // Everything sent is acknowledged before the peers leave: a reset is
+    // only accepted by the server's kernel at the exact sequence number it
+    // expects (RFC 5961), and a FIN only reaches it behind the data — with
+    // bytes still in flight against its closed window, neither would
+    // arrive, and only the frame timeout could close the connection.
+    let t = Instant::now();
+    while conns.iter().any(|c| util::fds::unacked_bytes(c) > 0) {
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "the server's kernel did not acknowledge all that was sent within 2 s"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
     let mut conns = conns.into_iter();
     drop(conns.next()); // FIN
     let rst = conns.next().unwrap();

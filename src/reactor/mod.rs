@@ -479,6 +479,10 @@ fn serve_readable<H: Handler + ?Sized>(
             e.served_tick = tick;
             e.kind
         }
+        // Served already in this pass, as a carried socket: a close or an
+        // error its event reports must still reach a connection whose
+        // reads that service paused, for no other edge will come.
+        Some(e) if hup && e.kind == SocketKind::Tcp => return tcp::hung_up(cx, handler, id),
         _ => return,
     };
     let more = match kind {

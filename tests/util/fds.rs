@@ -137,3 +137,14 @@ pub fn is_socket_file(path: &std::path::Path) -> bool {
     use std::os::unix::fs::FileTypeExt;
     std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket())
 }
+
+/// Bytes a TCP socket has sent or queued that its peer has not yet
+/// acknowledged (`SIOCOUTQ`).
+#[allow(dead_code)]
+pub fn unacked_bytes(s: &impl AsRawFd) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: `SIOCOUTQ` writes one int through the pointer, which is valid.
+    let rc = unsafe { libc::ioctl(s.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+    assert_eq!(rc, 0, "SIOCOUTQ: {}", std::io::Error::last_os_error());
+    n.max(0) as usize
+}
