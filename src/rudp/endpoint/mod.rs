@@ -804,6 +804,7 @@ impl Endpoint {
     }
 
     /// Queues a message for `peer`.
+    #[inline]
     pub fn send(
         &mut self,
         peer: ConnectionHandle,
