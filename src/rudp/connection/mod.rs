@@ -394,6 +394,12 @@ impl Connection {
         self.rx.set_allowance(bytes);
     }
 
+    /// Whether [`take_budget_events`](Self::take_budget_events) has any.
+    #[inline]
+    pub(crate) fn has_budget_events(&self) -> bool {
+        self.rx.has_budget_events()
+    }
+
     /// Budget events since the last call, if any.
     #[inline]
     pub(crate) fn take_budget_events(&mut self) -> Option<BudgetEvents> {
@@ -694,7 +700,6 @@ impl Connection {
         }
         let mut rejected = false;
         if let Some(ch) = chunks {
-            self.rx.begin_packet();
             for c in ch.iter() {
                 trace!(
                     "rudp: {:08x} rx chunk {:?} seq {} frag {:?} len {}",
@@ -1118,5 +1123,6 @@ impl Connection {
     /// receive buffer, still holding the packets) into the connection.
     pub(crate) fn materialize(&mut self, buf: &[u8]) {
         self.inbox.materialize(buf);
+        self.rx.forget_credit();
     }
 }

@@ -241,11 +241,13 @@ pub(super) struct RecvState {
     /// handled in place excepted): its share of the endpoint's and its
     /// source's receive budgets, set by the endpoint before each packet.
     allowance: usize,
-    /// Growth the in-order fast path may still take without the full
-    /// budget check: the room a full check found, less what fast-path
-    /// deliveries took since. Valid within one packet, and only while
-    /// nothing else changed what is held: zeroed when a packet begins and
-    /// by every other kind of chunk (see [`RecvState::begin_packet`]).
+    /// Growth the fast path (a whole message delivered at once) may still
+    /// take without the full budget check: the room a full check found,
+    /// less what fast-path deliveries took since. It stays valid across
+    /// packets while what is held only shrinks or grows through the fast
+    /// path and the allowance does not shrink; it is zeroed by a smaller
+    /// allowance, by every other kind of chunk, and when messages handled
+    /// in place are copied into the inbox (see [`RecvState::forget_credit`]).
     credit: usize,
     /// Budget events not yet taken by the endpoint.
     budget_events: BudgetEvents,
@@ -306,10 +308,22 @@ impl RecvState {
         self.unrel_held
     }
 
-    /// Sets the most bytes the connection may hold (see `allowance`).
+    /// Sets the most bytes the connection may hold (see `allowance`). The
+    /// fast path's credit survives a larger or equal allowance: it was
+    /// room under the old one.
+    #[inline]
     pub(super) fn set_allowance(&mut self, bytes: usize) {
+        if bytes < self.allowance {
+            self.credit = 0;
+        }
         self.allowance = bytes;
-        self.credit = 0;
+    }
+
+    /// Whether budget events happened since the last
+    /// [`take_budget_events`](Self::take_budget_events).
+    #[inline]
+    pub(super) fn has_budget_events(&self) -> bool {
+        self.budget_events != BudgetEvents::default()
     }
 
     /// The budget events since the last call.
@@ -627,11 +641,10 @@ impl RecvState {
         self.make_room_slow(inbox, (true, 0), mem, total, stats)
     }
 
-    /// Forgets the fast path's credit: a packet begins (the allowance is
-    /// new), or a chunk other than an in-order whole Delivery message may
-    /// change what is held.
+    /// Forgets the fast path's credit: what is held grew outside the fast
+    /// path (messages handled in place were copied into the inbox).
     #[inline]
-    pub(super) fn begin_packet(&mut self) {
+    pub(super) fn forget_credit(&mut self) {
         self.credit = 0;
     }
 

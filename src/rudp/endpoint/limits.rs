@@ -99,22 +99,35 @@ impl Endpoint {
     /// [`sync`](Self::sync), and with `send` the send queue's charge too
     /// ([`sync_send`](Self::sync_send)): one lookup for both after a
     /// datagram or a timeout.
-    #[inline]
+    #[inline(always)]
     pub(super) fn sync_both(&mut self, idx: u32, send: bool) -> Option<usize> {
         let e = self.entry_at(idx)?;
         let held = e.conn.recv_held();
+        let queued = if send {
+            e.conn.send_queue_len().0
+        } else {
+            e.send_charged
+        };
+        // The common case after a datagram: nothing to move.
+        if held == e.charged && queued == e.send_charged && !e.conn.has_budget_events() {
+            return None;
+        }
+        self.apply_sync(idx, held, queued)
+    }
+
+    /// The charges of [`sync_both`](Self::sync_both) when something
+    /// changed.
+    fn apply_sync(&mut self, idx: u32, held: usize, queued: usize) -> Option<usize> {
+        let e = self.entry_at(idx)?;
         let ev = e.conn.take_budget_events();
-        let (old, source) = (e.charged, e.source);
-        e.charged = held;
-        let sent = send.then(|| {
-            let q = e.conn.send_queue_len().0;
-            (std::mem::replace(&mut e.send_charged, q), q)
-        });
+        let source = e.source;
+        let old = std::mem::replace(&mut e.charged, held);
+        let old_queued = std::mem::replace(&mut e.send_charged, queued);
         if held != old {
             self.recharge(source, old, held);
         }
-        if let Some((old, q)) = sent.filter(|&(old, q)| old != q) {
-            self.recharge_send(source, old, q);
+        if queued != old_queued {
+            self.recharge_send(source, old_queued, queued);
         }
         let ev = ev?;
         self.stats.recv_budget_drops += ev.drops;
