@@ -276,7 +276,7 @@ impl Inbox {
 
     /// Queues a message from borrowed bytes: by position when they lie in
     /// the packet handled in place, else copied into the arena.
-    #[inline]
+    #[inline(always)]
     pub(super) fn deliver_slice(&mut self, g: Guarantee, data: &[u8]) {
         if let Some(p) = self.place {
             let at = (data.as_ptr() as usize).wrapping_sub(p.base);
