@@ -390,6 +390,8 @@ impl Ctx {
 
     /// Closes a reliable-UDP peer gracefully: queued messages are delivered
     /// first, then the peer is told; [`Handler::on_rudp_closed`] follows.
+    /// From now on the peer takes no sends ([`Error::Closed`]) and gets no
+    /// [`Handler::on_rudp_writable`].
     pub fn close_rudp(&mut self, peer: PeerId) -> Result<(), Error> {
         let rs = self.rudp_mut(peer.sock, "close_rudp")?;
         if rs.ep.remote_addr(peer.peer).is_none() {

@@ -269,6 +269,11 @@ impl Inbox {
         self.events.push_back(PendingEvent::Writable);
     }
 
+    /// Forgets a queued `Writable` (the connection takes no more sends).
+    pub(super) fn drop_writable(&mut self) {
+        self.events.retain(|e| !matches!(e, PendingEvent::Writable));
+    }
+
     /// Queues `Closed`.
     pub(super) fn push_closed(&mut self, reason: RudpCloseReason) {
         self.events.push_back(PendingEvent::Closed(reason));

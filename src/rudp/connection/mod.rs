@@ -490,13 +490,17 @@ impl Connection {
         Ok(())
     }
 
-    /// Closes the connection gracefully: no new messages are accepted; once
+    /// Closes the connection gracefully: no new messages are accepted (and
+    /// no `Writable` is reported, not even one already queued); once
     /// every queued message has been sent and every reliable one acknowledged,
     /// a CLOSE is sent and `Closed(Local)` is reported. A client still in its
     /// handshake with nothing queued closes at once; with messages queued it
     /// completes the handshake and flushes them first. The usual timeouts
     /// still apply while draining.
     pub fn close(&mut self) {
+        // No more sends are taken: a `Writable` not yet polled is void.
+        self.want_writable = false;
+        self.inbox.drop_writable();
         match self.state {
             State::Closed => {}
             State::Initial | State::Echo => {
@@ -744,7 +748,9 @@ impl Connection {
     }
 
     fn check_writable(&mut self) {
+        // A closing connection takes no more sends: no `Writable` for it.
         if self.want_writable
+            && !self.closing
             && self.tx.queued_bytes() * 2 <= self.cfg.max_send_queue_bytes
             && self.tx.queued_msgs() * 2 <= self.cfg.max_send_queue_messages
         {

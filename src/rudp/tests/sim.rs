@@ -485,6 +485,61 @@ fn graceful_close_flushes() {
     ));
 }
 
+/// A connection closed while a send waits for room reports no `Writable`
+/// (it takes no more sends), neither one queued before the close nor one
+/// its draining queue would owe; it still flushes and closes.
+#[test]
+fn no_writable_after_close() {
+    let cfg = RudpConfig {
+        max_send_queue_messages: 64,
+        ..RudpConfig::default()
+    };
+    let link = LinkConfig {
+        latency: Duration::from_millis(10),
+        ..LinkConfig::default()
+    };
+    let (mut sim, peer) = Sim::pair(cfg, link, 21);
+    // The client's events stay in its endpoint until the close.
+    sim.nodes[0].collect_events = false;
+    let mut sent = 0u32;
+    loop {
+        match sim.nodes[0]
+            .ep
+            .send(peer, &msg(sent, 100), Guarantee::Delivery)
+        {
+            Ok(()) => sent += 1,
+            Err(SendError::QueueFull) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    // Half the queue drains and `Writable` is queued, not yet polled.
+    sim.run_until(STEPS, Duration::from_secs(10), |s| {
+        s.nodes[0]
+            .ep
+            .connection(peer)
+            .is_some_and(|c| c.send_queue_len().1 * 2 <= 64)
+    })
+    .unwrap();
+    sim.nodes[0].ep.close(peer);
+    sim.nodes[0].collect_events = true;
+    let mut got = 0u32;
+    let mut closed = None;
+    sim.run_until(STEPS, Duration::from_secs(60), |s| {
+        for (_, e) in s.take_events(0) {
+            match e {
+                Event::Writable => panic!("Writable after close"),
+                Event::Closed(r) => closed = Some(r),
+                _ => {}
+            }
+        }
+        got += messages(s, 1).len() as u32;
+        closed.is_some()
+    })
+    .unwrap();
+    assert_eq!(closed, Some(RudpCloseReason::Local));
+    assert_eq!(got, sent);
+}
+
 /// Many clients to one server over lossy links.
 #[test]
 fn n_peer_star() {

@@ -522,6 +522,9 @@ impl ClientApp {
         if let Some(t) = self.probe_timer.take() {
             cx.cancel_timer(t);
         }
+        // Probes still waiting for room are never sent: once the
+        // connection is closing, a send is refused (`Error::Closed`).
+        self.pending_probes.clear();
         match self.opts.drain {
             None => self.stop = true,
             Some(limit) => {
@@ -549,6 +552,9 @@ impl Handler for ClientApp {
     }
 
     fn on_rudp_writable(&mut self, cx: &mut Ctx, _peer: PeerId) {
+        if self.closing {
+            return;
+        }
         self.flush_probes(cx);
         self.pump(cx);
     }
