@@ -117,11 +117,6 @@ impl Budget {
         }
     }
 
-    /// Whether `id` waits for room.
-    pub(super) fn is_paused(&self, id: SocketId) -> bool {
-        self.paused.contains(&id)
-    }
-
     /// The paused connections, to try again.
     pub(super) fn take_paused(&mut self) -> Vec<SocketId> {
         std::mem::take(&mut self.paused)

@@ -474,15 +474,15 @@ fn serve_readable<H: Handler + ?Sized>(
 ) {
     let trust_short_read = !hup && !carried;
     let tick = cx.tick;
+    // Once per pass — but a close or an error reported for a socket
+    // already served in this pass (carried over) is served too: no other
+    // edge will come for it (a TCP connection whose reads are paused for
+    // room learns here that its peer left).
     let kind = match cx.table.get_mut(id) {
-        Some(e) if e.served_tick != tick => {
+        Some(e) if e.served_tick != tick || hup => {
             e.served_tick = tick;
             e.kind
         }
-        // Served already in this pass, as a carried socket: a close or an
-        // error its event reports must still reach a connection whose
-        // reads that service paused, for no other edge will come.
-        Some(e) if hup && e.kind == SocketKind::Tcp => return tcp::hung_up(cx, handler, id),
         _ => return,
     };
     let more = match kind {

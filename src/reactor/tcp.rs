@@ -693,20 +693,6 @@ pub(super) fn drain<H: Handler + ?Sized>(
     true
 }
 
-/// The peer of `id` closed or reset the connection after `id` was served in
-/// this pass: if its reads are paused for room, it is closed now if the peer
-/// left for good (see [`departed`]); otherwise its next read finds out.
-pub(super) fn hung_up<H: Handler + ?Sized>(cx: &mut Ctx, handler: &mut H, id: SocketId) {
-    if !cx.budget.is_paused(id) {
-        return;
-    }
-    let Some(reason) = conn_mut(cx, id).and_then(|c| departed(c)) else {
-        return;
-    };
-    cx.close_now(id, reason);
-    cx.finish_callback(handler);
-}
-
 /// Why a connection whose reads are paused should close now, if its peer
 /// left for good: an error (a reset) is pending, or the peer closed its side
 /// before sending what the pending frame lacks (it can never complete).
