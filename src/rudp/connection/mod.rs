@@ -498,7 +498,8 @@ impl Connection {
     /// completes the handshake and flushes them first. The usual timeouts
     /// still apply while draining.
     pub fn close(&mut self) {
-        // No more sends are taken: a `Writable` not yet polled is void.
+        // No more sends are taken (none can set `want_writable` again): a
+        // `Writable` owed or not yet polled is void.
         self.want_writable = false;
         self.inbox.drop_writable();
         match self.state {
@@ -748,9 +749,7 @@ impl Connection {
     }
 
     fn check_writable(&mut self) {
-        // A closing connection takes no more sends: no `Writable` for it.
         if self.want_writable
-            && !self.closing
             && self.tx.queued_bytes() * 2 <= self.cfg.max_send_queue_bytes
             && self.tx.queued_msgs() * 2 <= self.cfg.max_send_queue_messages
         {
