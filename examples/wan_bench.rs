@@ -716,100 +716,91 @@ fn series(bins: &[u64]) -> String {
 fn coexist(args: &Args, ceiling: Option<f64>) -> io::Result<usize> {
     let spec = LinkSpec::by_name("clean50").expect("in the matrix");
     warn_ceiling(ceiling, spec.rate_mbit, "coexist");
-    let d = args.coexist_secs;
-    let window = format!("{:.0}-{:.0}", (d / 3).as_secs_f64(), d.as_secs_f64());
-    let head = |what: &str| {
-        format!(
-            "coexist={what} link={} secs={:.0} window_s={window}",
-            spec.name,
-            d.as_secs_f64()
-        )
+    let two = Pairing {
+        what: "msgloop+msgloop",
+        keys: ["flow1_mbit", "flow2_mbit"],
+        metric: "ratio",
+        of: |a, b| a.min(b) / a.max(b),
+        target: "ratio>=0.8",
+        pass: |r| r >= 0.8,
+        run: coexist_two_msgloop,
     };
-    let mut problems = 0;
-    // Each pairing `--rounds` times (the link seeded per round, as the
-    // matrix's): one `run coexist=` line per round, then the medians.
-    let mut pairs = Vec::new();
-    for round in 1..=args.rounds {
-        let (r, errs) = coexist_two_msgloop(args, &spec, round)?;
-        let mut line = format!("run {} round={round}", head("msgloop+msgloop"));
-        kv(&mut line, "flow1_mbit", r.0, 2);
-        kv(&mut line, "flow2_mbit", r.1, 2);
-        kv(&mut line, "ratio", r.0.min(r.1) / r.0.max(r.1), 3);
-        let _ = write!(line, " {} problems={}", r.2, errs.len());
-        println!("{line}");
-        if !errs.is_empty() {
-            problems += 1;
-            println!(
-                "# PROBLEM coexist=msgloop+msgloop round={round}: {}",
-                errs.join("; ")
-            );
-        }
-        pairs.push(r);
-    }
-    let ratios: Vec<f64> = pairs.iter().map(|r| r.0.min(r.1) / r.0.max(r.1)).collect();
-    let ratio = wan::median(&ratios);
-    let mut line = format!("{} rounds={}", head("msgloop+msgloop"), args.rounds);
-    kv(
-        &mut line,
-        "flow1_mbit",
-        wan::median(&pairs.iter().map(|r| r.0).collect::<Vec<_>>()),
-        2,
-    );
-    kv(
-        &mut line,
-        "flow2_mbit",
-        wan::median(&pairs.iter().map(|r| r.1).collect::<Vec<_>>()),
-        2,
-    );
-    kv(&mut line, "ratio", ratio, 3);
-    let _ = write!(
-        line,
-        " target=ratio>=0.8 pass={}",
-        if ratio >= 0.8 { "yes" } else { "no" }
-    );
-    println!("{line}");
+    let cubic = Pairing {
+        what: "msgloop+cubic",
+        keys: ["msgloop_mbit", "cubic_mbit"],
+        metric: "msgloop_share",
+        of: |a, b| a / (a + b),
+        target: "msgloop_share<=0.67",
+        pass: |s| s <= 0.67,
+        run: coexist_msgloop_cubic,
+    };
+    Ok(two.rounds(args, &spec)? + cubic.rounds(args, &spec)?)
+}
 
-    let mut shares = Vec::new();
-    for round in 1..=args.rounds {
-        let (r, errs) = coexist_msgloop_cubic(args, &spec, round)?;
-        let share = r.0 / (r.0 + r.1);
-        let mut line = format!("run {} round={round}", head("msgloop+cubic"));
-        kv(&mut line, "msgloop_mbit", r.0, 2);
-        kv(&mut line, "cubic_mbit", r.1, 2);
-        kv(&mut line, "msgloop_share", share, 3);
-        let _ = write!(line, " {} problems={}", r.2, errs.len());
-        println!("{line}");
-        if !errs.is_empty() {
-            problems += 1;
-            println!(
-                "# PROBLEM coexist=msgloop+cubic round={round}: {}",
-                errs.join("; ")
-            );
+/// One round of a coexistence pairing: the two flows' Mbit/s over the
+/// window, the rest of its line, and what went wrong.
+type Round = ((f64, f64, String), Vec<String>);
+
+/// Two flows sharing a link, and how their shares are judged.
+struct Pairing {
+    what: &'static str,
+    keys: [&'static str; 2],
+    metric: &'static str,
+    of: fn(f64, f64) -> f64,
+    target: &'static str,
+    pass: fn(f64) -> bool,
+    run: fn(&Args, &LinkSpec, usize) -> io::Result<Round>,
+}
+
+impl Pairing {
+    /// Runs `--rounds` rounds (the link seeded per round, as the matrix's):
+    /// a `run coexist=` line per round, then the medians, the target
+    /// judged on the median. Returns the rounds with problems.
+    fn rounds(&self, args: &Args, spec: &LinkSpec) -> io::Result<usize> {
+        let d = args.coexist_secs;
+        let head = format!(
+            "coexist={} link={} secs={:.0} window_s={:.0}-{:.0}",
+            self.what,
+            spec.name,
+            d.as_secs_f64(),
+            (d / 3).as_secs_f64(),
+            d.as_secs_f64()
+        );
+        let mut problems = 0;
+        let mut rows = Vec::new();
+        for round in 1..=args.rounds {
+            let ((a, b, rest), errs) = (self.run)(args, spec, round)?;
+            let m = (self.of)(a, b);
+            let mut line = format!("run {head} round={round}");
+            kv(&mut line, self.keys[0], a, 2);
+            kv(&mut line, self.keys[1], b, 2);
+            kv(&mut line, self.metric, m, 3);
+            let _ = write!(line, " {rest} problems={}", errs.len());
+            println!("{line}");
+            if !errs.is_empty() {
+                problems += 1;
+                println!(
+                    "# PROBLEM coexist={} round={round}: {}",
+                    self.what,
+                    errs.join("; ")
+                );
+            }
+            rows.push([a, b, m]);
         }
-        shares.push((r.0, r.1, share));
+        let med = |i: usize| wan::median(&rows.iter().map(|r| r[i]).collect::<Vec<_>>());
+        let mut line = format!("{head} rounds={}", args.rounds);
+        kv(&mut line, self.keys[0], med(0), 2);
+        kv(&mut line, self.keys[1], med(1), 2);
+        kv(&mut line, self.metric, med(2), 3);
+        let _ = write!(
+            line,
+            " target={} pass={}",
+            self.target,
+            if (self.pass)(med(2)) { "yes" } else { "no" }
+        );
+        println!("{line}");
+        Ok(problems)
     }
-    let share = wan::median(&shares.iter().map(|r| r.2).collect::<Vec<_>>());
-    let mut line = format!("{} rounds={}", head("msgloop+cubic"), args.rounds);
-    kv(
-        &mut line,
-        "msgloop_mbit",
-        wan::median(&shares.iter().map(|r| r.0).collect::<Vec<_>>()),
-        2,
-    );
-    kv(
-        &mut line,
-        "cubic_mbit",
-        wan::median(&shares.iter().map(|r| r.1).collect::<Vec<_>>()),
-        2,
-    );
-    kv(&mut line, "msgloop_share", share, 3);
-    let _ = write!(
-        line,
-        " target=msgloop_share<=0.67 pass={}",
-        if share <= 0.67 { "yes" } else { "no" }
-    );
-    println!("{line}");
-    Ok(problems)
 }
 
 /// Flow options for a coexistence run of `d` starting at `t0`.
@@ -825,11 +816,7 @@ fn coexist_opts(args: &Args, t0: u64) -> FlowOpts {
 
 /// One round of two msgloop flows sharing the link: each flow's Mbit/s
 /// over the window, the rest of its line, and what went wrong.
-fn coexist_two_msgloop(
-    args: &Args,
-    spec: &LinkSpec,
-    round: usize,
-) -> io::Result<((f64, f64, String), Vec<String>)> {
+fn coexist_two_msgloop(args: &Args, spec: &LinkSpec, round: usize) -> io::Result<Round> {
     let d = args.coexist_secs;
     let (from, to) = (d / 3, d);
     let link = Link::new(spec.config(args.rt, args.seed + round as u64 - 1))?;
@@ -885,11 +872,7 @@ fn coexist_two_msgloop(
 /// One round of a msgloop flow and a kernel TCP CUBIC flow sharing the
 /// link: msgloop's and CUBIC's Mbit/s over the window, the rest of the
 /// line, and what went wrong.
-fn coexist_msgloop_cubic(
-    args: &Args,
-    spec: &LinkSpec,
-    round: usize,
-) -> io::Result<((f64, f64, String), Vec<String>)> {
+fn coexist_msgloop_cubic(args: &Args, spec: &LinkSpec, round: usize) -> io::Result<Round> {
     let d = args.coexist_secs;
     let (from, to) = (d / 3, d);
     let link = Link::new(spec.config(args.rt, args.seed + round as u64 - 1))?;
