@@ -717,6 +717,14 @@ pub struct ChunkIter<'a> {
     rest: &'a [u8],
 }
 
+impl ChunkIter<'_> {
+    /// Every chunk was taken.
+    #[inline]
+    pub(crate) fn is_done(&self) -> bool {
+        self.rest.is_empty()
+    }
+}
+
 impl<'a> Iterator for ChunkIter<'a> {
     type Item = ChunkRepr<'a>;
     #[inline]

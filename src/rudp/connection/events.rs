@@ -13,8 +13,6 @@
 //!   messages lying whole in it are not copied at all: the event records
 //!   where they are in the caller's receive buffer.
 
-use std::collections::VecDeque;
-
 use super::reassembly::vec_charge;
 use super::stats::PerGuarantee;
 use crate::rudp::{Event, EventRef, Guarantee, RudpCloseReason};
@@ -28,7 +26,7 @@ const ARENA_KEEP: usize = 64 << 10;
 const EVENTS_KEEP: usize = 256;
 /// Bytes an event takes in the queue.
 const EVENT_SIZE: usize = core::mem::size_of::<PendingEvent>();
-/// The queue's first allocation (`VecDeque`'s smallest, made when the
+/// The queue's first allocation (`Vec`'s smallest, made when the
 /// connection reports `Connected`): part of the connection's fixed cost,
 /// not charged to the receive budgets.
 const EVENTS_BASE: usize = 4;
@@ -100,6 +98,94 @@ enum PendingEvent {
     Closed(RudpCloseReason),
 }
 
+/// A first-in first-out queue of events that is drained far more often
+/// than it wraps: a vector read from `head` on, emptied (O(1) but for
+/// the messages' own vectors) when the last event is taken, and
+/// compacted in place when full with at least half of it taken. Unlike
+/// `VecDeque`, pushing never leaves the caller (the hot path: one per
+/// message) and capacities grow by doubling from 4 all the same.
+#[derive(Debug, Default)]
+struct EventQueue {
+    buf: Vec<PendingEvent>,
+    /// Index of the oldest event; those before it were taken.
+    head: usize,
+}
+
+impl EventQueue {
+    #[inline]
+    fn is_empty(&self) -> bool {
+        self.head >= self.buf.len()
+    }
+
+    /// Slots in use, taken ones included (what fills the capacity).
+    #[inline]
+    fn used(&self) -> usize {
+        self.buf.len()
+    }
+
+    #[inline]
+    fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    /// Drops the slots already taken.
+    fn compact(&mut self) {
+        if self.head > 0 {
+            self.buf.drain(..self.head.min(self.buf.len()));
+            self.head = 0;
+        }
+    }
+
+    /// Makes sure `n` more events fit without growing, compacting first if
+    /// half the slots or more were taken.
+    #[inline(always)]
+    fn reserve(&mut self, n: usize) {
+        if self.buf.capacity() - self.buf.len() < n {
+            self.reserve_slow(n);
+        }
+    }
+
+    #[cold]
+    fn reserve_slow(&mut self, n: usize) {
+        if self.head * 2 >= self.buf.len() {
+            self.compact();
+        }
+        self.buf.reserve(n);
+    }
+
+    #[inline(always)]
+    fn push(&mut self, ev: PendingEvent) {
+        self.reserve(1);
+        self.buf.push(ev);
+    }
+
+    #[inline]
+    fn pop_front(&mut self) -> Option<PendingEvent> {
+        let slot = self.buf.get_mut(self.head)?;
+        let ev = core::mem::replace(slot, PendingEvent::Writable);
+        self.head += 1;
+        if self.head == self.buf.len() {
+            self.buf.clear();
+            self.head = 0;
+        }
+        Some(ev)
+    }
+
+    fn retain(&mut self, f: impl FnMut(&PendingEvent) -> bool) {
+        self.compact();
+        self.buf.retain(f);
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = &mut PendingEvent> {
+        self.buf.iter_mut().skip(self.head)
+    }
+
+    fn shrink_to(&mut self, cap: usize) {
+        self.compact();
+        self.buf.shrink_to(cap);
+    }
+}
+
 /// Events waiting for `poll_event`, with an arena for in-order small messages.
 ///
 /// The arena is only cleared when no queued event points into it.
@@ -111,7 +197,7 @@ enum PendingEvent {
 /// caller's buffer: not our memory, but not yet taken either).
 #[derive(Debug, Default)]
 pub(super) struct Inbox {
-    events: VecDeque<PendingEvent>,
+    events: EventQueue,
     arena: Vec<u8>,
     /// What the owned messages waiting in `events` are charged.
     owned: usize,
@@ -149,10 +235,10 @@ impl Inbox {
     #[inline]
     pub(super) fn event_headroom(&self, n: usize) -> usize {
         let cap = self.events.capacity();
-        if self.events.len() + n + 2 <= cap {
+        if self.events.used() + n + 2 <= cap {
             0
         } else {
-            // `VecDeque` doubles (at least 4).
+            // The queue doubles (at least 4).
             events_charge((2 * cap).max(EVENTS_BASE)) - events_charge(cap)
         }
     }
@@ -163,14 +249,14 @@ impl Inbox {
         self.in_place
     }
 
-    /// Whether `data` lies in the packet being handled in place (it would
-    /// be queued by position, not copied).
-    #[inline]
-    pub(super) fn is_in_place(&self, data: &[u8]) -> bool {
-        self.place.is_some_and(|p| {
-            let at = (data.as_ptr() as usize).wrapping_sub(p.base);
-            at <= p.len && data.len() <= p.len - at
-        })
+    /// Where `data` is in the caller's receive buffer if it lies in the
+    /// packet being handled in place (it is then queued by position, not
+    /// copied).
+    #[inline(always)]
+    pub(super) fn place_of(&self, data: &[u8]) -> Option<usize> {
+        let p = self.place?;
+        let at = (data.as_ptr() as usize).wrapping_sub(p.base);
+        (at <= p.len && data.len() <= p.len - at).then_some(p.origin + at)
     }
 
     /// The arena's capacity after taking `n` more bytes.
@@ -212,7 +298,7 @@ impl Inbox {
     pub(super) fn release_idle(&mut self) {
         if self.events.is_empty() {
             self.arena = Vec::new();
-            self.events = VecDeque::new();
+            self.events = EventQueue::default();
             self.last = None;
         }
     }
@@ -222,7 +308,7 @@ impl Inbox {
     pub(super) fn discard_messages(&mut self) {
         self.events
             .retain(|e| !matches!(e, PendingEvent::Message { .. }));
-        self.events.shrink_to_fit();
+        self.events.shrink_to(0);
         self.arena = Vec::new();
         self.last = None;
         self.owned = 0;
@@ -250,23 +336,20 @@ impl Inbox {
     /// queued without asking for room (`Writable`, `Closed`): the queue
     /// grows here, where the caller checked the budget for it (see
     /// `event_headroom`), never when the connection closes.
-    #[inline]
+    #[inline(always)]
     fn push_message(&mut self, guarantee: Guarantee, data: MsgData) {
-        self.events
-            .push_back(PendingEvent::Message { guarantee, data });
-        if self.events.capacity() - self.events.len() < 2 {
-            self.events.reserve(2);
-        }
+        self.events.push(PendingEvent::Message { guarantee, data });
+        self.events.reserve(2);
     }
 
     /// Queues `Connected`.
     pub(super) fn push_connected(&mut self) {
-        self.events.push_back(PendingEvent::Connected);
+        self.events.push(PendingEvent::Connected);
     }
 
     /// Queues `Writable`.
     pub(super) fn push_writable(&mut self) {
-        self.events.push_back(PendingEvent::Writable);
+        self.events.push(PendingEvent::Writable);
     }
 
     /// Forgets a queued `Writable` (the connection takes no more sends).
@@ -276,27 +359,25 @@ impl Inbox {
 
     /// Queues `Closed`.
     pub(super) fn push_closed(&mut self, reason: RudpCloseReason) {
-        self.events.push_back(PendingEvent::Closed(reason));
+        self.events.push(PendingEvent::Closed(reason));
     }
 
     /// Queues a message from borrowed bytes: by position when they lie in
-    /// the packet handled in place, else copied into the arena.
+    /// the packet handled in place (`at`, from [`place_of`](Self::place_of)),
+    /// else copied into the arena.
     #[inline(always)]
-    pub(super) fn deliver_slice(&mut self, g: Guarantee, data: &[u8]) {
-        if let Some(p) = self.place {
-            let at = (data.as_ptr() as usize).wrapping_sub(p.base);
-            if at <= p.len && data.len() <= p.len - at {
-                self.in_place += data.len();
-                self.delivered.add(g);
-                self.push_message(
-                    g,
-                    MsgData::InPlace {
-                        offset: p.origin + at,
-                        len: data.len(),
-                    },
-                );
-                return;
-            }
+    pub(super) fn deliver_slice(&mut self, g: Guarantee, data: &[u8], at: Option<usize>) {
+        if let Some(offset) = at {
+            self.in_place += data.len();
+            self.delivered.add(g);
+            self.push_message(
+                g,
+                MsgData::InPlace {
+                    offset,
+                    len: data.len(),
+                },
+            );
+            return;
         }
         // Grown exactly as `arena_growth` said (the budget was checked
         // with it).
@@ -386,10 +467,10 @@ impl Inbox {
 
     /// The next event, borrowing message bytes from the inbox, or leaving
     /// them in the caller's buffer ([`MsgRef::InPlace`]).
+    #[inline]
     pub(super) fn pop_raw(&mut self) -> Option<RawEvent<'_>> {
         let Some(ev) = self.events.pop_front() else {
-            self.trim_arena();
-            self.last = None;
+            self.drained();
             return None;
         };
         Some(match ev {
@@ -415,6 +496,14 @@ impl Inbox {
         })
     }
 
+    /// Every event was taken: the arena starts over, and the message last
+    /// lent out is freed.
+    #[cold]
+    fn drained(&mut self) {
+        self.trim_arena();
+        self.last = None;
+    }
+
     /// Copies every queued in-place message out of `buf` (the caller's
     /// receive buffer, still holding the packets) into the arena.
     pub(super) fn materialize(&mut self, buf: &[u8]) {
@@ -438,5 +527,71 @@ impl Inbox {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(n: usize) -> PendingEvent {
+        PendingEvent::Message {
+            guarantee: Guarantee::Delivery,
+            data: MsgData::Arena { start: n, len: 0 },
+        }
+    }
+
+    fn number(ev: PendingEvent) -> usize {
+        match ev {
+            PendingEvent::Message {
+                data: MsgData::Arena { start, .. },
+                ..
+            } => start,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    /// First in, first out, whatever the mix of pushes and pops, and the
+    /// capacity stays within twice the most events ever waiting (rounded
+    /// up to a power of two): a queue never drained completely still
+    /// compacts instead of growing.
+    #[test]
+    fn the_event_queue_is_fifo_and_bounded() {
+        let mut q = EventQueue::default();
+        let (mut pushed, mut popped, mut most) = (0, 0, 0);
+        let mut rng = crate::rudp::rng::Rng::new(7);
+        for _ in 0..100_000 {
+            if rng.next_u64() % 2 == 0 {
+                q.push(msg(pushed));
+                pushed += 1;
+            } else if let Some(ev) = q.pop_front() {
+                assert_eq!(number(ev), popped);
+                popped += 1;
+            } else {
+                assert_eq!(pushed, popped);
+            }
+            most = most.max(pushed - popped);
+            assert_eq!(q.is_empty(), pushed == popped);
+            assert!(q.capacity() <= (2 * most + 2).next_power_of_two().max(4));
+        }
+        while let Some(ev) = q.pop_front() {
+            assert_eq!(number(ev), popped);
+            popped += 1;
+        }
+        assert_eq!(popped, pushed);
+    }
+
+    #[test]
+    fn retain_and_iteration_see_only_waiting_events() {
+        let mut q = EventQueue::default();
+        for n in 0..5 {
+            q.push(msg(n));
+        }
+        q.push(PendingEvent::Writable);
+        assert_eq!(number(q.pop_front().expect("one")), 0);
+        assert_eq!(q.iter_mut().count(), 5);
+        q.retain(|e| !matches!(e, PendingEvent::Writable));
+        let left: Vec<_> = core::iter::from_fn(|| q.pop_front()).map(number).collect();
+        assert_eq!(left, [1, 2, 3, 4]);
     }
 }

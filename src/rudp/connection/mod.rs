@@ -34,8 +34,8 @@ use super::config::RudpConfig;
 use super::rng::Rng;
 use super::timer::{Timer, TimerTable};
 use super::wire::{
-    emit_header, emit_pn_ack, field, AckRepr, Chunks, CloseCode, PacketRepr, PacketType, Params,
-    FLAG_ACK,
+    emit_header, emit_pn_ack, field, AckRepr, ChunkRepr, Chunks, CloseCode, PacketRepr, PacketType,
+    Params, FLAG_ACK,
 };
 use super::{Event, EventRef, Guarantee, RudpCloseReason, RudpError, SendError};
 
@@ -693,8 +693,16 @@ impl Connection {
                 return Err(self.violation(what));
             }
         }
+        // A packet of one chunk (large messages) is parsed once more, not
+        // twice.
+        let mut only = None;
         if let Some(ch) = &chunks {
-            if let Err(what) = self.rx.validate_chunks(ch) {
+            let mut it = ch.iter();
+            let checked = match it.next() {
+                Some(c) if it.is_done() => self.rx.validate_chunk(&c).map(|()| only = Some(c)),
+                _ => self.rx.validate_chunks(ch),
+            };
+            if let Err(what) = checked {
                 return Err(self.violation(what));
             }
         }
@@ -704,23 +712,14 @@ impl Connection {
             self.on_ack(now, a);
         }
         let mut rejected = false;
-        if let Some(ch) = chunks {
-            for c in ch.iter() {
-                trace!(
-                    "rudp: {:08x} rx chunk {:?} seq {} frag {:?} len {}",
-                    self.conn_id,
-                    c.guarantee,
-                    c.seq,
-                    c.frag,
-                    c.payload.len()
-                );
-                if c.guarantee == Guarantee::Delivery {
-                    let outcome = self.rx.on_reliable(&c, &mut self.inbox, &mut self.stats);
-                    rejected |= matches!(outcome, ChunkOutcome::Rejected);
-                } else {
-                    self.rx.on_unreliable(&c, &mut self.inbox, &mut self.stats);
-                }
-            }
+        // One call site: the chunk path is inlined here once.
+        let mut rest = chunks.filter(|_| only.is_none()).map(|ch| ch.iter());
+        let mut next = only;
+        while let Some(c) = next
+            .take()
+            .or_else(|| rest.as_mut().and_then(Iterator::next))
+        {
+            rejected |= self.on_chunk(&c);
         }
         if rejected {
             self.stats.rejected_packets += 1;
@@ -738,6 +737,27 @@ impl Connection {
                 .set(Timer::Ack, later(now, self.cfg.max_ack_delay));
         }
         Ok(())
+    }
+
+    /// Takes one chunk of a validated packet; true if the receive budget
+    /// refused it.
+    #[inline(always)]
+    fn on_chunk(&mut self, c: &ChunkRepr<'_>) -> bool {
+        trace!(
+            "rudp: {:08x} rx chunk {:?} seq {} frag {:?} len {}",
+            self.conn_id,
+            c.guarantee,
+            c.seq,
+            c.frag,
+            c.payload.len()
+        );
+        if c.guarantee == Guarantee::Delivery {
+            let outcome = self.rx.on_reliable(c, &mut self.inbox, &mut self.stats);
+            matches!(outcome, ChunkOutcome::Rejected)
+        } else {
+            self.rx.on_unreliable(c, &mut self.inbox, &mut self.stats);
+            false
+        }
     }
 
     /// Queues `Event::Writable` for a send the endpoint refused (its

@@ -76,7 +76,10 @@ impl PnWindow {
             }
             Some(l) if seq_gt(pn, l) => {
                 let shift = seq_dist(l, pn);
-                self.bits = if shift >= PN_WINDOW {
+                // The next one (the common case) shifts by a constant.
+                self.bits = if shift == 1 {
+                    self.bits << 1
+                } else if shift >= PN_WINDOW {
                     0
                 } else {
                     self.bits << shift
@@ -470,7 +473,8 @@ impl RecvState {
         Ok(())
     }
 
-    fn validate_chunk(&self, c: &ChunkRepr<'_>) -> Result<(), &'static str> {
+    #[inline]
+    pub(super) fn validate_chunk(&self, c: &ChunkRepr<'_>) -> Result<(), &'static str> {
         let RecvLimits {
             frag_size,
             max_message: max_msg,
@@ -613,9 +617,15 @@ impl RecvState {
     /// growth if it has no room for it and the window's messages it may
     /// release.
     #[inline(always)]
-    fn room_to_deliver(&mut self, inbox: &Inbox, data: &[u8], stats: &mut ConnectionStats) -> bool {
+    fn room_to_deliver(
+        &mut self,
+        inbox: &Inbox,
+        data: &[u8],
+        in_place: bool,
+        stats: &mut ConnectionStats,
+    ) -> bool {
         let e = inbox.event_headroom(self.window.len() + 1);
-        let (mem, total) = if inbox.is_in_place(data) {
+        let (mem, total) = if in_place {
             (e, e + data.len())
         } else {
             let g = e + inbox.arena_growth(data.len());
@@ -680,10 +690,11 @@ impl RecvState {
             && self.set_end.is_none()
             && self.window.first_key_value().is_none_or(|(&k, _)| k != key)
         {
-            if !self.room_to_deliver(inbox, c.payload, stats) {
+            let at = inbox.place_of(c.payload);
+            if !self.room_to_deliver(inbox, c.payload, at.is_some(), stats) {
                 return self.refuse(stats);
             }
-            inbox.deliver_slice(Guarantee::Delivery, c.payload);
+            inbox.deliver_slice(Guarantee::Delivery, c.payload, at);
             self.advance();
             if !self.window.is_empty() {
                 self.credit = 0;
@@ -1038,7 +1049,8 @@ impl RecvState {
             return;
         }
         let Some(f) = c.frag else {
-            if !self.room_to_deliver(inbox, c.payload, stats) {
+            let at = inbox.place_of(c.payload);
+            if !self.room_to_deliver(inbox, c.payload, at.is_some(), stats) {
                 stats.unreliable_dropped += 1;
                 stats.recv_budget_drops += 1;
                 self.budget_events.drops += 1;
@@ -1048,7 +1060,7 @@ impl RecvState {
                 self.order_latest = Some(c.seq);
                 self.drop_stale_partials(stats);
             }
-            inbox.deliver_slice(g, c.payload);
+            inbox.deliver_slice(g, c.payload, at);
             return;
         };
         self.credit = 0;

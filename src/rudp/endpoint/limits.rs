@@ -30,9 +30,13 @@ pub(super) struct Source {
     pub(super) half_open: u32,
     /// Bytes the receive sides of its connections hold.
     pub(super) held: usize,
-    /// Bytes the send queues of its connections hold.
+    /// Bytes the send queues of its connections hold, and their leases.
     pub(super) send_held: usize,
 }
+
+/// The most of the send budgets a connection reserves ahead of its sends
+/// (see [`Endpoint::take_send_lease`]).
+const SEND_LEASE: usize = 64 << 10;
 
 impl Endpoint {
     pub(super) fn source_key(&self, addr: &SocketAddr) -> SourceKey {
@@ -127,7 +131,12 @@ impl Endpoint {
             self.recharge(source, old, held);
         }
         if queued != old_queued {
-            self.recharge_send(source, old_queued, queued);
+            let lease = if queued == 0 {
+                self.drop_send_lease(idx)
+            } else {
+                0
+            };
+            self.recharge_send(source, old_queued + lease, queued);
         }
         let ev = ev?;
         self.stats.recv_budget_drops += ev.drops;
@@ -199,7 +208,12 @@ impl Endpoint {
         if held != e.send_charged {
             let (old, source) = (e.send_charged, e.source);
             e.send_charged = held;
-            self.recharge_send(source, old, held);
+            let lease = if held == 0 {
+                self.drop_send_lease(idx)
+            } else {
+                0
+            };
+            self.recharge_send(source, old + lease, held);
         }
     }
 
@@ -409,9 +423,8 @@ impl Endpoint {
         }
     }
 
-    /// Runs `f` if `bytes` more fit `peer`'s source's and the endpoint's
-    /// send budgets by the charges as last synced (which can only be too
-    /// high: acknowledged since); gives `f` back if not.
+    /// Runs `f` if `bytes` more fit the send budget `peer` reserved ahead
+    /// (its lease: no total needs touching); gives `f` back if not.
     #[inline]
     pub(super) fn try_send<F: FnOnce(&mut Connection) -> Result<(), SendError>>(
         &mut self,
@@ -426,25 +439,17 @@ impl Endpoint {
         }) else {
             return Ok(Err(SendError::UnknownPeer));
         };
-        let Some(src) = self.sources.get_mut(e.source as usize) else {
-            return Ok(Err(SendError::UnknownPeer));
-        };
-        if self.send_held.saturating_add(bytes) > self.cfg.max_endpoint_send_bytes
-            || src.send_held.saturating_add(bytes) > self.cfg.max_source_send_bytes
-        {
+        if bytes > e.send_lease {
             return Err(f);
         }
         if let Err(err) = f(&mut e.conn) {
             return Ok(Err(err));
         }
-        // A send queues exactly its bytes.
+        // A send queues exactly its bytes, charged already as its lease.
+        e.send_lease -= bytes;
         e.send_charged += bytes;
         debug_assert_eq!(e.send_charged, e.conn.send_queue_len().0);
-        src.send_held += bytes;
-        self.send_held += bytes;
-        if self.send_held as u64 > self.stats.send_bytes_held_peak {
-            self.stats.send_bytes_held_peak = self.send_held as u64;
-        }
+        self.send_leased -= bytes;
         if !e.in_transmit_queue {
             e.in_transmit_queue = true;
             self.transmit_queue.push_back(peer.index);
@@ -452,23 +457,85 @@ impl Endpoint {
         Ok(Ok(()))
     }
 
-    /// Whether `bytes` more fit `peer`'s source's and the endpoint's send
-    /// budgets by the charges as they are.
-    pub(super) fn send_fits(
-        &self,
+    /// Extends `peer`'s lease to cover a send of `bytes`, if they fit its
+    /// source's and the endpoint's send budgets. While both budgets are
+    /// less than three quarters used, the lease takes up to
+    /// [`SEND_LEASE`] more (an eighth of the room left at most), so that
+    /// the next sends need not look at the totals.
+    pub(super) fn take_send_lease(
+        &mut self,
         peer: ConnectionHandle,
         bytes: usize,
     ) -> Result<bool, SendError> {
-        let src = self.entry(peer).ok_or(SendError::UnknownPeer)?.source;
-        let src_held = self.sources.get(src as usize).map_or(0, |s| s.send_held);
-        Ok(
-            self.send_held.saturating_add(bytes) <= self.cfg.max_endpoint_send_bytes
-                && src_held.saturating_add(bytes) <= self.cfg.max_source_send_bytes,
-        )
+        let (max_ep, max_src) = (
+            self.cfg.max_endpoint_send_bytes,
+            self.cfg.max_source_send_bytes,
+        );
+        let Some(e) = (match self.slots.get_mut(peer.index as usize) {
+            Some(s) if s.generation == peer.generation => s.entry.as_deref_mut(),
+            _ => None,
+        }) else {
+            return Err(SendError::UnknownPeer);
+        };
+        let Some(src) = self.sources.get_mut(e.source as usize) else {
+            return Err(SendError::UnknownPeer);
+        };
+        let need = bytes.saturating_sub(e.send_lease);
+        let ep_room = max_ep.saturating_sub(self.send_held);
+        let src_room = max_src.saturating_sub(src.send_held);
+        if need > ep_room.min(src_room) {
+            return Ok(false);
+        }
+        let extra = if ep_room >= max_ep / 4 && src_room >= max_src / 4 {
+            SEND_LEASE
+                .min((ep_room - need) / 8)
+                .min((src_room - need) / 8)
+        } else {
+            0
+        };
+        let grant = need + extra;
+        e.send_lease += grant;
+        src.send_held += grant;
+        self.send_held += grant;
+        self.send_leased += grant;
+        self.stats.send_bytes_held_peak =
+            self.stats.send_bytes_held_peak.max(self.send_held as u64);
+        Ok(true)
     }
 
-    /// A send that does not fit by the last synced charges: syncs the
-    /// connection's and looks again.
+    /// Gives connection `idx`'s lease back to nobody in particular: returns
+    /// it, for the caller to take off the totals.
+    pub(super) fn drop_send_lease(&mut self, idx: u32) -> usize {
+        let Some(e) = self.entry_at(idx) else {
+            return 0;
+        };
+        let lease = std::mem::take(&mut e.send_lease);
+        self.send_leased -= lease;
+        lease
+    }
+
+    /// Takes back every connection's lease (a send found no room while
+    /// some was reserved).
+    #[cold]
+    fn reclaim_send_leases(&mut self) {
+        for s in self.slots.iter_mut() {
+            let Some(e) = s.entry.as_deref_mut() else {
+                continue;
+            };
+            let lease = std::mem::take(&mut e.send_lease);
+            if lease > 0 {
+                if let Some(src) = self.sources.get_mut(e.source as usize) {
+                    src.send_held -= lease;
+                }
+                self.send_held -= lease;
+            }
+        }
+        self.send_leased = 0;
+    }
+
+    /// A send beyond `peer`'s lease: syncs the connection's charge and
+    /// extends the lease, taking the others' back if that is what it
+    /// takes.
     #[cold]
     pub(super) fn send_room(
         &mut self,
@@ -477,8 +544,14 @@ impl Endpoint {
         lens: impl Iterator<Item = usize>,
     ) -> Result<(), SendError> {
         self.sync_send(peer.index);
-        if self.send_fits(peer, bytes)? {
+        if self.take_send_lease(peer, bytes)? {
             return Ok(());
+        }
+        if self.send_leased > 0 {
+            self.reclaim_send_leases();
+            if self.take_send_lease(peer, bytes)? {
+                return Ok(());
+            }
         }
         self.refuse_send(peer, lens)
     }

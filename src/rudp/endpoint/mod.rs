@@ -108,10 +108,15 @@ pub struct EndpointStats {
     /// (`max_source_send_bytes`) or the endpoint's
     /// (`max_endpoint_send_bytes`) send budget was spent.
     pub send_budget_refusals: u64,
-    /// Bytes queued now, unacknowledged, over every connection's send
-    /// queue; at most `max_endpoint_send_bytes`.
+    /// Bytes charged to the send budget now: those queued, unacknowledged,
+    /// over every connection's send queue, and what sending connections
+    /// reserved ahead (at most 64 KiB each, and only while both budgets
+    /// are less than three quarters used; given back when a connection's
+    /// queue empties, or when another send needs it). At most
+    /// `max_endpoint_send_bytes`.
     pub send_bytes_held: u64,
-    /// Most bytes ever queued at once over every connection's send queue.
+    /// Most bytes ever charged at once to the send budget (as
+    /// `send_bytes_held`).
     pub send_bytes_held_peak: u64,
     /// Sources (see `RudpConfig::source_prefix_v4`) with a live connection
     /// now: the entries of the per-source table.
@@ -144,6 +149,10 @@ struct Entry {
     charged: usize,
     /// What `conn.send_queue_len().0` was when last looked at.
     send_charged: usize,
+    /// Send budget reserved ahead for this connection's next sends
+    /// (counted in its source's and the endpoint's totals like queued
+    /// bytes): a send within it touches neither total.
+    send_lease: usize,
     /// A send was refused for the source's or the endpoint's send budget:
     /// `Writable` is owed (the entry is in `send_waiters`).
     send_waiting: bool,
@@ -239,8 +248,10 @@ pub struct Endpoint {
     sources_holding: usize,
     /// Bytes the receive sides of all connections hold.
     recv_held: usize,
-    /// Bytes the send queues of all connections hold.
+    /// Bytes the send queues of all connections hold, and their leases.
     send_held: usize,
+    /// Of which leases (`Entry::send_lease`).
+    send_leased: usize,
     /// Connections (index, generation) refused a send for a send budget.
     send_waiters: Vec<(u32, u32)>,
     last_reclaim: Option<Instant>,
@@ -281,6 +292,7 @@ impl Endpoint {
             sources_holding: 0,
             recv_held: 0,
             send_held: 0,
+            send_leased: 0,
             send_waiters: Vec::new(),
             last_reclaim: None,
             stats: EndpointStats::default(),
@@ -399,6 +411,7 @@ impl Endpoint {
                 accepted,
                 charged: 0,
                 send_charged: 0,
+                send_lease: 0,
                 send_waiting: false,
                 half_open,
                 scheduled: None,
@@ -441,7 +454,8 @@ impl Endpoint {
             self.half_open -= 1;
         }
         self.recharge(e.source, e.charged, 0);
-        self.recharge_send(e.source, e.send_charged, 0);
+        self.send_leased -= e.send_lease;
+        self.recharge_send(e.source, e.send_charged + e.send_lease, 0);
         if let Some(src) = self.sources.get_mut(e.source as usize) {
             src.entries -= 1;
             src.accepted -= u32::from(e.accepted);

@@ -1138,6 +1138,37 @@ fn peers_withholding_acks_pin_no_more_than_the_send_budgets() {
 }
 
 #[test]
+fn send_leases_are_given_back_when_another_send_needs_the_room() {
+    let cfg = RudpConfig::new()
+        .max_message_len(1000)
+        .max_send_queue_bytes(1 << 20)
+        .max_source_send_bytes(100_000)
+        .max_endpoint_send_bytes(100_000);
+    let (mut sim, [a, b]) = two_clients(cfg);
+    sim.drop_filter = Some(Box::new(|from, _, _| from != 0));
+    sim.nodes[0]
+        .ep
+        .send(a, &[1u8; 1000], Guarantee::Delivery)
+        .expect("room");
+    // `a` reserved more than it queued, an eighth of the room at most.
+    let held = sim.nodes[0].ep.stats().send_bytes_held;
+    assert!((1_000..=1_000 + 99_000 / 8).contains(&held), "{held}");
+    assert!(
+        held > 1_000,
+        "a lease is taken while the budgets are unused"
+    );
+    // What `a` reserved and did not use goes to `b`, to the byte.
+    assert_eq!(fill_send(&mut sim, b).0, 99);
+    assert_eq!(sim.nodes[0].ep.stats().send_bytes_held, 100_000);
+    // Acknowledged and empty, both queues give everything back.
+    sim.drop_filter = None;
+    sim.run_until(STEPS, Duration::from_secs(10), |s| {
+        s.nodes[0].ep.stats().send_bytes_held == 0
+    })
+    .expect("queues drain and leases go back");
+}
+
+#[test]
 fn a_source_over_its_send_budget_does_not_block_other_sources() {
     let cfg = RudpConfig::new()
         .max_message_len(1000)
