@@ -1121,6 +1121,7 @@ impl Connection {
     /// ([`MsgRef::InPlace`]): the caller reads it from its buffer, which
     /// must still hold what [`handle_packet_in_place`](Self::handle_packet_in_place)
     /// saw.
+    #[inline]
     pub(crate) fn poll_event_raw(&mut self) -> Option<RawEvent<'_>> {
         self.inbox.pop_raw()
     }

@@ -471,11 +471,18 @@ impl Endpoint {
 
     /// Re-files a connection after anything touched it: transmit queue,
     /// event queue, timer heap, half-open accounting.
+    #[inline]
     fn touched(&mut self, idx: u32) {
-        self.refile(idx, true);
+        // Once per datagram: without the call.
+        self.refile_inline(idx, true);
     }
 
     fn refile(&mut self, idx: u32, queue_transmit: bool) {
+        self.refile_inline(idx, queue_transmit);
+    }
+
+    #[inline(always)]
+    fn refile_inline(&mut self, idx: u32, queue_transmit: bool) {
         let Some(slot) = self.slots.get_mut(idx as usize) else {
             return;
         };
@@ -977,6 +984,7 @@ impl Endpoint {
     }
 
     /// The connection whose events come next, and its id.
+    #[inline(always)]
     fn next_event_connection(&mut self) -> Option<(ConnectionHandle, &mut Connection)> {
         let idx = self.next_event_conn()?;
         let slot = self.slots.get_mut(idx as usize)?;
@@ -990,6 +998,7 @@ impl Endpoint {
     /// Like [`poll_event_ref`](Self::poll_event_ref), leaving messages of
     /// datagrams handled in place in the caller's buffer
     /// ([`MsgRef::InPlace`]).
+    #[inline]
     pub(crate) fn poll_event_raw(&mut self) -> Option<(ConnectionHandle, RawEvent<'_>)> {
         let (peer, conn) = self.next_event_connection()?;
         Some((peer, conn.poll_event_raw()?))
