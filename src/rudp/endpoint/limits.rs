@@ -459,9 +459,12 @@ impl Endpoint {
 
     /// Extends `peer`'s lease to cover a send of `bytes`, if they fit its
     /// source's and the endpoint's send budgets. While both budgets are
-    /// less than three quarters used, the lease takes up to
-    /// [`SEND_LEASE`] more (an eighth of the room left at most), so that
-    /// the next sends need not look at the totals.
+    /// less than three quarters used and no connection waits for room, the
+    /// lease takes up to [`SEND_LEASE`] more (an eighth of the room left
+    /// at most), so that the next sends need not look at the totals. (A
+    /// refusal takes every lease back first, so while connections wait,
+    /// the totals are exactly what is queued, and they are woken as
+    /// before.)
     pub(super) fn take_send_lease(
         &mut self,
         peer: ConnectionHandle,
@@ -486,13 +489,14 @@ impl Endpoint {
         if need > ep_room.min(src_room) {
             return Ok(false);
         }
-        let extra = if ep_room >= max_ep / 4 && src_room >= max_src / 4 {
-            SEND_LEASE
-                .min((ep_room - need) / 8)
-                .min((src_room - need) / 8)
-        } else {
-            0
-        };
+        let extra =
+            if ep_room >= max_ep / 4 && src_room >= max_src / 4 && self.send_waiters.is_empty() {
+                SEND_LEASE
+                    .min((ep_room - need) / 8)
+                    .min((src_room - need) / 8)
+            } else {
+                0
+            };
         let grant = need + extra;
         e.send_lease += grant;
         src.send_held += grant;

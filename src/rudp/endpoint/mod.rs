@@ -111,8 +111,9 @@ pub struct EndpointStats {
     /// Bytes charged to the send budget now: those queued, unacknowledged,
     /// over every connection's send queue, and what sending connections
     /// reserved ahead (at most 64 KiB each, and only while both budgets
-    /// are less than three quarters used; given back when a connection's
-    /// queue empties, or when another send needs it). At most
+    /// are less than three quarters used and no send waits for room; given
+    /// back when a connection's queue empties, or when another send needs
+    /// it). At most
     /// `max_endpoint_send_bytes`.
     pub send_bytes_held: u64,
     /// Most bytes ever charged at once to the send budget (as

@@ -1169,6 +1169,25 @@ fn send_leases_are_given_back_when_another_send_needs_the_room() {
 }
 
 #[test]
+fn no_send_lease_is_taken_while_a_sender_waits() {
+    let cfg = RudpConfig::new()
+        .max_message_len(1000)
+        .max_send_queue_bytes(1 << 20)
+        .max_source_send_bytes(20_000)
+        .max_endpoint_send_bytes(100_000);
+    let (mut sim, [a, b]) = two_clients(cfg);
+    sim.drop_filter = Some(Box::new(|from, _, _| from != 0));
+    assert_eq!(fill_send(&mut sim, a).0, 20);
+    // `a` waits for room: the totals stay what is queued, so that it is
+    // woken when they drain to half.
+    sim.nodes[0]
+        .ep
+        .send(b, &[1u8; 1000], Guarantee::Delivery)
+        .expect("room");
+    assert_eq!(sim.nodes[0].ep.stats().send_bytes_held, 21_000);
+}
+
+#[test]
 fn a_source_over_its_send_budget_does_not_block_other_sources() {
     let cfg = RudpConfig::new()
         .max_message_len(1000)
