@@ -310,8 +310,22 @@ impl Connection {
     /// deadline. This keeps timer arithmetic off the per-packet path.
     /// Callers that may bring the deadline forward (an ack that reset the
     /// backoff or changed the RTT) pass `exact`.
-    #[inline]
+    #[inline(always)]
     pub(super) fn arm_rto(&mut self, exact: bool) {
+        // The per-packet cases that change nothing, without a call: a
+        // sender's timers armed already, a receiver's not armed at all.
+        let (rto, probe) = (
+            self.timers.is_set(Timer::Rto),
+            self.timers.is_set(Timer::Probe),
+        );
+        let idle = self.tx.in_flight() == 0 || self.state != State::Established;
+        if (!exact && rto && probe && !idle) || (idle && !rto && !probe) {
+            return;
+        }
+        self.arm_rto_now(exact);
+    }
+
+    fn arm_rto_now(&mut self, exact: bool) {
         if self.tx.in_flight() == 0 || self.state != State::Established {
             self.timers.stop(Timer::Rto);
             self.timers.stop(Timer::Probe);

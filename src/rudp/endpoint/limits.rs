@@ -425,7 +425,7 @@ impl Endpoint {
 
     /// Runs `f` if `bytes` more fit the send budget `peer` reserved ahead
     /// (its lease: no total needs touching); gives `f` back if not.
-    #[inline]
+    #[inline(always)]
     pub(super) fn try_send<F: FnOnce(&mut Connection) -> Result<(), SendError>>(
         &mut self,
         peer: ConnectionHandle,
