@@ -155,6 +155,9 @@ pub(super) struct Table {
     next_gen: u32,
     /// Slots closed during this pass, freed at its end.
     to_free: Vec<usize>,
+    /// Sockets closed so far: while it is unchanged, every id that named
+    /// an open socket still does.
+    closed: u64,
 }
 
 impl Table {
@@ -163,6 +166,7 @@ impl Table {
             slab: Slab::new(),
             next_gen: 0,
             to_free: Vec::new(),
+            closed: 0,
         }
     }
 
@@ -243,12 +247,19 @@ impl Table {
         let e = self.get_mut(id)?;
         let sock = e.sock.take()?;
         let stats = e.stats;
+        self.closed += 1;
         if deferred {
             self.to_free.push(id.index as usize);
         } else {
             self.slab.remove(id.index as usize);
         }
         Some((sock, stats))
+    }
+
+    /// Sockets closed so far (see `closed`).
+    #[inline]
+    pub(super) fn closed(&self) -> u64 {
+        self.closed
     }
 
     /// Frees the slots of sockets closed during the pass.

@@ -640,10 +640,12 @@ pub(super) fn drain<H: Handler + ?Sized>(
         let cfg = c.cfg;
         let mut decoder = std::mem::take(&mut c.decoder);
         let mut payload = 0u64;
+        // No socket closed since: `id` is still open (no lookup per frame).
+        let closed = cx.table.closed();
         let result = decoder.feed(&cfg, &rbuf[..n], |frame| {
             payload += frame.len() as u64;
             cx.call(handler, |h, cx| h.on_frame(cx, id, frame));
-            if cx.contains(id) {
+            if cx.table.closed() == closed || cx.contains(id) {
                 ControlFlow::Continue(())
             } else {
                 ControlFlow::Break(())
