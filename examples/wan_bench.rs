@@ -814,15 +814,26 @@ fn coexist_opts(args: &Args, t0: u64) -> FlowOpts {
     }
 }
 
+/// A fresh link for coexistence round `round`, with a msgloop server on
+/// its B side; the flows start at the returned instant.
+fn coexist_link(
+    args: &Args,
+    spec: &LinkSpec,
+    round: usize,
+) -> io::Result<(Link, wan::Server, u64)> {
+    let link = Link::new(spec.config(args.rt, args.seed + round as u64 - 1))?;
+    link.reset_stats();
+    let t0 = now_ns() + 300_000_000;
+    let server = wan::spawn_server(link.b(), FlowOpts::default().rudp, t0)?;
+    Ok((link, server, t0))
+}
+
 /// One round of two msgloop flows sharing the link: each flow's Mbit/s
 /// over the window, the rest of its line, and what went wrong.
 fn coexist_two_msgloop(args: &Args, spec: &LinkSpec, round: usize) -> io::Result<Round> {
     let d = args.coexist_secs;
     let (from, to) = (d / 3, d);
-    let link = Link::new(spec.config(args.rt, args.seed + round as u64 - 1))?;
-    link.reset_stats();
-    let t0 = now_ns() + 300_000_000;
-    let server = wan::spawn_server(link.b(), FlowOpts::default().rudp, t0)?;
+    let (link, server, t0) = coexist_link(args, spec, round)?;
     let c1 = wan::spawn_client(link.a(), server.addr, coexist_opts(args, t0))?;
     let c2 = wan::spawn_client(link.a(), server.addr, coexist_opts(args, t0))?;
     let r1 = c1.join().map_err(|_| io::Error::other("client panicked"))?;
@@ -875,10 +886,7 @@ fn coexist_two_msgloop(args: &Args, spec: &LinkSpec, round: usize) -> io::Result
 fn coexist_msgloop_cubic(args: &Args, spec: &LinkSpec, round: usize) -> io::Result<Round> {
     let d = args.coexist_secs;
     let (from, to) = (d / 3, d);
-    let link = Link::new(spec.config(args.rt, args.seed + round as u64 - 1))?;
-    link.reset_stats();
-    let t0 = now_ns() + 300_000_000;
-    let server = wan::spawn_server(link.b(), FlowOpts::default().rudp, t0)?;
+    let (link, server, t0) = coexist_link(args, spec, round)?;
     let c = wan::spawn_client(link.a(), server.addr, coexist_opts(args, t0))?;
     let tcp = wan::tcp_flow(&link, "cubic", t0, t0, d);
     let r = c.join().map_err(|_| io::Error::other("client panicked"))?;
