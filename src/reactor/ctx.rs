@@ -163,7 +163,6 @@ impl Ctx {
     }
 
     /// `true` while `sock` names an open socket.
-    #[inline]
     pub fn contains(&self, sock: SocketId) -> bool {
         self.table.get(sock).is_some()
     }

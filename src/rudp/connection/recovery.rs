@@ -310,32 +310,33 @@ impl Connection {
     /// deadline. This keeps timer arithmetic off the per-packet path.
     /// Callers that may bring the deadline forward (an ack that reset the
     /// backoff or changed the RTT) pass `exact`.
+    ///
+    /// Inlined: per packet, the common cases (a sender's timers armed
+    /// already, a receiver's not armed at all) cost no call.
     #[inline(always)]
     pub(super) fn arm_rto(&mut self, exact: bool) {
-        // The per-packet cases that change nothing, without a call: a
-        // sender's timers armed already, a receiver's not armed at all.
         let (rto, probe) = (
             self.timers.is_set(Timer::Rto),
             self.timers.is_set(Timer::Probe),
         );
-        let idle = self.tx.in_flight() == 0 || self.state != State::Established;
-        if (!exact && rto && probe && !idle) || (idle && !rto && !probe) {
-            return;
+        if self.tx.in_flight() == 0 || self.state != State::Established {
+            if rto || probe {
+                self.timers.stop(Timer::Rto);
+                self.timers.stop(Timer::Probe);
+            }
+        } else if exact || !rto || !probe {
+            self.set_rto_timers(exact, rto, probe);
         }
-        self.arm_rto_now(exact);
     }
 
-    fn arm_rto_now(&mut self, exact: bool) {
-        if self.tx.in_flight() == 0 || self.state != State::Established {
-            self.timers.stop(Timer::Rto);
-            self.timers.stop(Timer::Probe);
-            return;
-        }
-        if exact || !self.timers.is_set(Timer::Rto) {
+    /// Sets the retransmission timer unless it is armed (`rto`) and the
+    /// probe timer unless it is (`probe`); both with `exact`.
+    fn set_rto_timers(&mut self, exact: bool, rto: bool, probe: bool) {
+        if exact || !rto {
             let at = self.rto_deadline();
             self.timers.set(Timer::Rto, at);
         }
-        if exact || !self.timers.is_set(Timer::Probe) {
+        if exact || !probe {
             match self.probe_deadline() {
                 Some(at) => self.timers.set(Timer::Probe, at),
                 None => self.timers.stop(Timer::Probe),

@@ -131,12 +131,7 @@ impl Endpoint {
             self.recharge(source, old, held);
         }
         if queued != old_queued {
-            let lease = if queued == 0 {
-                self.drop_send_lease(idx)
-            } else {
-                0
-            };
-            self.recharge_send(source, old_queued + lease, queued);
+            self.recharge_queue(idx, source, old_queued, queued);
         }
         let ev = ev?;
         self.stats.recv_budget_drops += ev.drops;
@@ -208,12 +203,7 @@ impl Endpoint {
         if held != e.send_charged {
             let (old, source) = (e.send_charged, e.source);
             e.send_charged = held;
-            let lease = if held == 0 {
-                self.drop_send_lease(idx)
-            } else {
-                0
-            };
-            self.recharge_send(source, old + lease, held);
+            self.recharge_queue(idx, source, old, held);
         }
     }
 
@@ -432,11 +422,7 @@ impl Endpoint {
         bytes: usize,
         f: F,
     ) -> Result<Result<(), SendError>, F> {
-        // One lookup for the connection and its source, borrowed apart.
-        let Some(e) = (match self.slots.get_mut(peer.index as usize) {
-            Some(s) if s.generation == peer.generation => s.entry.as_deref_mut(),
-            _ => None,
-        }) else {
+        let Some(e) = self.entry_mut(peer) else {
             return Ok(Err(SendError::UnknownPeer));
         };
         if bytes > e.send_lease {
@@ -449,11 +435,11 @@ impl Endpoint {
         e.send_lease -= bytes;
         e.send_charged += bytes;
         debug_assert_eq!(e.send_charged, e.conn.send_queue_len().0);
-        self.send_leased -= bytes;
         if !e.in_transmit_queue {
             e.in_transmit_queue = true;
             self.transmit_queue.push_back(peer.index);
         }
+        self.send_leased -= bytes;
         Ok(Ok(()))
     }
 
@@ -474,18 +460,12 @@ impl Endpoint {
             self.cfg.max_endpoint_send_bytes,
             self.cfg.max_source_send_bytes,
         );
-        let Some(e) = (match self.slots.get_mut(peer.index as usize) {
-            Some(s) if s.generation == peer.generation => s.entry.as_deref_mut(),
-            _ => None,
-        }) else {
-            return Err(SendError::UnknownPeer);
-        };
-        let Some(src) = self.sources.get_mut(e.source as usize) else {
-            return Err(SendError::UnknownPeer);
-        };
-        let need = bytes.saturating_sub(e.send_lease);
+        let e = self.entry(peer).ok_or(SendError::UnknownPeer)?;
+        let (lease, source) = (e.send_lease, e.source as usize);
+        let src_held = self.sources.get(source).map_or(0, |s| s.send_held);
+        let need = bytes.saturating_sub(lease);
         let ep_room = max_ep.saturating_sub(self.send_held);
-        let src_room = max_src.saturating_sub(src.send_held);
+        let src_room = max_src.saturating_sub(src_held);
         if need > ep_room.min(src_room) {
             return Ok(false);
         }
@@ -498,8 +478,12 @@ impl Endpoint {
                 0
             };
         let grant = need + extra;
-        e.send_lease += grant;
-        src.send_held += grant;
+        if let Some(e) = self.entry_mut(peer) {
+            e.send_lease += grant;
+        }
+        if let Some(src) = self.sources.get_mut(source) {
+            src.send_held += grant;
+        }
         self.send_held += grant;
         self.send_leased += grant;
         self.stats.send_bytes_held_peak =
@@ -507,15 +491,17 @@ impl Endpoint {
         Ok(true)
     }
 
-    /// Gives connection `idx`'s lease back to nobody in particular: returns
-    /// it, for the caller to take off the totals.
-    pub(super) fn drop_send_lease(&mut self, idx: u32) -> usize {
-        let Some(e) = self.entry_at(idx) else {
-            return 0;
-        };
-        let lease = std::mem::take(&mut e.send_lease);
-        self.send_leased -= lease;
-        lease
+    /// Connection `idx`'s queue went from `old` to `queued` bytes: the
+    /// totals follow, and an emptied queue gives its lease back too.
+    fn recharge_queue(&mut self, idx: u32, source: u32, old: usize, queued: usize) {
+        let mut lease = 0;
+        if queued == 0 {
+            if let Some(e) = self.entry_at(idx) {
+                lease = std::mem::take(&mut e.send_lease);
+            }
+            self.send_leased -= lease;
+        }
+        self.recharge_send(source, old + lease, queued);
     }
 
     /// Takes back every connection's lease (a send found no room while

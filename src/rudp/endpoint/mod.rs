@@ -113,8 +113,7 @@ pub struct EndpointStats {
     /// reserved ahead (at most 64 KiB each, and only while both budgets
     /// are less than three quarters used and no send waits for room; given
     /// back when a connection's queue empties, or when another send needs
-    /// it). At most
-    /// `max_endpoint_send_bytes`.
+    /// it). At most `max_endpoint_send_bytes`.
     pub send_bytes_held: u64,
     /// Most bytes ever charged at once to the send budget (as
     /// `send_bytes_held`).
@@ -474,16 +473,12 @@ impl Endpoint {
     /// event queue, timer heap, half-open accounting.
     #[inline]
     fn touched(&mut self, idx: u32) {
-        // Once per datagram: without the call.
-        self.refile_inline(idx, true);
+        self.refile(idx, true);
     }
 
-    fn refile(&mut self, idx: u32, queue_transmit: bool) {
-        self.refile_inline(idx, queue_transmit);
-    }
-
+    /// Once per datagram: inlined, without a call.
     #[inline(always)]
-    fn refile_inline(&mut self, idx: u32, queue_transmit: bool) {
+    fn refile(&mut self, idx: u32, queue_transmit: bool) {
         let Some(slot) = self.slots.get_mut(idx as usize) else {
             return;
         };
