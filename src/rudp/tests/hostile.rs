@@ -1064,6 +1064,22 @@ fn two_clients(cfg: RudpConfig) -> (Sim, [crate::rudp::ConnectionHandle; 2]) {
     (sim, [handles[0], handles[1]])
 }
 
+/// Messages of up to 1,000 bytes and a send queue that never limits:
+/// only the send budgets (`source` bytes per source) do.
+fn send_budgets(source: usize) -> RudpConfig {
+    RudpConfig::new()
+        .max_message_len(1000)
+        .max_send_queue_bytes(1 << 20)
+        .max_source_send_bytes(source)
+}
+
+/// [`two_clients`] whose datagrams never reach the server: no acks.
+fn two_clients_without_acks(cfg: RudpConfig) -> (Sim, [crate::rudp::ConnectionHandle; 2]) {
+    let (mut sim, peers) = two_clients(cfg);
+    sim.drop_filter = Some(Box::new(|from, _, _| from != 0));
+    (sim, peers)
+}
+
 /// Queues 1,000-byte Delivery messages on `peer` until refused; how many
 /// were queued and the error.
 fn fill_send(
@@ -1081,14 +1097,8 @@ fn fill_send(
 
 #[test]
 fn peers_withholding_acks_pin_no_more_than_the_send_budgets() {
-    let cfg = RudpConfig::new()
-        .max_message_len(1000)
-        .max_send_queue_bytes(1 << 20)
-        .max_source_send_bytes(20_000)
-        .max_endpoint_send_bytes(30_000);
-    let (mut sim, [a, b]) = two_clients(cfg);
-    // Nothing the clients send reaches the server: no acks.
-    sim.drop_filter = Some(Box::new(|from, _, _| from != 0));
+    let cfg = send_budgets(20_000).max_endpoint_send_bytes(30_000);
+    let (mut sim, [a, b]) = two_clients_without_acks(cfg);
     let (n, e) = fill_send(&mut sim, a);
     assert_eq!(
         (n, e),
@@ -1139,13 +1149,8 @@ fn peers_withholding_acks_pin_no_more_than_the_send_budgets() {
 
 #[test]
 fn send_leases_are_given_back_when_another_send_needs_the_room() {
-    let cfg = RudpConfig::new()
-        .max_message_len(1000)
-        .max_send_queue_bytes(1 << 20)
-        .max_source_send_bytes(100_000)
-        .max_endpoint_send_bytes(100_000);
-    let (mut sim, [a, b]) = two_clients(cfg);
-    sim.drop_filter = Some(Box::new(|from, _, _| from != 0));
+    let cfg = send_budgets(100_000).max_endpoint_send_bytes(100_000);
+    let (mut sim, [a, b]) = two_clients_without_acks(cfg);
     sim.nodes[0]
         .ep
         .send(a, &[1u8; 1000], Guarantee::Delivery)
@@ -1170,13 +1175,8 @@ fn send_leases_are_given_back_when_another_send_needs_the_room() {
 
 #[test]
 fn no_send_lease_is_taken_while_a_sender_waits() {
-    let cfg = RudpConfig::new()
-        .max_message_len(1000)
-        .max_send_queue_bytes(1 << 20)
-        .max_source_send_bytes(20_000)
-        .max_endpoint_send_bytes(100_000);
-    let (mut sim, [a, b]) = two_clients(cfg);
-    sim.drop_filter = Some(Box::new(|from, _, _| from != 0));
+    let cfg = send_budgets(20_000).max_endpoint_send_bytes(100_000);
+    let (mut sim, [a, b]) = two_clients_without_acks(cfg);
     assert_eq!(fill_send(&mut sim, a).0, 20);
     // `a` waits for room: the totals stay what is queued, so that it is
     // woken when they drain to half.
@@ -1189,26 +1189,16 @@ fn no_send_lease_is_taken_while_a_sender_waits() {
 
 #[test]
 fn a_source_over_its_send_budget_does_not_block_other_sources() {
-    let cfg = RudpConfig::new()
-        .max_message_len(1000)
-        .max_send_queue_bytes(1 << 20)
-        .max_source_send_bytes(10_000)
-        .max_endpoint_send_bytes(100_000);
-    let (mut sim, [a, b]) = two_clients(cfg);
-    sim.drop_filter = Some(Box::new(|from, _, _| from != 0));
+    let cfg = send_budgets(10_000).max_endpoint_send_bytes(100_000);
+    let (mut sim, [a, b]) = two_clients_without_acks(cfg);
     assert_eq!(fill_send(&mut sim, a).0, 10);
     assert_eq!(fill_send(&mut sim, b).0, 10);
 }
 
 #[test]
 fn one_source_shares_its_send_budget() {
-    let cfg = RudpConfig::new()
-        .max_message_len(1000)
-        .max_send_queue_bytes(1 << 20)
-        .max_source_send_bytes(10_000)
-        .source_prefix_v4(24);
-    let (mut sim, [a, b]) = two_clients(cfg);
-    sim.drop_filter = Some(Box::new(|from, _, _| from != 0));
+    let cfg = send_budgets(10_000).source_prefix_v4(24);
+    let (mut sim, [a, b]) = two_clients_without_acks(cfg);
     assert_eq!(fill_send(&mut sim, a).0, 10);
     assert_eq!(fill_send(&mut sim, b).0, 0, "10.0.0.0/24 is one source");
 }
